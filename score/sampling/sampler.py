@@ -1,0 +1,409 @@
+"""Jitted KV-cache sampler: prefill + `lax.while_loop` decode, left-padded batches.
+
+Two levels:
+
+* `generate_arrays(model, prompt_BxP, prompt_mask_BxP, rng, ...)` — the array core trainers
+  call. One jitted function of `(graphdef, state, arrays)`; the static arguments (shapes,
+  `max_new_tokens`, greedy or not, `top_k`, stop ids) key jax's compilation cache, so repeated
+  calls with the same shapes never retrace. The KV cache is allocated *inside* the jitted
+  function and lives only in the loop carry, so XLA updates it in place: it is never copied
+  in or out (nothing to donate).
+* `generate(model, prompts, ...)` — lists in, lists out. Buckets the batch size and prompt
+  length to powers of two (so a handful of shapes cover all calls), handles stop strings.
+
+Log-probabilities. `logprobs` are `log softmax(logits)[token]` of the *raw* model at
+temperature 1, without top-k/top-p: exactly what the trainer recomputes with
+`token_logprobs(model, prompt ⊕ completion)`, so importance ratios and KL terms see no
+sampler/trainer mismatch. `sample_logprobs` are the log-probabilities under the distribution
+actually sampled from (tempered, filtered; 0 for greedy), for off-policy corrections that
+need the behaviour policy.
+
+Alignment: with the prompt of row b occupying `P_b` real tokens, generated token i sits at
+position `P_b + i`; `logprobs_BxN[b, i] = log p(tokens_BxN[b, i] | prompt, tokens_BxN[b, :i])`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from score.sampling import filters
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+
+
+class SampleArrays(NamedTuple):
+    """Output of `generate_arrays` (B rows, N = max_new_tokens slots).
+
+    tokens_BxN: generated ids; `pad_id` after a row finished.
+    logprobs_BxN: raw-model (temperature 1, unfiltered) log p of each generated token; 0 on
+        invalid slots.
+    sample_logprobs_BxN: log p under the sampling distribution; 0 for greedy / invalid slots.
+    valid_BxN: 1 for generated tokens (the stop token included), 0 after the row finished.
+    lengths_B: number of valid tokens per row.
+    stopped_B: True if the row ended on a stop id (else it hit its length limit).
+    """
+
+    tokens_BxN: jax.Array
+    logprobs_BxN: jax.Array
+    sample_logprobs_BxN: jax.Array
+    valid_BxN: jax.Array
+    lengths_B: jax.Array
+    stopped_B: jax.Array
+
+
+@dataclasses.dataclass
+class Samples:
+    """Output of `generate`: one entry per prompt.
+
+    tokens[i]: generated ids (prompt excluded; the stop token included once if hit; for stop
+        strings, up to and including the token that completed the stop string).
+    logprobs[i]: raw-model log-probs of `tokens[i]` (see module docstring).
+    sample_logprobs[i]: log-probs under the sampling distribution.
+    finish_reason[i]: "stop" (stop id or stop string) or "length".
+    """
+
+    tokens: list[list[int]]
+    logprobs: list[list[float]]
+    sample_logprobs: list[list[float]]
+    finish_reason: list[str]
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile bookkeeping.
+
+_TRACE_COUNT = 0
+
+
+def compile_count() -> int:
+    """How many times the jitted core has been traced (≈ compiled) in this process."""
+    return _TRACE_COUNT
+
+
+def _next_pow2(n: int, minimum: int = 1) -> int:
+    n = max(int(n), minimum)
+    return 1 << (n - 1).bit_length()
+
+
+# ---------------------------------------------------------------------------------------------
+# Jitted core.
+
+
+@jax.jit(
+    static_argnames=(
+        "graphdef",
+        "max_new_tokens",
+        "greedy",
+        "top_k",
+        "use_top_p",
+        "eos_ids",
+        "pad_id",
+        "cache_dtype",
+    ),
+)
+def _generate_core(
+    state: Any,
+    prompt_BxP: jax.Array,
+    prompt_mask_BxP: jax.Array,
+    rng: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    max_new_B: jax.Array,
+    *,
+    graphdef: Any,
+    max_new_tokens: int,
+    greedy: bool,
+    top_k: int | None,
+    use_top_p: bool,
+    eos_ids: tuple[int, ...],
+    pad_id: int,
+    cache_dtype: Any,
+) -> SampleArrays:
+    global _TRACE_COUNT
+    _TRACE_COUNT += 1  # Runs at trace time only.
+
+    model = nnx.merge(graphdef, state)
+    batch, prompt_len = prompt_BxP.shape
+    n = max_new_tokens
+    prompt_mask_BxP = prompt_mask_BxP.astype(jnp.int32)
+    prompt_lens_B = prompt_mask_BxP.sum(axis=-1)
+
+    cache = model.init_cache(batch, prompt_len + n, dtype=cache_dtype)
+    kv_mask_BxS = jnp.concatenate(
+        [prompt_mask_BxP, jnp.ones((batch, n), jnp.int32)], axis=1
+    )
+    positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=-1) - 1, 0)
+    logits_BxPxV, cache = model.decode(prompt_BxP, positions_BxP, cache, 0, kv_mask_BxS)
+    logits_BxV = logits_BxPxV[:, -1].astype(jnp.float32)  # Left padding: last slot is real.
+
+    eos_arr = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+    max_new_B = jnp.minimum(max_new_B.astype(jnp.int32), n)
+    init = dict(
+        i=jnp.zeros((), jnp.int32),
+        cache=cache,
+        logits_BxV=logits_BxV,
+        tokens_BxN=jnp.full((batch, n), pad_id, jnp.int32),
+        logprobs_BxN=jnp.zeros((batch, n), jnp.float32),
+        sample_logprobs_BxN=jnp.zeros((batch, n), jnp.float32),
+        valid_BxN=jnp.zeros((batch, n), jnp.bool_),
+        done_B=max_new_B <= 0,
+        stopped_B=jnp.zeros((batch,), jnp.bool_),
+    )
+
+    def cond(c):
+        return (c["i"] < n) & ~jnp.all(c["done_B"])
+
+    def body(c):
+        i = c["i"]
+        token_B, sample_logp_B = filters.sample_token(
+            jax.random.fold_in(rng, i),
+            c["logits_BxV"],
+            greedy=greedy,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p if use_top_p else None,
+        )
+        logp_BxV = jax.nn.log_softmax(c["logits_BxV"], axis=-1)
+        logp_B = jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
+        active_B = ~c["done_B"]
+        token_B = jnp.where(active_B, token_B, pad_id)
+        hit_stop_B = active_B & jnp.isin(token_B, eos_arr)
+        done_B = c["done_B"] | hit_stop_B | (i + 1 >= max_new_B)
+        out = dict(
+            i=i + 1,
+            tokens_BxN=c["tokens_BxN"].at[:, i].set(token_B),
+            logprobs_BxN=c["logprobs_BxN"].at[:, i].set(jnp.where(active_B, logp_B, 0.0)),
+            sample_logprobs_BxN=c["sample_logprobs_BxN"]
+            .at[:, i]
+            .set(jnp.where(active_B, sample_logp_B, 0.0)),
+            valid_BxN=c["valid_BxN"].at[:, i].set(active_B),
+            done_B=done_B,
+            stopped_B=c["stopped_B"] | hit_stop_B,
+        )
+        positions_Bx1 = (prompt_lens_B + i)[:, None]
+        next_logits_Bx1xV, cache = model.decode(
+            token_B[:, None], positions_Bx1, c["cache"], prompt_len + i, kv_mask_BxS
+        )
+        out["cache"] = cache
+        out["logits_BxV"] = next_logits_Bx1xV[:, 0].astype(jnp.float32)
+        return out
+
+    final = jax.lax.while_loop(cond, body, init)
+    return SampleArrays(
+        tokens_BxN=final["tokens_BxN"],
+        logprobs_BxN=final["logprobs_BxN"],
+        sample_logprobs_BxN=final["sample_logprobs_BxN"],
+        valid_BxN=final["valid_BxN"],
+        lengths_B=final["valid_BxN"].sum(axis=-1).astype(jnp.int32),
+        stopped_B=final["stopped_B"],
+    )
+
+
+def generate_arrays(
+    model: nnx.Module,
+    prompt_BxP: jax.Array,
+    prompt_mask_BxP: jax.Array,
+    rng: jax.Array,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_ids: Sequence[int] = (),
+    max_new_B: jax.Array | None = None,
+    pad_id: int = 0,
+    cache_dtype: Any = None,
+) -> SampleArrays:
+    """Samples up to `max_new_tokens` tokens for each left-padded prompt, in one jitted call.
+
+    Args:
+      model: a `score.models.Transformer` (anything with `init_cache` and `decode`).
+      prompt_BxP: int prompt ids, left-padded; every row needs ≥ 1 real token.
+      prompt_mask_BxP: 1 for real prompt tokens, 0 for padding.
+      rng: a `jax.random` key (ignored for greedy decoding).
+      max_new_tokens: N, the number of generated slots (static).
+      temperature: 0 → greedy (argmax); > 0 → sample from softmax(logits / temperature).
+      top_k, top_p: optional filters applied after the temperature (`filters.filter_logits`).
+      eos_ids: stop token ids; a row stops after emitting one (it is kept, valid).
+      max_new_B: optional per-row limits (≤ N) on the number of new tokens.
+      pad_id: written into slots after a row finished.
+      cache_dtype: KV-cache dtype (default: the model's choice).
+
+    Returns:
+      `SampleArrays`. Calls with the same shapes and static options reuse one compilation.
+      The loop exits as soon as every row has finished.
+    """
+    if temperature < 0:
+        raise ValueError(f"generate_arrays: temperature must be ≥ 0, got {temperature}")
+    if max_new_tokens < 1:
+        raise ValueError(f"generate_arrays: max_new_tokens must be ≥ 1, got {max_new_tokens}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"generate_arrays: top_p must be in (0, 1], got {top_p}")
+    prompt_BxP = jnp.asarray(prompt_BxP, jnp.int32)
+    prompt_mask_BxP = jnp.asarray(prompt_mask_BxP, jnp.int32)
+    if prompt_BxP.ndim != 2 or prompt_BxP.shape != prompt_mask_BxP.shape:
+        raise ValueError(
+            "generate_arrays: prompt_BxP and prompt_mask_BxP must be 2-D and the same shape, "
+            f"got {prompt_BxP.shape} and {prompt_mask_BxP.shape}"
+        )
+    batch = prompt_BxP.shape[0]
+    if max_new_B is None:
+        max_new_B = jnp.full((batch,), max_new_tokens, jnp.int32)
+    graphdef, state = nnx.split(model)
+    greedy = temperature == 0.0
+    return _generate_core(
+        state,
+        prompt_BxP,
+        prompt_mask_BxP,
+        rng,
+        jnp.asarray(temperature if not greedy else 1.0, jnp.float32),
+        jnp.asarray(top_p if top_p is not None else 1.0, jnp.float32),
+        jnp.asarray(max_new_B, jnp.int32),
+        graphdef=graphdef,
+        max_new_tokens=int(max_new_tokens),
+        greedy=greedy,
+        top_k=None if top_k is None else int(top_k),
+        use_top_p=top_p is not None and not greedy,
+        eos_ids=tuple(int(e) for e in eos_ids),
+        pad_id=int(pad_id),
+        cache_dtype=cache_dtype,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Lists in, lists out.
+
+
+def left_pad(
+    prompts: Sequence[Sequence[int]],
+    *,
+    length: int | None = None,
+    batch_size: int | None = None,
+    pad_id: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads token lists into `(tokens_BxP, mask_BxP)` numpy arrays.
+
+    `length` defaults to the longest prompt. Extra rows up to `batch_size` are filler rows
+    holding one `pad_id` token with mask 1 (so attention never sees an all-padding row).
+    """
+    lens = [len(p) for p in prompts]
+    if any(n == 0 for n in lens):
+        raise ValueError(f"left_pad: empty prompt at index {lens.index(0)}")
+    length = max(lens) if length is None else length
+    if max(lens) > length:
+        raise ValueError(f"left_pad: a prompt has {max(lens)} tokens > length {length}")
+    batch_size = len(prompts) if batch_size is None else batch_size
+    tokens_BxP = np.full((batch_size, length), pad_id, np.int32)
+    mask_BxP = np.zeros((batch_size, length), np.int32)
+    for b, p in enumerate(prompts):
+        tokens_BxP[b, length - len(p):] = np.asarray(p, np.int32)
+        mask_BxP[b, length - len(p):] = 1
+    mask_BxP[len(prompts):, -1] = 1
+    return tokens_BxP, mask_BxP
+
+
+def bucket_shape(batch: int, prompt_len: int, *, min_len: int = 8) -> tuple[int, int]:
+    """Powers of two ≥ the batch size and the prompt length (prompt bucket ≥ `min_len`)."""
+    return _next_pow2(batch), _next_pow2(prompt_len, min_len)
+
+
+def find_stop_string(
+    tokens: Sequence[int], stop_strings: Sequence[str], decode_fn: Callable[[list[int]], str]
+) -> int | None:
+    """Smallest `j` such that `decode_fn(tokens[:j])` contains a stop string, or None.
+
+    Uses bisection on the prefix length (containment is monotone in the prefix as long as
+    decoding a longer prefix extends the text, which holds for ordinary detokenisers).
+    """
+    tokens = list(tokens)
+    if not stop_strings or not any(s in decode_fn(tokens) for s in stop_strings):
+        return None
+    lo, hi = 0, len(tokens)  # decode(tokens[:lo]) has no stop; decode(tokens[:hi]) has one.
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if any(s in decode_fn(tokens[:mid]) for s in stop_strings):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def generate(
+    model: nnx.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int | Sequence[int],
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_ids: Sequence[int] = (),
+    stop_strings: Sequence[str] | None = None,
+    decode_fn: Callable[[list[int]], str] | None = None,
+    seed: int | jax.Array = 0,
+    pad_id: int = 0,
+    bucket: bool = True,
+) -> Samples:
+    """Samples completions for a list of token-id prompts (see `generate_arrays`).
+
+    `max_new_tokens` is an int or one limit per prompt. Stop strings need `decode_fn`
+    (token ids → text): they are checked after decoding, and a row is cut right after the
+    token that completed the first stop string (finish reason "stop"). With `bucket=True`
+    the batch and prompt length are padded to powers of two so that calls with similar
+    shapes share one compilation.
+    """
+    if stop_strings and decode_fn is None:
+        raise ValueError("generate: stop_strings need decode_fn (token ids -> text)")
+    if not prompts:
+        return Samples([], [], [], [])
+    if isinstance(max_new_tokens, int):
+        limits = [max_new_tokens] * len(prompts)
+    else:
+        limits = [int(m) for m in max_new_tokens]
+        if len(limits) != len(prompts):
+            raise ValueError(
+                f"generate: {len(limits)} max_new_tokens for {len(prompts)} prompts"
+            )
+    n = max(limits)
+    batch, length = len(prompts), max(len(p) for p in prompts)
+    if bucket:
+        batch, length = bucket_shape(batch, length)
+    tokens_BxP, mask_BxP = left_pad(prompts, length=length, batch_size=batch, pad_id=pad_id)
+    max_new_B = np.zeros((batch,), np.int32)
+    max_new_B[: len(prompts)] = limits
+    rng = jax.random.key(seed) if isinstance(seed, int) else seed
+    out = generate_arrays(
+        model,
+        tokens_BxP,
+        mask_BxP,
+        rng,
+        max_new_tokens=n,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_ids=eos_ids,
+        max_new_B=max_new_B,
+        pad_id=pad_id,
+    )
+    tokens_BxN, logp_BxN, slogp_BxN, lengths_B, stopped_B = jax.device_get(
+        (out.tokens_BxN, out.logprobs_BxN, out.sample_logprobs_BxN, out.lengths_B, out.stopped_B)
+    )
+    samples = Samples([], [], [], [])
+    for b in range(len(prompts)):
+        m = int(lengths_B[b])
+        reason = FINISH_STOP if stopped_B[b] else FINISH_LENGTH
+        if stop_strings:
+            cut = find_stop_string(tokens_BxN[b, :m].tolist(), stop_strings, decode_fn)
+            if cut is not None:
+                m, reason = cut, FINISH_STOP
+        samples.tokens.append(tokens_BxN[b, :m].tolist())
+        samples.logprobs.append(logp_BxN[b, :m].tolist())
+        samples.sample_logprobs.append(slogp_BxN[b, :m].tolist())
+        samples.finish_reason.append(reason)
+    return samples
