@@ -1,0 +1,37 @@
+r"""SFT warm-up of a tiny char-level model on synthetic addition (the SCoRe demo's base model).
+
+  python -m experiments.main --config configs/sft_synthetic.py:runlocal --workdir /tmp/sft
+"""
+
+import ml_collections
+
+from score.utils import config as config_lib
+
+
+def task_config(num_digits=4):
+  return ml_collections.ConfigDict(dict(
+      name="addition", num_digits=num_digits, p_wrong_first=0.3, p_copy=0.7, p_reverse=0.15,
+      p_wrong_rewrite=0.15))
+
+
+def tiny_model_config(hidden_size=128, num_layers=2):
+  return ml_collections.ConfigDict(dict(
+      model_dir="", hidden_size=hidden_size, num_layers=num_layers, num_heads=4,
+      num_kv_heads=4, head_dim=hidden_size // 4, intermediate_size=4 * hidden_size,
+      max_position_embeddings=64))
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, runlocal=False, steps=800, seed=0)
+  c = ml_collections.ConfigDict()
+  c.trainer = "sft"
+  c.seed = arg.seed
+  c.task = task_config()
+  c.model = tiny_model_config(hidden_size=32 if arg.runlocal else 128)
+  c.warmup = ml_collections.ConfigDict(dict(
+      steps=20 if arg.runlocal else arg.steps, batch_size=32 if arg.runlocal else 256,
+      lr=1e-3, warmup_steps=0, schedule="constant", grad_clip=1.0, weight_decay=0.0,
+      checkpoint_every=10 if arg.runlocal else 100))
+  c.eval = ml_collections.ConfigDict(dict(num_problems=1000, seed=12345))
+  c.lock()
+  return c

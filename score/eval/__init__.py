@@ -1,0 +1,1 @@
+"""Two-attempt evaluation: self-correction metrics with intervals, and result tables."""

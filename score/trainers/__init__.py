@@ -1,0 +1,21 @@
+"""Trainers compose models, sampling, losses, rewards and data; each is `fn(config, workdir)`.
+
+Looked up by the name in `config.trainer`; modules are imported on use, so `import score`
+stays light.
+"""
+
+import importlib
+
+TRAINERS = {
+    "sft": "score.trainers.sft:train",
+    "score": "score.trainers.score:train",
+    "self_correction_suite": "score.trainers.suite:train",
+}
+
+
+def get(name: str):
+  """The `train(config, workdir)` function registered as `name`."""
+  if name not in TRAINERS:
+    raise ValueError(f"Unknown trainer {name!r}; known: {sorted(TRAINERS)}")
+  module, _, fn = TRAINERS[name].partition(":")
+  return getattr(importlib.import_module(module), fn)

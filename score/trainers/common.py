@@ -1,0 +1,177 @@
+"""Pieces every trainer shares: the policy as a flat parameter dict, optimisers, the
+checkpointed training loop with NaN guard, metrics and a progress bar.
+
+Params travel through `jax.jit` and orbax as a flat `{path: array}` dict; `Policy` turns
+them back into an NNX model inside traced functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from score.models import ModelConfig, Transformer
+from score.utils import checkpoint as ckpt_lib
+from score.utils import metrics as metrics_lib
+from score.utils import progress
+from score.utils import run as run_lib
+
+Params = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  """The static half of an NNX model (graph + tree layout); params are passed separately."""
+  graphdef: Any
+  treedef: Any
+  keys: tuple[str, ...]
+
+  @classmethod
+  def split(cls, model: nnx.Module) -> tuple["Policy", Params]:
+    graphdef, state = nnx.split(model)
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(state)
+    keys = tuple(jax.tree_util.keystr(p) for p, _ in leaves_with_path)
+    params = {k: v for k, (_, v) in zip(keys, leaves_with_path)}
+    return cls(graphdef, treedef, keys), params
+
+  def model(self, params: Params) -> Transformer:
+    state = jax.tree_util.tree_unflatten(self.treedef, [params[k] for k in self.keys])
+    return nnx.merge(self.graphdef, state)
+
+  def __hash__(self):
+    return hash((self.graphdef, self.treedef, self.keys))
+
+
+def build_model(cfg, vocab_size: int | None = None, *, seed: int = 0) -> Transformer:
+  """A model from `cfg.model_dir` (a local Hugging Face checkpoint) or a fresh tiny one.
+
+  Args:
+    cfg: the `model` section of a config: `model_dir` ("" for a fresh model) and, for a
+      fresh model, `hidden_size`, `num_layers`, `num_heads`, `num_kv_heads`, `head_dim`,
+      `intermediate_size`.
+    vocab_size: vocabulary of a fresh model.
+    seed: init seed of a fresh model.
+  """
+  if cfg.get("model_dir"):
+    if not os.path.isdir(cfg.model_dir):
+      raise FileNotFoundError(
+          f"model_dir {cfg.model_dir!r} is not a directory; point it at a local Hugging Face "
+          "checkpoint (config.json + *.safetensors).")
+    from score.models import hf  # pylint: disable=g-import-not-at-top
+    return hf.from_pretrained(cfg.model_dir)
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  overrides = {k: v for k, v in cfg.items() if k in fields and k != "vocab_size"}
+  config = ModelConfig.tiny(vocab_size=vocab_size, **overrides)
+  return Transformer(config, rngs=nnx.Rngs(seed))
+
+
+def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
+  """Adam(W) with optional warm-up + cosine/constant schedule and global-norm clipping.
+
+  `cfg`: `lr`, `weight_decay`, `b1`, `b2`, `grad_clip` (0 = off), `warmup_steps`,
+  `schedule` ("constant" | "cosine"), `end_lr_factor`.
+  """
+  warmup = int(cfg.get("warmup_steps", 0))
+  if cfg.get("schedule", "constant") == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, max(warmup, 1), max(num_steps, warmup + 1),
+        end_value=cfg.lr * cfg.get("end_lr_factor", 0.0))
+  elif warmup:
+    lr = optax.linear_schedule(0.0, cfg.lr, warmup)
+  else:
+    lr = cfg.lr
+  parts = []
+  if cfg.get("grad_clip", 0.0):
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip))
+  parts.append(optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
+                           weight_decay=cfg.get("weight_decay", 0.0)))
+  return optax.chain(*parts)
+
+
+def train_loop(*, workdir: str, name: str, state: dict, update: Callable, num_steps: int,
+               checkpoint_every: int, keep: int = 2, log_every: int = 10,
+               writer: metrics_lib.MetricWriter | None = None,
+               extra_state: Callable[[], dict] | None = None,
+               restore_extra: Callable[[dict], None] | None = None,
+               loss_key: str = "loss") -> dict:
+  """Runs `state, metrics = update(step, state)` for `num_steps`, checkpointed and resumable.
+
+  Args:
+    workdir: the run's workdir; checkpoints go to `<workdir>/checkpoints/<name>`.
+    name: the phase name (also the metric prefix).
+    state: a pytree of arrays (params, optimizer state, RNG key data, ...). On resume, it is
+      only the template for the restored one.
+    update: `(step, state) -> (state, metrics)`; must be a pure function of them (and of the
+      data position restored through `restore_extra`) for resumes to be exact.
+    num_steps: total steps of this phase.
+    checkpoint_every: save every N steps (and at the end).
+    keep: checkpoints kept.
+    log_every: metrics written every N steps.
+    writer: where metrics go.
+    extra_state / restore_extra: JSON-able state saved beside the arrays (e.g. a data
+      iterator's position) and how to put it back.
+    loss_key: the metric checked for NaN/Inf every step; a non-finite value stops the run
+      with `NonFiniteLossError` and leaves the last good checkpoint untouched.
+
+  Returns:
+    The final state.
+  """
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints", name),
+                               every=checkpoint_every, keep=keep)
+  step = 0
+  if ckpt.latest_step() is not None:
+    step, state, extra = ckpt.restore(state)
+    if restore_extra is not None:
+      restore_extra(extra)
+  bar = progress.bar(total=num_steps, initial=step, desc=name)
+  try:
+    while step < num_steps:
+      state, metrics = update(step, state)
+      loss = float(metrics[loss_key])
+      if not math.isfinite(loss):
+        raise run_lib.NonFiniteLossError(step + 1, ckpt.latest_step(), f"{name} {loss_key}")
+      step += 1
+      bar.update(1)
+      if writer is not None and (step % log_every == 0 or step == num_steps):
+        writer.write_scalars(step, {f"{name}/{k}": v for k, v in metrics.items()})
+        bar.set_postfix({loss_key: f"{loss:.4f}"})
+      if step % checkpoint_every == 0 or step == num_steps:
+        ckpt.save(step, state, extra_state() if extra_state else None, force=True)
+  finally:
+    bar.close()
+    ckpt.close()
+  return state
+
+
+def phase_done(workdir: str, name: str, num_steps: int) -> bool:
+  """Whether a phase already saved its final checkpoint."""
+  directory = os.path.join(workdir, "checkpoints", name)
+  if not os.path.isdir(directory):
+    return False
+  return ckpt_lib.Checkpointer(directory, every=1).latest_step() == num_steps
+
+
+def state_with_key(params: Params, opt_state, key: jax.Array) -> dict:
+  return {"params": params, "opt_state": opt_state, "rng": ckpt_lib.key_to_array(key)}
+
+
+def pad_batch(rows: list[list[int]], *, pad_id: int = 0, length: int | None = None,
+              left: bool = False) -> np.ndarray:
+  """Pads int rows to one length (right-padding by default)."""
+  length = max(map(len, rows)) if length is None else length
+  out = np.full((len(rows), length), pad_id, dtype=np.int32)
+  for i, r in enumerate(rows):
+    r = r[:length]
+    if left:
+      out[i, length - len(r):] = r
+    else:
+      out[i, :len(r)] = r
+  return out

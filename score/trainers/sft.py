@@ -1,0 +1,133 @@
+"""Supervised fine-tuning: masked token cross-entropy on model-written tokens only.
+
+Used for the SFT warm-up of the embedded default, the STaR and Pair-SFT baselines, and M1 of
+Self-Rewarding LMs. `train` is the launcher entry for `config.trainer = "sft"`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from score.data import synthetic
+from score.losses import reduce as reduce_lib
+from score.models import token_logprobs
+from score.trainers import common
+from score.utils import metrics as metrics_lib
+
+
+def make_sft_step(policy: common.Policy, optimizer: optax.GradientTransformation):
+  """A jitted step minimising −Σ log p(token) over `loss_mask_BxL` / its token count."""
+
+  def loss_fn(params, tokens_BxL, mask_BxL, loss_mask_BxL):
+    logp_BxL = token_logprobs(policy.model(params), tokens_BxL, mask_BxL)
+    return reduce_lib.reduce(-logp_BxL, loss_mask_BxL, "token")
+
+  @jax.jit
+  def step(params, opt_state, tokens_BxL, mask_BxL, loss_mask_BxL):
+    loss, grads = jax.value_and_grad(loss_fn)(params, tokens_BxL, mask_BxL, loss_mask_BxL)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+  return step
+
+
+class ExampleBatches:
+  """Batch `step` of a finite list of `(tokens, loss_mask)` examples, reshuffled each epoch.
+
+  The batch is a pure function of (seed, step), so a resumed run sees the same data.
+  """
+
+  def __init__(self, examples, batch_size: int, *, seed: int, pad_id: int = 0):
+    if not examples:
+      raise ValueError("no training examples")
+    self.examples = examples
+    self.batch_size = batch_size
+    self.seed = seed
+    self.pad_id = pad_id
+    self.length = max(len(t) for t, _ in examples)
+
+  def __call__(self, step: int):
+    n = len(self.examples)
+    start = step * self.batch_size
+    idx = []
+    while len(idx) < self.batch_size:
+      epoch, offset = divmod(start + len(idx), n)
+      perm = np.random.default_rng([self.seed, epoch]).permutation(n)
+      idx.extend(perm[offset:offset + self.batch_size - len(idx)])
+    rows = [self.examples[i] for i in idx]
+    tokens = common.pad_batch([t for t, _ in rows], pad_id=self.pad_id, length=self.length)
+    loss_mask = common.pad_batch([m for _, m in rows], length=self.length)
+    mask = common.pad_batch([[1] * len(t) for t, _ in rows], length=self.length)
+    return tokens, mask, loss_mask
+
+
+def train_sft(policy: common.Policy, params, batches, cfg, *, workdir: str, name: str,
+              writer: metrics_lib.MetricWriter | None = None):
+  """Fine-tunes `params` for `cfg.steps` steps on `batches(step)`; resumable per phase.
+
+  Args:
+    policy: the model layout.
+    params: initial params (also the template when resuming).
+    batches: `step -> (tokens_BxL, mask_BxL, loss_mask_BxL)`, a pure function of `step`.
+    cfg: `steps`, `lr` (+ optimiser fields of `common.make_optimizer`), `checkpoint_every`.
+    workdir: the run's workdir.
+    name: the phase name (checkpoint folder and metric prefix).
+    writer: metrics writer.
+
+  Returns:
+    The fine-tuned params.
+  """
+  optimizer = common.make_optimizer(cfg, cfg.steps)
+  step_fn = make_sft_step(policy, optimizer)
+  state = {"params": params, "opt_state": optimizer.init(params)}
+
+  def update(step, state):
+    tokens, mask, loss_mask = batches(step)
+    p, o, metrics = step_fn(state["params"], state["opt_state"], jnp.asarray(tokens),
+                            jnp.asarray(mask), jnp.asarray(loss_mask > 0, jnp.int32))
+    return {"params": p, "opt_state": o}, metrics
+
+  state = common.train_loop(workdir=workdir, name=name, state=state, update=update,
+                            num_steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
+                            writer=writer)
+  return state["params"]
+
+
+def synthetic_warmup_batches(task, tokenizer, batch_size: int, *, seed: int, exclude=()):
+  """Fresh warm-up episodes for every step (seeded by step): `step -> batch`."""
+  exclude = tuple(exclude)
+
+  def batches(step):
+    episodes = task.warmup_episodes(batch_size, seed=seed * 1_000_003 + step, exclude=exclude)
+    rows = [synthetic.episode_tokens(tokenizer, e.problem.question, (e.y1, e.y2))
+            for e in episodes]
+    length = 1 + task.prompt_len + 2 * task.max_answer_len + 1
+    tokens = common.pad_batch([t for t, _ in rows], pad_id=tokenizer.pad_id, length=length)
+    mask = common.pad_batch([[1] * len(t) for t, _ in rows], length=length)
+    loss_mask = common.pad_batch([m for _, m in rows], length=length)
+    return tokens, mask, loss_mask
+
+  return batches
+
+
+def train(config, workdir: str):
+  """`config.trainer = "sft"`: the SFT warm-up on a synthetic task (see configs/sft_synthetic.py)."""
+  task = synthetic.make_task(config.task.name, **{k: v for k, v in config.task.items()
+                                                   if k != "name"})
+  tokenizer = task.tokenizer
+  model = common.build_model(config.model, tokenizer.vocab_size, seed=config.seed)
+  policy, params = common.Policy.split(model)
+  writer = metrics_lib.MetricWriter(workdir)
+  heldout = task.problems(config.eval.num_problems, seed=config.eval.seed)
+  batches = synthetic_warmup_batches(task, tokenizer, config.warmup.batch_size,
+                                     seed=config.seed, exclude=heldout)
+  params = train_sft(policy, params, batches, config.warmup, workdir=workdir, name="warmup",
+                     writer=writer)
+  writer.close()
+  return policy, params

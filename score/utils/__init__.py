@@ -1,0 +1,1 @@
+"""Run infrastructure: configs, checkpoints, metrics, progress bars, workdir bookkeeping."""

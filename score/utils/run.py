@@ -1,0 +1,66 @@
+"""Workdir bookkeeping: what a run writes before it starts, and the error types it raises."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+
+from score.utils import config as config_lib
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml-collections", "numpy",
+            "transformers", "grain", "tensorflow-datasets", "math-verify", "score")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN/Inf loss; the last good checkpoint is kept untouched."""
+
+  def __init__(self, step: int, last_checkpoint: int | None, name: str = "loss"):
+    self.step = step
+    self.last_checkpoint = last_checkpoint
+    super().__init__(
+        f"Non-finite {name} at step {step}; stopped without saving. "
+        f"Last good checkpoint: {'none' if last_checkpoint is None else f'step {last_checkpoint}'}.")
+
+
+def git_commit() -> str:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                         text=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return out + ("-dirty" if dirty else "")
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def versions() -> dict[str, str]:
+  out = {"python": sys.version.split()[0]}
+  for name in PACKAGES:
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      pass
+  return out
+
+
+def write_run_info(workdir: str, config) -> dict:
+  """Writes `config.json` and `run_info.json` (commit, versions, devices, host) to `workdir`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(config_lib.to_dict(config), f, indent=2, default=str)
+  info = {
+      "commit": git_commit(),
+      "versions": versions(),
+      "devices": [str(d) for d in jax.devices()],
+      "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+      "argv": sys.argv,
+  }
+  with open(os.path.join(workdir, "run_info.json"), "w", encoding="utf-8") as f:
+    json.dump(info, f, indent=2)
+  return info

@@ -1,0 +1,151 @@
+"""The run infrastructure: configs, launcher, resume after SIGKILL, NaN guard, light import."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from score.utils import checkpoint as ckpt_lib
+from score.utils import config as config_lib
+from score.utils import run as run_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _launch(workdir, *overrides, config="configs/sft_synthetic.py:runlocal"):
+  cmd = [sys.executable, "-m", "experiments.main", f"--config={config}",
+         f"--workdir={workdir}", *overrides]
+  env = dict(os.environ, CI="true", JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _final_params(workdir, step):
+  path = os.path.join(workdir, "checkpoints", "warmup", str(step), "state")
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return ocp.PyTreeCheckpointer().restore(path)["params"]
+
+
+def test_parse_arg_types_and_unknown_key():
+  arg = config_lib.parse_arg("runlocal,steps=7,lr=0.5,name=x", runlocal=False, steps=1,
+                             lr=1.0, name="")
+  assert arg.runlocal is True and arg.steps == 7 and arg.lr == 0.5 and arg.name == "x"
+  with pytest.raises(config_lib.ConfigError, match="runlocal"):
+    config_lib.parse_arg("runlocl", runlocal=False, steps=1)
+  with pytest.raises(config_lib.ConfigError, match="steps"):
+    config_lib.parse_arg("steps=abc", steps=1)
+
+
+def test_apply_overrides_names_closest_field():
+  c = ml_collections.ConfigDict({"rl": {"alpha": 10.0, "beta1": 0.01}})
+  c.lock()
+  config_lib.apply_overrides(c, {"rl.alpha": 0.0})
+  assert c.rl.alpha == 0.0
+  with pytest.raises(config_lib.ConfigError, match="rl.alpha"):
+    config_lib.apply_overrides(c, {"rl.alpah": 1.0})
+
+
+def test_every_config_is_locked_and_builds():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
+    if not name.endswith(".py") or name.startswith("_"):
+      continue
+    spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(ROOT, "configs", name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for arg in (None, "runlocal"):
+      c = module.get_config(arg)
+      assert c.is_locked, name
+      assert isinstance(c.trainer, str), name
+      with pytest.raises(AttributeError):
+        c.no_such_field_xyz = 1
+
+
+def test_launcher_rejects_misspelled_override(tmp_path):
+  proc = _launch(str(tmp_path / "w"), "--config.warmup.stpes=3")
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode != 0
+  assert "steps" in out  # the closest valid name is suggested
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path):
+  proc = _launch(str(tmp_path / "w"), "--config.model.model_dir=/no/such/dir")
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode != 0
+  assert "/no/such/dir" in out and "not a directory" in out
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+  overrides = ("--config.warmup.steps=40", "--config.warmup.checkpoint_every=5")
+  ref_dir, killed_dir = str(tmp_path / "ref"), str(tmp_path / "killed")
+  ref = _launch(ref_dir, *overrides)
+  out, _ = ref.communicate(timeout=300)
+  assert ref.returncode == 0, out
+
+  proc = _launch(killed_dir, *overrides)
+  ckpt_dir = os.path.join(killed_dir, "checkpoints", "warmup")
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    done = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+    if any(int(d) >= 10 for d in done):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  assert steps and steps[-1] < 40, f"the kill came too late to test a resume: {steps}"
+
+  resumed = _launch(killed_dir, *overrides)
+  out, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, out
+  a, b = _final_params(ref_dir, 40), _final_params(killed_dir, 40)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+  # The restart resumed from a checkpoint (a run from scratch would log step 10 again).
+  rows = [json.loads(l) for l in open(os.path.join(killed_dir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows].count(10) == 1
+
+
+def test_checkpointer_roundtrip_and_nan_error(tmp_path):
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "c"), every=2)
+  state = {"w": np.arange(3.0), "rng": ckpt_lib.key_to_array(__import__("jax").random.key(3))}
+  assert ck.save(2, state, {"pos": 7})
+  step, restored, extra = ck.restore(state)
+  assert step == 2 and extra == {"pos": 7}
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  err = run_lib.NonFiniteLossError(5, 2)
+  assert "step 5" in str(err) and "step 2" in str(err)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  from score.trainers import common  # pylint: disable=g-import-not-at-top
+
+  def update(step, state):
+    loss = jnp.nan if step == 6 else 1.0
+    return {"w": state["w"] + 1}, {"loss": loss}
+
+  with pytest.raises(run_lib.NonFiniteLossError, match="step 7"):
+    common.train_loop(workdir=str(tmp_path), name="p", state={"w": np.zeros(2)},
+                      update=update, num_steps=10, checkpoint_every=3)
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints" / "p"), every=3)
+  step, state, _ = ck.restore({"w": np.zeros(2)})
+  assert step == 6 and state["w"][0] == 6
+
+
+def test_import_score_is_light():
+  code = ("import sys, score, score.losses, score.models, score.sampling, score.rewards, "
+          "score.data, score.trainers, score.eval, score.utils; "
+          "print(sorted(m for m in ('torch', 'transformers', 'tensorflow', "
+          "'tensorflow_datasets') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == "[]"
