@@ -1,0 +1,388 @@
+"""One decoder-only Transformer in Flax NNX, configured by `ModelConfig` for every family.
+
+Parameters are stored in `config.param_dtype` (float32) and cast to `config.dtype` where they
+are used. Every parameter carries logical axis names in its `out_sharding` metadata (with
+eager sharding off, so single-device use needs no mesh); `score.parallel` maps them to a mesh:
+
+  'vocab'    vocabulary               'embed'    model width D
+  'heads'    query heads N            'kv_heads' key/value heads K
+  'kv'       head dim H               'mlp'      MLP width F
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from score.models.config import ModelConfig
+
+Array = jax.Array
+_NEG_INF = -1e30  # finite, so rows with no allowed key give a uniform softmax, not NaN
+
+
+def _param(rngs: nnx.Rngs | None, shape, names, config: ModelConfig, init: str = "normal"):
+  """A float parameter with logical axis names; init: 'normal' (std 0.02), 'zeros', 'ones'."""
+  if init == "normal":
+    value = 0.02 * jax.random.normal(rngs.params(), shape, config.param_dtype)
+  elif init == "zeros":
+    value = jnp.zeros(shape, config.param_dtype)
+  elif init == "ones":
+    value = jnp.ones(shape, config.param_dtype)
+  else:
+    raise ValueError(init)
+  return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm computed in fp32; Gemma scales by (1 + w), the others by w."""
+
+  def __init__(self, dim: int, config: ModelConfig, names=("embed",)):
+    self.eps = config.rms_norm_eps
+    self.plus_one = config.norm_plus_one
+    self.dtype = config.dtype
+    self.weight = _param(None, (dim,), names, config, "zeros" if self.plus_one else "ones")
+
+  def __call__(self, x: Array) -> Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    w = self.weight.value.astype(jnp.float32)
+    y = y * (1.0 + w if self.plus_one else w)
+    return y.astype(self.dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+  """Inverse frequencies [H/2] (float32), with linear or llama3 scaling as configured."""
+  dim = config.head_dim
+  inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+  inv_freq = inv_freq.astype(np.float32)
+  if config.rope_type == "linear":
+    inv_freq = inv_freq / config.rope_factor
+  elif config.rope_type == "llama3":
+    factor = config.rope_factor
+    low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+    old_len = config.rope_original_max_position_embeddings
+    low_freq_wavelen, high_freq_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    inv_freq = np.where(medium, smoothed, scaled)
+  return inv_freq.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_inv_freq(config: ModelConfig) -> np.ndarray:
+  return rope_inv_freq(config)
+
+
+def apply_rope(x_BxTxNxH: Array, positions_BxT: Array, inv_freq: np.ndarray) -> Array:
+  """Rotate-half RoPE (the Hugging Face layout), computed in fp32."""
+  freqs = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # B x T x 1 x H
+  cos, sin = jnp.cos(emb), jnp.sin(emb)
+  x = x_BxTxNxH.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return (x * cos + rotated * sin).astype(x_BxTxNxH.dtype)
+
+
+def attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, allowed_BxTxS, *, scale, softcap, dtype):
+  """Grouped-query attention; scores and softmax in fp32."""
+  b, t, n, h = q_BxTxNxH.shape
+  k = k_BxSxKxH.shape[2]
+  q = q_BxTxNxH.reshape(b, t, k, n // k, h)
+  scores = jnp.einsum("btkgh,bskh->bkgts", q, k_BxSxKxH.astype(dtype),
+                      preferred_element_type=jnp.float32) * scale
+  if softcap:
+    scores = jnp.tanh(scores / softcap) * softcap
+  scores = jnp.where(allowed_BxTxS[:, None, None], scores, _NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  out = jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH.astype(dtype))
+  return out.reshape(b, t, n, h)
+
+
+def allowed_mask(kv_mask_BxS: Array, query_slots_BxT: Array, window: int | None) -> Array:
+  """[b, t, s]: slot s is a real token, not after query t's slot, and inside the window."""
+  s = jnp.arange(kv_mask_BxS.shape[1])[None, None, :]
+  q = query_slots_BxT[:, :, None]
+  ok = (kv_mask_BxS[:, None, :] > 0) & (s <= q)
+  if window:
+    ok = ok & (q - s < window)
+  return ok
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, config: ModelConfig, layer_idx: int, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    self.window = c.layer_window(layer_idx)
+    d, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+    self.q = _param(rngs, (d, n, h), ("embed", "heads", "kv"), c)
+    self.k = _param(rngs, (d, k, h), ("embed", "kv_heads", "kv"), c)
+    self.v = _param(rngs, (d, k, h), ("embed", "kv_heads", "kv"), c)
+    self.o = _param(rngs, (n, h, d), ("heads", "kv", "embed"), c)
+    if c.qkv_bias:
+      self.q_bias = _param(None, (n, h), ("heads", "kv"), c, "zeros")
+      self.k_bias = _param(None, (k, h), ("kv_heads", "kv"), c, "zeros")
+      self.v_bias = _param(None, (k, h), ("kv_heads", "kv"), c, "zeros")
+    if c.o_bias:
+      self.o_bias = _param(None, (d,), ("embed",), c, "zeros")
+    if c.qk_norm:
+      self.q_norm = RMSNorm(h, c, names=("kv",))
+      self.k_norm = RMSNorm(h, c, names=("kv",))
+
+  def __call__(self, x_BxTxD, positions_BxT, allowed_BxTxS, kv_cache=None, cache_index=None):
+    c, dt = self.config, self.config.dtype
+    x = x_BxTxD.astype(dt)
+    q = jnp.einsum("btd,dnh->btnh", x, self.q.value.astype(dt))
+    k = jnp.einsum("btd,dkh->btkh", x, self.k.value.astype(dt))
+    v = jnp.einsum("btd,dkh->btkh", x, self.v.value.astype(dt))
+    if c.qkv_bias:
+      q = q + self.q_bias.value.astype(dt)
+      k = k + self.k_bias.value.astype(dt)
+      v = v + self.v_bias.value.astype(dt)
+    if c.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    inv_freq = _cached_inv_freq(c)
+    q = apply_rope(q, positions_BxT, inv_freq)
+    k = apply_rope(k, positions_BxT, inv_freq)
+    if kv_cache is not None:
+      zero = jnp.zeros((), jnp.int32)
+      start = (zero, jnp.asarray(cache_index, jnp.int32), zero, zero)
+      kv_cache = {
+          "k": jax.lax.dynamic_update_slice(kv_cache["k"], k.astype(kv_cache["k"].dtype), start),
+          "v": jax.lax.dynamic_update_slice(kv_cache["v"], v.astype(kv_cache["v"].dtype), start),
+      }
+      k, v = kv_cache["k"], kv_cache["v"]
+    out = attend(q, k, v, allowed_BxTxS, scale=c.attn_scale, softcap=c.attn_logit_softcap,
+                 dtype=dt)
+    y = jnp.einsum("btnh,nhd->btd", out, self.o.value.astype(dt))
+    if c.o_bias:
+      y = y + self.o_bias.value.astype(dt)
+    return y, kv_cache
+
+
+class MLP(nnx.Module):
+  """Gated MLP: down(act(gate(x)) * up(x)); SwiGLU or GeGLU."""
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    d, f = c.hidden_size, c.intermediate_size
+    self.gate = _param(rngs, (d, f), ("embed", "mlp"), c)
+    self.up = _param(rngs, (d, f), ("embed", "mlp"), c)
+    self.down = _param(rngs, (f, d), ("mlp", "embed"), c)
+    if c.mlp_bias:
+      self.gate_bias = _param(None, (f,), ("mlp",), c, "zeros")
+      self.up_bias = _param(None, (f,), ("mlp",), c, "zeros")
+      self.down_bias = _param(None, (d,), ("embed",), c, "zeros")
+
+  def __call__(self, x_BxTxD):
+    c, dt = self.config, self.config.dtype
+    x = x_BxTxD.astype(dt)
+    g = jnp.einsum("btd,df->btf", x, self.gate.value.astype(dt))
+    u = jnp.einsum("btd,df->btf", x, self.up.value.astype(dt))
+    if c.mlp_bias:
+      g = g + self.gate_bias.value.astype(dt)
+      u = u + self.up_bias.value.astype(dt)
+    if c.activation == "silu":
+      a = jax.nn.silu(g)
+    else:
+      a = jax.nn.gelu(g, approximate=c.activation == "gelu_tanh")
+    y = jnp.einsum("btf,fd->btd", a * u, self.down.value.astype(dt))
+    if c.mlp_bias:
+      y = y + self.down_bias.value.astype(dt)
+    return y
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block; Gemma 2 adds post-norms on both branches."""
+
+  def __init__(self, config: ModelConfig, layer_idx: int, rngs: nnx.Rngs):
+    c = config
+    self.post_norms = c.post_norms
+    self.attn_norm = RMSNorm(c.hidden_size, c)
+    self.attn = Attention(c, layer_idx, rngs)
+    self.mlp_norm = RMSNorm(c.hidden_size, c)
+    self.mlp = MLP(c, rngs)
+    if c.post_norms:
+      self.attn_post_norm = RMSNorm(c.hidden_size, c)
+      self.mlp_post_norm = RMSNorm(c.hidden_size, c)
+
+  def __call__(self, x_BxTxD, positions_BxT, allowed_BxTxS, kv_cache=None, cache_index=None):
+    h, kv_cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, allowed_BxTxS, kv_cache,
+                            cache_index)
+    if self.post_norms:
+      h = self.attn_post_norm(h)
+    x = x_BxTxD + h
+    h = self.mlp(self.mlp_norm(x))
+    if self.post_norms:
+      h = self.mlp_post_norm(h)
+    return x + h, kv_cache
+
+
+def _run_block(block, x, positions, allowed, kv_cache, cache_index):
+  return block(x, positions, allowed, kv_cache, cache_index)
+
+
+def unembed_logits(h_BxTxD: Array, weight: Array, *, tied: bool, softcap: float | None,
+                   dtype) -> Array:
+  """Logits in fp32 from final hidden states; `weight` is V x D when tied, else D x V."""
+  h = h_BxTxD.astype(dtype)
+  spec = "btd,vd->btv" if tied else "btd,dv->btv"
+  logits = jnp.einsum(spec, h, weight.astype(dtype), preferred_element_type=jnp.float32)
+  if softcap:
+    logits = jnp.tanh(logits / softcap) * softcap
+  return logits
+
+
+def default_positions(mask_BxL: Array | None, batch: int, length: int) -> Array:
+  if mask_BxL is None:
+    return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  return jnp.maximum(jnp.cumsum(mask_BxL.astype(jnp.int32), axis=1) - 1, 0)
+
+
+class Transformer(nnx.Module):
+  """Decoder-only language model.
+
+  `model(tokens_BxL, positions_BxL=None, mask_BxL=None) -> logits_BxLxV` (fp32).
+  `model.decode(...)` runs the same network against a KV cache made by `init_cache`.
+  """
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs | None = None):
+    rngs = nnx.Rngs(0) if rngs is None else rngs
+    c = config
+    self.config = c
+    self.embed = _param(rngs, (c.vocab_size, c.hidden_size), ("vocab", "embed"), c)
+    self.layers = nnx.List([Block(c, i, rngs) for i in range(c.num_layers)])
+    self.final_norm = RMSNorm(c.hidden_size, c)
+    if not c.tie_embeddings:
+      self.lm_head = _param(rngs, (c.hidden_size, c.vocab_size), ("embed", "vocab"), c)
+
+  # -- pieces -------------------------------------------------------------------------------
+
+  def embed_tokens(self, tokens_BxT: Array) -> Array:
+    c = self.config
+    x = jnp.take(self.embed.value, tokens_BxT, axis=0).astype(c.dtype)
+    if c.embed_scale:
+      x = x * jnp.asarray(math.sqrt(c.hidden_size), c.dtype)
+    return x
+
+  def unembed_weight(self) -> Array:
+    """V x D (tied) or D x V matrix used by `unembed`."""
+    return self.embed.value if self.config.tie_embeddings else self.lm_head.value
+
+  def unembed(self, h_BxTxD: Array) -> Array:
+    """Final hidden states (after the final norm) -> fp32 logits."""
+    c = self.config
+    return unembed_logits(h_BxTxD, self.unembed_weight(), tied=c.tie_embeddings,
+                          softcap=c.final_logit_softcap, dtype=c.dtype)
+
+  def _blocks(self, x, positions, masks, caches, cache_index):
+    run = nnx.remat(_run_block) if self.config.remat else _run_block
+    new_caches = []
+    for i, block in enumerate(self.layers):
+      allowed = masks[self.config.layer_window(i)]
+      kv = None if caches is None else caches[i]
+      x, kv = run(block, x, positions, allowed, kv, cache_index)
+      new_caches.append(kv)
+    return self.final_norm(x), new_caches
+
+  def _masks(self, kv_mask_BxS, query_slots_BxT):
+    windows = {self.config.layer_window(i) for i in range(self.config.num_layers)}
+    return {w: allowed_mask(kv_mask_BxS, query_slots_BxT, w) for w in windows}
+
+  # -- full sequence ------------------------------------------------------------------------
+
+  def hidden(self, tokens_BxL: Array, *, positions_BxL: Array | None = None,
+             mask_BxL: Array | None = None) -> Array:
+    """Final-norm hidden states [B, L, D] in the compute dtype."""
+    b, l = tokens_BxL.shape
+    if positions_BxL is None:
+      positions_BxL = default_positions(mask_BxL, b, l)
+    if mask_BxL is None:
+      mask_BxL = jnp.ones((b, l), jnp.int32)
+    slots = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    masks = self._masks(mask_BxL, slots)
+    h, _ = self._blocks(self.embed_tokens(tokens_BxL), positions_BxL, masks, None, None)
+    return h
+
+  def __call__(self, tokens_BxL: Array, *, positions_BxL: Array | None = None,
+               mask_BxL: Array | None = None) -> Array:
+    return self.unembed(self.hidden(tokens_BxL, positions_BxL=positions_BxL, mask_BxL=mask_BxL))
+
+  # -- KV cache -----------------------------------------------------------------------------
+
+  def init_cache(self, batch_size: int, max_len: int, dtype=None) -> list[dict[str, Array]]:
+    """Zeroed cache: one {'k', 'v'} dict per layer, each [B, S, K, H] (batch first)."""
+    c = self.config
+    shape = (batch_size, max_len, c.num_kv_heads, c.head_dim)
+    dtype = c.dtype if dtype is None else dtype
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+            for _ in range(c.num_layers)]
+
+  def decode(self, tokens_BxT: Array, positions_BxT: Array, cache: list[dict[str, Array]],
+             cache_index: Array, kv_mask_BxS: Array) -> tuple[Array, list[dict[str, Array]]]:
+    """Runs T new tokens against the cache; returns (logits_BxTxV fp32, updated cache).
+
+    The new keys/values go to slots [cache_index, cache_index + T). Query t (in slot
+    cache_index + t) attends to slots s with kv_mask_BxS[b, s] = 1 and s <= cache_index + t
+    (and, on sliding layers, cache_index + t - s < window). The caller marks the new slots of
+    real tokens in kv_mask_BxS. Prefill is decode with T = prompt length and cache_index 0.
+    """
+    t = tokens_BxT.shape[1]
+    cache_index = jnp.asarray(cache_index, jnp.int32)
+    slots = cache_index + jnp.arange(t, dtype=jnp.int32)
+    slots = jnp.broadcast_to(slots, tokens_BxT.shape)
+    masks = self._masks(kv_mask_BxS, slots)
+    h, cache = self._blocks(self.embed_tokens(tokens_BxT), positions_BxT, masks, cache,
+                            cache_index)
+    return self.unembed(h), cache
+
+
+def token_logprobs(model: Transformer, tokens_BxL: Array, mask_BxL: Array | None = None, *,
+                   positions_BxL: Array | None = None, chunk_size: int = 128) -> Array:
+  """logp_BxL[b, t] = log p(tokens[b, t] | tokens[b, :t]) in fp32; position 0 holds 0.
+
+  `mask_BxL` is the padding mask (1 real token, 0 padding). Entries whose token or previous
+  token is padding hold 0. The unembedding and log-softmax run over chunks of `chunk_size`
+  positions (rematerialised in the backward pass), so at most B x chunk_size x V fp32 logits
+  exist at once. Differentiable.
+  """
+  c = model.config
+  b, l = tokens_BxL.shape
+  if l < 2:
+    return jnp.zeros((b, l), jnp.float32)
+  h = model.hidden(tokens_BxL, positions_BxL=positions_BxL, mask_BxL=mask_BxL)
+  n = l - 1
+  size = max(1, min(chunk_size, n))
+  num_chunks = -(-n // size)
+  pad = num_chunks * size - n
+  h_prev = jnp.pad(h[:, :-1], ((0, 0), (0, pad), (0, 0)))
+  targets = jnp.pad(tokens_BxL[:, 1:], ((0, 0), (0, pad)))
+  h_chunks = h_prev.reshape(b, num_chunks, size, -1).swapaxes(0, 1)
+  t_chunks = targets.reshape(b, num_chunks, size).swapaxes(0, 1)
+  weight = model.unembed_weight()
+
+  @jax.checkpoint
+  def chunk_logp(args):
+    h_c, t_c = args
+    logits = unembed_logits(h_c, weight, tied=c.tie_embeddings, softcap=c.final_logit_softcap,
+                            dtype=c.dtype)
+    picked = jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+  logp = jax.lax.map(chunk_logp, (h_chunks, t_chunks))  # C x B x size
+  logp = logp.swapaxes(0, 1).reshape(b, num_chunks * size)[:, :n]
+  if mask_BxL is not None:
+    valid = (mask_BxL[:, 1:] > 0) & (mask_BxL[:, :-1] > 0)
+    logp = jnp.where(valid, logp, 0.0)
+  return jnp.concatenate([jnp.zeros((b, 1), jnp.float32), logp], axis=1)

@@ -1,0 +1,248 @@
+"""Transformer forward, KV-cache decode, token_logprobs, dtypes and shapes (no torch needed)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from score.models import ModelConfig, Transformer, token_logprobs
+from score.models.config import FULL_ATTENTION, SLIDING_ATTENTION
+
+VARIANTS = {
+    "llama": {},
+    "llama3_rope": dict(rope_type="llama3", rope_factor=8.0, rope_original_max_position_embeddings=8),
+    "qwen2": dict(qkv_bias=True, tie_embeddings=True),
+    "qwen3": dict(qk_norm=True),
+    "gemma2": dict(
+        norm_plus_one=True, embed_scale=True, activation="gelu_tanh", tie_embeddings=True,
+        post_norms=True, query_pre_attn_scalar=24.0, attn_logit_softcap=50.0,
+        final_logit_softcap=30.0, sliding_window=3,
+        layer_types=(SLIDING_ATTENTION, FULL_ATTENTION)),
+}
+
+
+def _random_params(model, seed=1, scale=0.2):
+  """Perturb every parameter (zero-initialised biases and norms included)."""
+  graphdef, state = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+  return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+
+def _model(variant="llama", **overrides):
+  config = ModelConfig.tiny(vocab_size=128, **{**VARIANTS[variant], **overrides})
+  return _random_params(Transformer(config, rngs=nnx.Rngs(0)))
+
+
+def _left_padded_batch(seed=0, batch=3, length=9, vocab=128):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(1, vocab, size=(batch, length)).astype(np.int32)
+  lengths = np.array([length, length - 3, 2])[:batch]
+  mask = (np.arange(length)[None, :] >= (length - lengths)[:, None]).astype(np.int32)
+  tokens = np.where(mask > 0, tokens, 0)
+  return jnp.asarray(tokens), jnp.asarray(mask)
+
+
+def test_forward_shape_and_dtype():
+  model = _model()
+  logits = model(jnp.zeros((2, 7), jnp.int32))
+  assert logits.shape == (2, 7, 128)
+  assert logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_left_padding_matches_unpadded(variant):
+  model = _model(variant)
+  tokens, mask = _left_padded_batch()
+  logits = model(tokens, mask_BxL=mask)
+  assert not jnp.isnan(logits).any()  # fully padded query rows included
+  for b in range(tokens.shape[0]):
+    real = np.asarray(mask[b]) > 0
+    alone = model(tokens[b:b + 1, real])
+    np.testing.assert_allclose(logits[b, real], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_explicit_positions_match_default():
+  model = _model()
+  tokens, mask = _left_padded_batch()
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  np.testing.assert_allclose(
+      model(tokens, mask_BxL=mask), model(tokens, positions_BxL=positions, mask_BxL=mask),
+      atol=1e-6)
+
+
+def _jitted_decode(model):
+  graphdef, state = nnx.split(model)
+
+  @functools.partial(jax.jit, donate_argnums=(3,))
+  def decode(state, tokens, positions, cache, cache_index, kv_mask):
+    return nnx.merge(graphdef, state).decode(tokens, positions, cache, cache_index, kv_mask)
+
+  return functools.partial(decode, state)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_prefill_then_decode_matches_forward(variant):
+  model = _model(variant)
+  prompt, prompt_mask = _left_padded_batch(length=6)
+  b, p = prompt.shape
+  new = jax.random.randint(jax.random.key(3), (b, 5), 1, 128, jnp.int32)
+  tokens = jnp.concatenate([prompt, new], axis=1)
+  mask = jnp.concatenate([prompt_mask, jnp.ones_like(new)], axis=1)
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  full = model(tokens, mask_BxL=mask)
+
+  max_len = tokens.shape[1] + 3  # spare slots stay masked out
+  kv_mask = jnp.zeros((b, max_len), jnp.int32).at[:, :p].set(prompt_mask)
+  decode = _jitted_decode(model)
+  cache = model.init_cache(b, max_len)
+  logits, cache = decode(prompt, positions[:, :p], cache, jnp.int32(0), kv_mask)
+  real = np.asarray(prompt_mask) > 0
+  np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(full[:, :p])[real], atol=1e-5,
+                             rtol=1e-5)
+  for i in range(new.shape[1]):
+    slot = p + i
+    kv_mask = kv_mask.at[:, slot].set(1)
+    logits, cache = decode(tokens[:, slot:slot + 1], positions[:, slot:slot + 1], cache,
+                           jnp.int32(slot), kv_mask)
+    np.testing.assert_allclose(logits[:, 0], full[:, slot], atol=1e-5, rtol=1e-5)
+
+
+def test_multi_token_decode_chunks_match_forward():
+  model = _model("gemma2")
+  tokens, mask = _left_padded_batch(length=10)
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  full = model(tokens, mask_BxL=mask)
+  cache = model.init_cache(tokens.shape[0], 10)
+  outs = []
+  for start in (0, 4, 7):
+    stop = {0: 4, 4: 7, 7: 10}[start]
+    kv_mask = jnp.where(jnp.arange(10)[None] < stop, mask, 0)
+    logits, cache = model.decode(tokens[:, start:stop], positions[:, start:stop], cache,
+                                 jnp.int32(start), kv_mask)
+    outs.append(logits)
+  real = np.asarray(mask) > 0
+  np.testing.assert_allclose(np.asarray(jnp.concatenate(outs, 1))[real], np.asarray(full)[real],
+                             atol=1e-5, rtol=1e-5)
+
+
+def test_cache_layout():
+  model = _model()
+  cache = model.init_cache(2, 16)
+  assert len(cache) == model.config.num_layers
+  for leaf in jax.tree.leaves(cache):
+    assert leaf.shape == (2, 16, 2, 16)
+    assert leaf.dtype == jnp.float32
+  assert jax.tree.leaves(model.init_cache(2, 16, dtype=jnp.bfloat16))[0].dtype == jnp.bfloat16
+
+
+def _naive_logprobs(model, tokens, mask):
+  logits = model(tokens, mask_BxL=mask)
+  logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+  picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+  picked = jnp.where((mask[:, 1:] > 0) & (mask[:, :-1] > 0), picked, 0.0)
+  return jnp.concatenate([jnp.zeros((tokens.shape[0], 1)), picked], axis=1)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, 128])
+@pytest.mark.parametrize("variant", ["llama", "gemma2"])
+def test_token_logprobs_matches_naive(variant, chunk_size):
+  model = _model(variant)
+  tokens, mask = _left_padded_batch()
+  got = token_logprobs(model, tokens, mask, chunk_size=chunk_size)
+  assert got.shape == tokens.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, _naive_logprobs(model, tokens, mask), atol=1e-5)
+  assert (got[:, 0] == 0).all()
+
+
+def test_token_logprobs_gradient_matches_naive():
+  model = _model("qwen2")
+  tokens, mask = _left_padded_batch()
+
+  def loss(fn, m):
+    return fn(m, tokens, mask).sum()
+
+  g_chunked = nnx.grad(functools.partial(loss, lambda m, t, k: token_logprobs(m, t, k, chunk_size=3)))(model)
+  g_naive = nnx.grad(functools.partial(loss, _naive_logprobs))(model)
+  for a, b in zip(jax.tree.leaves(g_chunked), jax.tree.leaves(g_naive)):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_token_logprobs_jits_with_nnx():
+  model = _model()
+  tokens, mask = _left_padded_batch()
+  fn = nnx.jit(functools.partial(token_logprobs, chunk_size=4))
+  np.testing.assert_allclose(fn(model, tokens, mask), token_logprobs(model, tokens, mask),
+                             atol=1e-5)
+
+
+def test_remat_matches():
+  model = _model()
+  graphdef, state = nnx.split(model)
+  remat_model = nnx.merge(nnx.split(Transformer(model.config.replace(remat=True)))[0], state)
+  tokens, mask = _left_padded_batch()
+  np.testing.assert_allclose(remat_model(tokens, mask_BxL=mask), model(tokens, mask_BxL=mask),
+                             atol=1e-6)
+  loss = lambda m: token_logprobs(m, tokens, mask).sum()
+  for a, b in zip(jax.tree.leaves(nnx.grad(loss)(remat_model)),
+                  jax.tree.leaves(nnx.grad(loss)(model))):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["llama", "gemma2"])
+def test_bf16_compute(variant):
+  model = _model(variant)
+  bf16 = nnx.merge(nnx.split(Transformer(model.config.replace(dtype=jnp.bfloat16)))[0],
+                   nnx.state(model))
+  tokens, mask = _left_padded_batch()
+  logits = bf16(tokens, mask_BxL=mask)
+  assert logits.dtype == jnp.float32
+  assert jax.tree.leaves(nnx.state(bf16))[0].dtype == jnp.float32  # params stay fp32
+  ref = model(tokens, mask_BxL=mask)
+  real = np.asarray(mask) > 0
+  err = np.abs(np.asarray(logits - ref))[real].max()
+  assert err < 0.1 * float(np.abs(np.asarray(ref)).max()) + 0.1
+  logp = token_logprobs(bf16, tokens, mask)
+  assert np.isfinite(np.asarray(logp)).all()
+
+
+def test_params_carry_logical_axes():
+  model = Transformer(ModelConfig.tiny(qkv_bias=True, qk_norm=True))
+  specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
+  names = {tuple(s.value) for s in jax.tree.leaves(
+      specs, is_leaf=lambda x: isinstance(x, nnx.Variable))}
+  assert ("vocab", "embed") in names
+  assert ("embed", "heads", "kv") in names
+  assert ("embed", "kv_heads", "kv") in names
+  assert ("embed", "mlp") in names and ("mlp", "embed") in names
+  for leaf in jax.tree.leaves(nnx.state(model, nnx.Param),
+                              is_leaf=lambda x: isinstance(x, nnx.Variable)):
+    assert len(leaf.get_metadata()["out_sharding"]) == leaf.value.ndim
+
+
+@pytest.mark.parametrize("name,billions", [
+    ("qwen2.5-0.5b", 0.49), ("qwen2.5-1.5b", 1.54), ("qwen2.5-7b", 7.6)])
+def test_eval_shape_presets(name, billions):
+  config = ModelConfig.preset(name)
+  model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert abs(n / 1e9 - billions) / billions < 0.03
+  graphdef, state = nnx.split(model)
+  out = jax.eval_shape(lambda s, t: nnx.merge(graphdef, s)(t), state,
+                       jax.ShapeDtypeStruct((2, 16), jnp.int32))
+  assert out.shape == (2, 16, config.vocab_size) and out.dtype == jnp.float32
+  cache = jax.eval_shape(lambda: model.init_cache(2, 32))
+  assert jax.tree.leaves(cache)[0].shape == (2, 32, config.num_kv_heads, config.head_dim)
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match="multiple"):
+    ModelConfig.tiny(num_heads=3, num_kv_heads=2)
+  with pytest.raises(ValueError, match="sliding_window"):
+    ModelConfig.tiny(layer_types=(SLIDING_ATTENTION, FULL_ATTENTION))
+  with pytest.raises(ValueError, match="preset"):
+    ModelConfig.preset("gpt-5")
