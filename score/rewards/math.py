@@ -1,0 +1,516 @@
+r"""MATH answer checking: extract the final answer, decide equivalence, score a response.
+
+The oracle reward of SCoRe (Kumar et al., 2024, arXiv 2409.12917) on MATH is
+``r(y, y*) = 1[answer(y) ≡ y*]``. This module provides
+
+* `extract_answer(text)`: the model's final answer. Two formats are read:
+
+  - SCoRe's prompted form, ``Final Answer: The final answer is $X$. I hope it is correct.``
+    (``$...$``, ``$$...$$``, ``\(...\)`` or no wrapping; ``X`` may itself be boxed);
+  - the MATH convention (Hendrycks et al., 2021): the argument of the last ``\boxed{...}`` or
+    ``\fbox{...}``, braces nested arbitrarily, or ``\boxed 2`` without braces (up to the next
+    ``$`` or line end).
+
+  When both occur, the one that starts *later* in the text wins (the last stated answer).
+* `normalize(answer)`: the Hendrycks et al. string normaliser (``strip_string`` of the MATH
+  repository's ``is_equiv``) plus a few extra rules (listed in its docstring).
+* `is_equivalent(pred, gold)`: normalised strings equal, or math-verify (``parse`` on
+  ``$...$``-wrapped strings, then ``verify(gold, pred)``) says so.
+* `reward(response, gold)` and the batch API `rewards(responses, golds)`: 1.0 or 0.0.
+
+**Never crashes, never hangs.** `rewards` keeps a fast path in the calling process (no answer
+→ 0; normalised strings equal → 1) and sends everything else to a `WorkerPool` of processes:
+each check runs in the main thread of a worker with its own `setitimer` deadline (math-verify's
+own ``signal.alarm`` timeouts are switched off so they cannot cancel ours), and the parent
+kills and replaces a worker that still has not answered ``timeout_s + 1`` seconds later (a
+check stuck inside C code, where no signal is delivered). A check that times out, raises or
+kills its worker scores 0 and is logged (``logging``, which absl picks up); nothing is raised
+into the caller.
+
+`is_equivalent` itself runs in the calling process: there its deadline works only in the main
+thread (elsewhere it runs without one), so use `rewards` for untrusted output.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import re
+import signal
+import threading
+from typing import Iterator, Sequence
+
+from score.rewards import _pool
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "extract_answer",
+    "normalize",
+    "is_equivalent",
+    "reward",
+    "rewards",
+    "DEFAULT_TIMEOUT_S",
+]
+
+DEFAULT_TIMEOUT_S = 5.0
+# Extra seconds the parent grants a worker beyond `timeout_s` before killing it: the worker's
+# own timer should fire first; the kill is for checks stuck where signals are not delivered.
+_KILL_GRACE_S = 1.0
+# Address-space limit of each worker: a check that tries to build a gigantic integer gets a
+# MemoryError (scored 0) instead of swapping the machine.
+_WORKER_MEMORY_BYTES = 4 << 30
+# Longest answer we send to sympy; longer strings are compared as normalised strings only.
+_MAX_ANSWER_CHARS = 2000
+
+# ----------------------------------------------------------------------------------------------
+# Extraction.
+# ----------------------------------------------------------------------------------------------
+
+_FINAL_RE = re.compile(r"final\s+answer\s+is\b", re.IGNORECASE)
+_HOPE_RE = re.compile(r"\.?\s*I\s+hope\s+it\s+is\s+correct", re.IGNORECASE)
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+
+def _match_brace(text: str, open_pos: int) -> int | None:
+  """Index of the ``}`` closing the ``{`` at `open_pos` (``\{``/``\}`` escapes skipped)."""
+  depth = 0
+  i = open_pos
+  n = len(text)
+  while i < n:
+    c = text[i]
+    if c == "\\":
+      i += 2
+      continue
+    if c == "{":
+      depth += 1
+    elif c == "}":
+      depth -= 1
+      if depth == 0:
+        return i
+    i += 1
+  return None
+
+
+def _box_argument(text: str, start: int) -> str | None:
+  """Argument of the ``\boxed``/``\fbox`` command whose name ends at `start`."""
+  j = start
+  while j < len(text) and text[j] in " \t":
+    j += 1
+  if j < len(text) and text[j] == "{":
+    end = _match_brace(text, j)
+    if end is None:
+      return None
+    return text[j + 1:end]
+  if j > start:  # `\boxed 2`: up to the next `$` or line end (MATH's last_boxed_only_string).
+    arg = re.split(r"\$|\n", text[j:], maxsplit=1)[0].strip()
+    return arg or None
+  return None
+
+
+def _last_boxed(text: str) -> tuple[int, str] | None:
+  """(position, argument) of the last well-formed ``\boxed``/``\fbox`` in `text`."""
+  for m in reversed(list(_BOX_RE.finditer(text))):
+    arg = _box_argument(text, m.end())
+    if arg is not None:
+      return m.start(), arg
+  return None
+
+
+def _find_unescaped(text: str, sub: str, start: int) -> int:
+  i = start
+  while True:
+    i = text.find(sub, i)
+    if i < 0 or i == 0 or text[i - 1] != "\\":
+      return i
+    i += 1
+
+
+def _math_span(rest: str) -> str | None:
+  """Content of a leading ``$$..$$``, ``$..$``, ``\(..\)`` or ``\[..\]`` span of `rest`."""
+  for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+    if rest.startswith(open_):
+      end = _find_unescaped(rest, close, len(open_))
+      if end < 0:
+        return None
+      return rest[len(open_):end]
+  return None
+
+
+def _after_final(text: str, start: int) -> str | None:
+  """The answer that follows ``final answer is`` (which ends at `start`)."""
+  rest = text[start:].lstrip(" \t:")
+  span = _math_span(rest)
+  if span is None:
+    m = _BOX_RE.match(rest)
+    if m:
+      span = _box_argument(rest, m.end())
+  if span is None:
+    hope = _HOPE_RE.search(rest)
+    line = rest.split("\n", 1)[0]
+    span = rest[:hope.start()] if hope and hope.start() <= len(line) else line
+  return span
+
+
+def _clean(answer: str) -> str | None:
+  answer = answer.strip()
+  # A whole-answer box, e.g. "The final answer is $\boxed{5}$".
+  m = _BOX_RE.match(answer)
+  if m:
+    inner = _box_argument(answer, m.end())
+    if inner is not None and answer.endswith("}"):
+      answer = inner.strip()
+  while answer and answer[-1] in ".,;" and not answer.endswith("\\."):
+    answer = answer[:-1].rstrip()
+  return answer or None
+
+
+def extract_answer(text: str | None) -> str | None:
+  r"""The final answer in a model response, or None.
+
+  >>> extract_answer("... Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.")
+  '\\frac{1}{2}'
+  >>> extract_answer("so $x = \\boxed{\\frac{\\sqrt{3}}{2}}$.")
+  '\\frac{\\sqrt{3}}{2}'
+  """
+  if not text:
+    return None
+  candidates = []
+  finals = list(_FINAL_RE.finditer(text))
+  for m in reversed(finals):
+    span = _after_final(text, m.end())
+    if span is not None and _clean(span) is not None:
+      candidates.append((m.start(), _clean(span)))
+      break
+  boxed = _last_boxed(text)
+  if boxed is not None and _clean(boxed[1]) is not None:
+    candidates.append((boxed[0], _clean(boxed[1])))
+  if not candidates:
+    return None
+  return max(candidates, key=lambda c: c[0])[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation (Hendrycks et al. 2021, MATH repository `is_equiv`, plus extras).
+# ----------------------------------------------------------------------------------------------
+
+
+def _fix_fracs(s: str) -> str:
+  r"""``\frac12`` → ``\frac{1}{2}``, ``\frac1{72}`` → ``\frac{1}{72}`` (MATH's _fix_fracs)."""
+  parts = s.split("\\frac")
+  out = parts[0]
+  for sub in parts[1:]:
+    out += "\\frac"
+    if not sub or sub[0] == "{":
+      out += sub
+      continue
+    if len(sub) < 2:
+      return s
+    a, b = sub[0], sub[1]
+    if b != "{":
+      out += "{" + a + "}{" + b + "}" + sub[2:]
+    else:
+      out += "{" + a + "}" + b + sub[2:]
+  return out
+
+
+def _fix_a_slash_b(s: str) -> str:
+  """``3/4`` → ``\\frac{3}{4}`` for integer a, b (MATH's _fix_a_slash_b)."""
+  m = re.fullmatch(r"(-?\d+)/(\d+)", s)
+  if not m:
+    return s
+  return "\\frac{" + m.group(1) + "}{" + m.group(2) + "}"
+
+
+def _fix_sqrt(s: str) -> str:
+  r"""``\sqrt3`` → ``\sqrt{3}`` (MATH's _fix_sqrt)."""
+  parts = s.split("\\sqrt")
+  out = parts[0]
+  for sub in parts[1:]:
+    if sub and sub[0] not in "{[":
+      out += "\\sqrt{" + sub[0] + "}" + sub[1:]
+    else:
+      out += "\\sqrt" + sub
+  return out
+
+
+_TEXT_CMD = r"\\(?:text|textbf|textrm|mbox|mathrm|mathbf|operatorname)"
+# A unit written as trailing text after a value, e.g. "10\text{ cm}", "5 \mbox{inches}^2".
+_UNIT_RE = re.compile(r"^(?P<value>.*?\d.*?)\s*" + _TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?$")
+_TEXT_RE = re.compile(_TEXT_CMD + r"\{([^{}]*)\}")
+_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+
+
+def normalize(answer: str | None) -> str:
+  r"""Hendrycks-style canonical string for an answer (never raises; None → "").
+
+  Rules of the MATH repository's ``strip_string``: drop line breaks, ``\!``, ``\left``,
+  ``\right``, ``^\circ``/``^{\circ}``, ``\$``, ``\%``; ``\\`` → ``\``; ``tfrac``/``dfrac`` →
+  ``frac``; a trailing unit ``\text{ ...}`` is dropped; ``" ."``/``"{."``/leading ``"."`` get a
+  ``0``; ``k = 5`` (left side ≤ 2 characters) → ``5``; ``\sqrt3`` → ``\sqrt{3}``; spaces
+  removed; ``\frac12`` → ``\frac{1}{2}``; ``0.5`` → ``\frac{1}{2}``; ``a/b`` (integers) →
+  ``\frac{a}{b}``.
+
+  Extra rules here: surrounding ``$``/``\(\)`` and a whole-answer ``\boxed{}`` are removed;
+  ``%``, ``$``, ``\circ`` and ``°`` are dropped; spacing macros (``\,``, ``\;``, ``\:``,
+  ``\ ``, ``~``, ``\quad``, ``\displaystyle``) are removed; any trailing unit in
+  ``\text``/``\mbox``/``\mathrm`` after a value is dropped (not only ``\text{ ...}``); a
+  remaining ``\text{X}`` is unwrapped to ``X`` (so ``\text{(C)}`` → ``(C)``); trailing ``.``
+  is dropped; a thousands separator in a plain number is removed (``10,000`` → ``10000``).
+  Letters keep their case.
+  """
+  if answer is None:
+    return ""
+  s = str(answer).strip()
+  s = s.replace("\n", " ").replace("\r", " ")
+  for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+    if len(s) >= len(open_) + len(close) and s.startswith(open_) and s.endswith(close):
+      s = s[len(open_):len(s) - len(close)].strip()
+      break
+  cleaned = _clean(s)
+  s = cleaned if cleaned is not None else ""
+  s = s.replace("\\!", "")
+  s = s.replace("\\\\", "\\")
+  s = s.replace("tfrac", "frac").replace("dfrac", "frac")
+  s = re.sub(r"\\left(?![a-zA-Z])|\\right(?![a-zA-Z])", "", s)
+  s = s.replace("\\displaystyle", "")
+  for sp in ("\\,", "\\;", "\\:", "\\quad", "\\qquad", "~"):
+    s = s.replace(sp, " ")
+  s = s.replace("\\ ", " ")
+  s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°", "", s)
+  s = s.replace("\\$", "").replace("$", "")
+  s = s.replace("\\%", "").replace("%", "")
+  s = s.strip()
+  m = _UNIT_RE.match(s)
+  if m and m.group("value").strip() and "\\text" not in m.group("value"):
+    s = m.group("value").strip()
+  s = _TEXT_RE.sub(lambda mt: mt.group(1), s)
+  s = s.strip()
+  while s.endswith(".") and not s.endswith("\\."):
+    s = s[:-1].rstrip()
+  s = s.replace(" .", " 0.").replace("{.", "{0.")
+  if not s:
+    return s
+  if s[0] == ".":
+    s = "0" + s
+  if s.count("=") == 1:
+    lhs, rhs = s.split("=")
+    if len(lhs.strip()) <= 2 and rhs.strip():
+      s = rhs
+  s = _fix_sqrt(s)
+  s = s.replace(" ", "")
+  s = _fix_fracs(s)
+  if _THOUSANDS_RE.fullmatch(s):
+    s = s.replace(",", "")
+  if s == "0.5":
+    s = "\\frac{1}{2}"
+  s = _fix_a_slash_b(s)
+  return s
+
+
+# ----------------------------------------------------------------------------------------------
+# Equivalence.
+# ----------------------------------------------------------------------------------------------
+
+
+class CheckTimeout(BaseException):
+  """Raised by our timer inside a check. A BaseException so that the `except Exception`
+  handlers of sympy/math-verify cannot swallow it."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float | None) -> Iterator[None]:
+  """Raises `CheckTimeout` after `seconds` (main thread only; elsewhere no deadline)."""
+  if (not seconds or seconds <= 0 or threading.current_thread() is not threading.main_thread()
+      or not hasattr(signal, "setitimer")):
+    yield
+    return
+
+  def _handler(signum, frame):
+    raise CheckTimeout(f"equivalence check exceeded {seconds:g}s")
+
+  old_handler = signal.signal(signal.SIGALRM, _handler)
+  signal.setitimer(signal.ITIMER_REAL, seconds)
+  try:
+    yield
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old_handler)
+
+
+def _unwrap_dollars(s: str) -> str:
+  s = s.strip()
+  while len(s) >= 2 and s[0] == "$" and s[-1] == "$" and not s.endswith("\\$"):
+    s = s[1:-1].strip()
+  return s
+
+
+_MV_READY = False
+
+
+def _math_verify():
+  """Imports math-verify lazily, with its signal-based timeouts switched off for good."""
+  global _MV_READY
+  import math_verify  # pylint: disable=g-import-not-at-top
+  from math_verify import grader as mv_grader  # pylint: disable=g-import-not-at-top
+  from math_verify import parser as mv_parser  # pylint: disable=g-import-not-at-top
+
+  if not _MV_READY:
+    # We pass timeouts of None and keep our own deadline; silence its "timeout disabled"
+    # warning, which it would print once per process.
+    mv_grader.TIMEOUT_WARNING_SHOWN = True
+    mv_parser.TIMEOUT_WARNING_SHOWN = True
+    _MV_READY = True
+  return math_verify
+
+
+def _math_verify_equal(pred: str, gold: str) -> bool:
+  mv = _math_verify()
+  gold_parsed = mv.parse(f"${gold}$", parsing_timeout=None)
+  pred_parsed = mv.parse(f"${pred}$", parsing_timeout=None)
+  if not gold_parsed or not pred_parsed:
+    return False
+  return bool(mv.verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def is_equivalent(pred: str | None, gold: str | None, *,
+                  timeout_s: float | None = DEFAULT_TIMEOUT_S) -> bool:
+  r"""Whether answer `pred` is mathematically the same as `gold` (both bare answers).
+
+  True when the `normalize`d strings are equal and non-empty, or when math-verify finds them
+  equal: ``verify(parse("$gold$"), parse("$pred$"))`` (numbers to 6 decimals, symbolic
+  simplification, sets, intervals, tuples, matrices, equations ``x = 3`` vs ``3``), and if
+  that fails, the same on the normalised strings. A check that raises or runs past
+  `timeout_s` (main thread only) is False and logged. Never raises.
+  """
+  if pred is None or gold is None:
+    return False
+  try:
+    pred_s, gold_s = _unwrap_dollars(str(pred)), _unwrap_dollars(str(gold))
+    if not pred_s or not gold_s:
+      return False
+    pred_n, gold_n = normalize(pred_s), normalize(gold_s)
+    if pred_n and pred_n == gold_n:
+      return True
+    if len(pred_s) > _MAX_ANSWER_CHARS or len(gold_s) > _MAX_ANSWER_CHARS:
+      return False
+    with _deadline(timeout_s):
+      if _math_verify_equal(pred_s, gold_s):
+        return True
+      if (pred_n and gold_n and (pred_n, gold_n) != (pred_s, gold_s)
+          and "\\text" not in pred_n + gold_n):
+        return _math_verify_equal(pred_n, gold_n)
+      return False
+  except CheckTimeout as e:
+    logger.warning("math.is_equivalent: %s (pred=%.200r, gold=%.200r); scoring False",
+                   e, pred, gold)
+    return False
+  except Exception as e:  # pylint: disable=broad-except
+    logger.warning("math.is_equivalent: %s: %s (pred=%.200r, gold=%.200r); scoring False",
+                   type(e).__name__, e, pred, gold)
+    return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Rewards.
+# ----------------------------------------------------------------------------------------------
+
+_POOLS: dict[int | None, _pool.WorkerPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _default_pool(num_workers: int | None) -> _pool.WorkerPool:
+  with _POOLS_LOCK:
+    pool = _POOLS.get(num_workers)
+    if pool is None:
+      pool = _pool.WorkerPool(num_workers, preload=("score.rewards.math", "math_verify"),
+                              memory_limit_bytes=_WORKER_MEMORY_BYTES)
+      _POOLS[num_workers] = pool
+    return pool
+
+
+@atexit.register
+def shutdown() -> None:
+  """Stops the worker pools `rewards` started (also run at interpreter exit)."""
+  with _POOLS_LOCK:
+    for pool in _POOLS.values():
+      pool.close()
+    _POOLS.clear()
+
+
+def _check_in_worker(pred: str, gold: str, timeout_s: float) -> bool:
+  """Runs in a worker process (its main thread): the full check, with our deadline."""
+  return is_equivalent(pred, gold, timeout_s=timeout_s)
+
+
+def _fast(response: str | None, gold: str | None) -> tuple[float | None, str | None]:
+  """(score, None) when decided without math-verify, else (None, extracted answer)."""
+  if gold is None or not str(gold).strip():
+    logger.warning("math.rewards: empty gold answer; scoring 0")
+    return 0.0, None
+  try:
+    pred = extract_answer(response)
+  except Exception as e:  # pylint: disable=broad-except
+    logger.warning("math.rewards: extraction failed (%s: %s); scoring 0", type(e).__name__, e)
+    return 0.0, None
+  if pred is None:
+    return 0.0, None
+  try:
+    pn = normalize(_unwrap_dollars(pred))
+    if pn and pn == normalize(_unwrap_dollars(str(gold))):
+      return 1.0, None
+  except Exception:  # pylint: disable=broad-except
+    pass
+  return None, pred
+
+
+def rewards(responses: Sequence[str | None], golds: Sequence[str | None], *,
+            timeout_s: float = DEFAULT_TIMEOUT_S, num_workers: int | None = None,
+            pool: _pool.WorkerPool | None = None) -> list[float]:
+  """Batch reward ``1[extract_answer(response) ≡ gold]`` ∈ {0.0, 1.0}, one per response.
+
+  Args:
+    responses: model outputs (None or unparsable → 0).
+    golds: gold answers (bare, e.g. MATH's ``answer`` field ``\\frac{14}{3}``).
+    timeout_s: per-item limit for the math-verify check; a worker that is still busy
+      ``timeout_s + 1`` s after receiving an item is killed and replaced.
+    num_workers: size of the module's shared pool (created on first use, reused, closed at
+      exit or by `shutdown()`); default ``min(4, cpu_count)``.
+    pool: use this `WorkerPool` instead of the shared one.
+
+  Never raises for bad inputs or failing checks (those score 0 and are logged); raises
+  ValueError only if the two sequences differ in length.
+  """
+  if len(responses) != len(golds):
+    raise ValueError(f"math.rewards: {len(responses)} responses but {len(golds)} golds")
+  out: list[float] = [0.0] * len(responses)
+  slow: list[int] = []
+  preds: list[str | None] = [None] * len(responses)
+  for i, (resp, gold) in enumerate(zip(responses, golds)):
+    score, pred = _fast(resp, gold)
+    if score is not None:
+      out[i] = score
+    else:
+      slow.append(i)
+      preds[i] = pred
+  if not slow:
+    return out
+  if pool is None:
+    pool = _default_pool(num_workers)
+  outcomes = pool.map(_check_in_worker,
+                      [(preds[i], str(golds[i]), float(timeout_s)) for i in slow],
+                      timeout_s=float(timeout_s) + _KILL_GRACE_S)
+  for i, oc in zip(slow, outcomes):
+    if oc.ok:
+      out[i] = 1.0 if oc.value else 0.0
+    else:
+      logger.warning("math.rewards: item %d scored 0 because its check failed: %s "
+                     "(pred=%.200r, gold=%.200r)", i, oc.error, preds[i], golds[i])
+  return out
+
+
+def reward(response: str | None, gold: str | None, *, timeout_s: float = DEFAULT_TIMEOUT_S
+           ) -> float:
+  """`rewards` for one response (the check runs in the shared worker pool)."""
+  return rewards([response], [gold], timeout_s=timeout_s)[0]
