@@ -251,8 +251,8 @@ def chat_instruction(
 
     The template is rendered once with a sentinel as the assistant content; the part after
     the sentinel (end-of-turn marker, user turn with `text`, generation prompt) is tokenised
-    on its own. If the response already ends with a stop id whose text opens that part
-    (e.g. `<|im_end|>`), it is not repeated. Turn k's ids are kept as sampled.
+    on its own. If the response already ends with a stop id that is also the first token of
+    that part (e.g. `<|im_end|>`), it is not repeated. Turn k's ids are kept as sampled.
     """
     messages = [
         {"role": "user", "content": "x"},
@@ -263,17 +263,13 @@ def chat_instruction(
     if _SENTINEL not in rendered:
         raise ValueError("chat_instruction: the chat template dropped the assistant content")
     suffix = rendered.split(_SENTINEL, 1)[1]
-    stop_texts = {int(e): tokenizer.decode([int(e)]) for e in eos_ids}
-    full_ids = list(tokenizer.encode(suffix, add_special_tokens=False))
-    stripped_ids: dict[int, list[int]] = {}
-    for e, s in stop_texts.items():
-        if s and suffix.startswith(s):
-            stripped_ids[e] = list(tokenizer.encode(suffix[len(s):], add_special_tokens=False))
+    full_ids = [int(t) for t in tokenizer.encode(suffix, add_special_tokens=False)]
+    stops = {int(e) for e in eos_ids}
 
     def fn(turn: int, context: list[int], response: list[int]) -> list[int]:
         del turn, context
-        if response and response[-1] in stripped_ids:
-            return list(stripped_ids[response[-1]])
+        if response and full_ids and response[-1] in stops and response[-1] == full_ids[0]:
+            return full_ids[1:]
         return list(full_ids)
 
     return fn

@@ -1,0 +1,129 @@
+"""Multi-turn rollouts: masks, exact splicing of earlier turns, log-prob alignment, limits."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from score.models import ModelConfig, Transformer, token_logprobs
+from score.sampling import generate
+from score.sampling.rollouts import chat_instruction, chat_prompt, rollout
+
+PROMPTS = [[5, 17, 3, 9], [40, 2]]
+INSTRUCTION = [120, 121, 122]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Transformer(ModelConfig.tiny(vocab_size=128), rngs=nnx.Rngs(2))
+
+
+def _row_segments(ep, b):
+    """The row's real tokens split into (ids, turn) runs of constant turn_mask."""
+    real = ep.mask_BxL[b] > 0
+    ids, turns = ep.tokens_BxL[b][real].tolist(), ep.turn_mask_BxL[b][real].tolist()
+    return ids, turns
+
+
+def test_masks_and_exact_splicing(model):
+    g, k = 3, 3
+    ep = rollout(model, PROMPTS, num_turns=k, max_new_tokens=[5, 6, 4], instruction=INSTRUCTION,
+                 samples_per_prompt=g, temperature=1.0, seed=0)
+    b_total = len(PROMPTS) * g
+    assert ep.tokens_BxL.shape[0] == b_total and ep.tokens_BxL.shape[1] % 8 == 0
+    assert ep.prompt_index_B.tolist() == [0, 0, 0, 1, 1, 1]
+    assert ep.lengths_BxK.tolist() == [[5, 6, 4]] * b_total
+    assert ep.truncated_BxK.all()
+    for b in range(b_total):
+        x1 = PROMPTS[ep.prompt_index_B[b]]
+        y = ep.responses[b]
+        ids, turns = _row_segments(ep, b)
+        # The episode is x1 ⊕ y1 ⊕ p ⊕ y2 ⊕ p ⊕ y3, turn marks on y_k only.
+        assert ids == x1 + y[0] + INSTRUCTION + y[1] + INSTRUCTION + y[2]
+        assert turns == ([0] * len(x1) + [1] * 5 + [0] * 3 + [2] * 6 + [0] * 3 + [3] * 4)
+        assert ep.context(b, 2, PROMPTS) == x1 + y[0] + INSTRUCTION
+        # Left padding: padding is never marked as a turn and the row ends at the right edge.
+        assert ep.turn_mask_BxL[b][ep.mask_BxL[b] == 0].sum() == 0 and ep.mask_BxL[b, -1] == 1
+    # No prompt or instruction token is trainable.
+    assert not np.any(ep.loss_mask_BxL & (ep.turn_mask_BxL == 0))
+    assert ep.loss_mask_BxL.sum() == b_total * 15
+    # G samples of one prompt are different draws.
+    assert ep.responses[0][0] != ep.responses[1][0] or ep.responses[1][0] != ep.responses[2][0]
+    # The trainer's recomputation on the packed episode gives the sampler's log-probs at every
+    # generated position: each turn conditioned on exactly the earlier turns' tokens.
+    logp_BxL = np.asarray(token_logprobs(model, jnp.asarray(ep.tokens_BxL), jnp.asarray(ep.mask_BxL)))
+    gen = ep.turn_mask_BxL > 0
+    np.testing.assert_allclose(logp_BxL[gen], ep.logprobs_BxL[gen], atol=1e-4)
+    assert np.all(ep.logprobs_BxL[~gen] == 0)
+
+
+def test_greedy_turn_two_equals_generate_on_spliced_context(model):
+    ep = rollout(model, PROMPTS, num_turns=2, max_new_tokens=6, instruction=INSTRUCTION,
+                 temperature=0.0)
+    x2 = [PROMPTS[i] + ep.responses[i][0] + INSTRUCTION for i in range(len(PROMPTS))]
+    direct = generate(model, x2, max_new_tokens=6)
+    assert [r[1] for r in ep.responses] == direct.tokens
+
+
+def test_callable_instruction_and_stop(model):
+    first = rollout(model, PROMPTS[:1], num_turns=1, max_new_tokens=6, temperature=0.0)
+    stop = first.responses[0][0][2]
+    calls = []
+
+    def instruction(turn, context, response):
+        calls.append((turn, list(context), list(response)))
+        return [100 + turn]
+
+    ep = rollout(model, PROMPTS[:1], num_turns=3, max_new_tokens=6, instruction=instruction,
+                 temperature=0.0, eos_ids=(stop,))
+    y = ep.responses[0]
+    assert y[0] == first.responses[0][0][: first.responses[0][0].index(stop) + 1]
+    assert ep.finish_reason[0][0] == "stop" and not ep.truncated_BxK[0, 0]
+    assert [c[0] for c in calls] == [1, 2]
+    assert calls[0][1] == PROMPTS[0] and calls[0][2] == y[0]
+    assert calls[1][1] == PROMPTS[0] + y[0] + [101] and calls[1][2] == y[1]
+    assert ep.instructions[0] == [[101], [102]]
+
+
+def test_max_len_caps_the_episode(model):
+    ep = rollout(model, PROMPTS, num_turns=3, max_new_tokens=8, instruction=INSTRUCTION,
+                 temperature=1.0, max_len=20)
+    assert ep.tokens_BxL.shape[1] == 20
+    assert np.all(ep.mask_BxL.sum(-1) <= 20)
+    for b in range(len(PROMPTS)):
+        ids, _ = _row_segments(ep, b)
+        assert ids == ep.context(b, len(ep.instructions[b]) + 1, PROMPTS) + ep.responses[b][
+            len(ep.instructions[b])
+        ] + sum(ep.responses[b][len(ep.instructions[b]) + 1:], [])
+    assert ep.truncated_BxK[:, -1].all() and (ep.lengths_BxK[:, -1] == 0).any()
+
+
+def _chat_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["hi", "fix", "it", "user", "assistant", "\n", "x", "a", "b"]
+    vocab = {w: i for i, w in enumerate(["<unk>", "<|im_start|>", "<|im_end|>"] + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="removed")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>")
+    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+    )
+    return fast
+
+
+def test_chat_template_helpers():
+    tok = _chat_tokenizer()
+    ids = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    assert chat_prompt(tok, "hi") == ids("<|im_start|> user hi <|im_end|> <|im_start|> assistant ")
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    fn = chat_instruction(tok, "fix it", eos_ids=(eos,))
+    tail = ids("<|im_start|> user fix it <|im_end|> <|im_start|> assistant ")
+    a, b = tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("b")
+    # Response without its end-of-turn token: the template's closing token is inserted.
+    assert fn(1, [], [a, b]) == [eos] + tail
+    # Response that ended on <|im_end|>: not repeated.
+    assert fn(1, [], [a, b, eos]) == tail
