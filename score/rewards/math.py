@@ -132,9 +132,8 @@ def _math_span(rest: str) -> str | None:
   for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
     if rest.startswith(open_):
       end = _find_unescaped(rest, close, len(open_))
-      if end < 0:
-        return None
-      return rest[len(open_):end]
+      if end >= 0:
+        return rest[len(open_):end]
   return None
 
 
@@ -375,7 +374,7 @@ def _math_verify_equal(pred: str, gold: str) -> bool:
 
 
 def is_equivalent(pred: str | None, gold: str | None, *,
-                  timeout_s: float | None = DEFAULT_TIMEOUT_S) -> bool:
+                  timeout_s: float | None = DEFAULT_TIMEOUT_S, string_match: bool = True) -> bool:
   r"""Whether answer `pred` is mathematically the same as `gold` (both bare answers).
 
   True when the `normalize`d strings are equal and non-empty, or when math-verify finds them
@@ -383,6 +382,9 @@ def is_equivalent(pred: str | None, gold: str | None, *,
   simplification, sets, intervals, tuples, matrices, equations ``x = 3`` vs ``3``), and if
   that fails, the same on the normalised strings. A check that raises or runs past
   `timeout_s` (main thread only) is False and logged. Never raises.
+
+  `string_match=False` skips the normalised-string shortcut and the normalised retry, so
+  that only math-verify decides (for testing the checker itself).
   """
   if pred is None or gold is None:
     return False
@@ -391,14 +393,14 @@ def is_equivalent(pred: str | None, gold: str | None, *,
     if not pred_s or not gold_s:
       return False
     pred_n, gold_n = normalize(pred_s), normalize(gold_s)
-    if pred_n and pred_n == gold_n:
+    if string_match and pred_n and pred_n == gold_n:
       return True
     if len(pred_s) > _MAX_ANSWER_CHARS or len(gold_s) > _MAX_ANSWER_CHARS:
       return False
     with _deadline(timeout_s):
       if _math_verify_equal(pred_s, gold_s):
         return True
-      if (pred_n and gold_n and (pred_n, gold_n) != (pred_s, gold_s)
+      if (string_match and pred_n and gold_n and (pred_n, gold_n) != (pred_s, gold_s)
           and "\\text" not in pred_n + gold_n):
         return _math_verify_equal(pred_n, gold_n)
       return False
@@ -439,9 +441,9 @@ def shutdown() -> None:
     _POOLS.clear()
 
 
-def _check_in_worker(pred: str, gold: str, timeout_s: float) -> bool:
+def _check_in_worker(pred: str, gold: str, timeout_s: float, string_match: bool = True) -> bool:
   """Runs in a worker process (its main thread): the full check, with our deadline."""
-  return is_equivalent(pred, gold, timeout_s=timeout_s)
+  return is_equivalent(pred, gold, timeout_s=timeout_s, string_match=string_match)
 
 
 def _fast(response: str | None, gold: str | None) -> tuple[float | None, str | None]:

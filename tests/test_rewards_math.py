@@ -1,0 +1,299 @@
+"""Tests for score.rewards.math: extraction, normalisation, equivalence, the hang-safe pool."""
+
+import json
+import os
+import pathlib
+import time
+
+import pytest
+
+from score.rewards import _pool
+from score.rewards import math as rmath
+
+MATH500 = pathlib.Path("/work/shared/data/math500_test.jsonl")
+
+# (prediction, gold, expected). Golds are written the way MATH writes them.
+EQUIVALENT = [
+    # Fractions.
+    ("\\frac{1}{2}", "\\frac12", True),
+    ("\\dfrac{1}{2}", "\\frac{1}{2}", True),
+    ("\\tfrac{3}{4}", "\\frac34", True),
+    ("1/2", "\\frac{1}{2}", True),
+    ("2/4", "\\frac{1}{2}", True),
+    ("\\frac{2}{4}", "\\frac{1}{2}", True),
+    ("-\\frac{1}{2}", "\\frac{-1}{2}", True),
+    ("\\frac{14}{3}", "4\\frac{2}{3}", True),  # A mixed number, as MATH writes them.
+    ("\\frac{8}{3}", "4\\frac{2}{3}", False),
+    ("\\frac{1}{3}", "\\frac{1}{2}", False),
+    ("\\frac{3}{2}", "\\frac{2}{3}", False),
+    # Decimals vs fractions.
+    ("0.5", "\\frac{1}{2}", True),
+    ("0.25", "\\frac{1}{4}", True),
+    (".75", "\\frac{3}{4}", True),
+    ("0.333", "\\frac{1}{3}", False),  # Not within math-verify's 6-decimal rounding.
+    ("3.0", "3", True),
+    ("2.001", "2", False),
+    # Integers, signs, thousands separators.
+    ("-7", "-7", True),
+    ("7", "-7", False),
+    ("10000", "10,\\!000", True),
+    ("1,000,000", "1000000", True),
+    ("1001", "1000", False),
+    ("+5", "5", True),
+    # Units and \text.
+    ("10", "10\\text{ cm}", True),
+    ("10\\text{ cm}", "10", True),
+    ("10 \\text{ inches}", "10", True),
+    ("5\\text{ cm}^2", "5", True),
+    ("11", "10\\text{ cm}", False),
+    ("\\text{(C)}", "\\text{(C)}", True),
+    ("(C)", "\\text{(C)}", True),
+    ("\\text{(B)}", "\\text{(C)}", False),
+    ("\\text{Monday}", "\\text{Monday}", True),
+    ("\\text{Tuesday}", "\\text{Monday}", False),
+    # Degrees, percentages, money.
+    ("30^\\circ", "30", True),
+    ("30^{\\circ}", "30^\\circ", True),
+    ("31^\\circ", "30^\\circ", False),
+    ("50\\%", "50", True),
+    ("25\\%", "50\\%", False),
+    ("\\$18.90", "18.90", True),
+    ("18.9", "\\$18.90", True),
+    ("\\$19.90", "\\$18.90", False),
+    # sqrt, pi, expressions.
+    ("\\sqrt{8}", "2\\sqrt{2}", True),
+    ("\\sqrt2", "\\sqrt{2}", True),
+    ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", True),
+    ("\\frac{1}{\\sqrt{3}}", "\\frac{\\sqrt{3}}{3}", True),
+    ("\\sqrt{3}", "\\sqrt{2}", False),
+    ("2\\pi", "\\pi \\cdot 2", True),
+    ("\\pi", "3.14159", False),
+    ("6\\pi", "36\\pi", False),
+    ("x^2+2x+1", "(x+1)^2", True),
+    ("x^2+2x", "(x+1)^2", False),
+    ("2^{10}", "1024", True),
+    # Equations vs values.
+    ("x=3", "3", True),
+    ("k = 5", "5", True),
+    ("x=4", "3", False),
+    ("y = 2x + 3", "y=2x+3", True),
+    ("y = 2x - 3", "y=2x+3", False),
+    # Intervals, tuples, sets.
+    ("[1,2)", "[1, 2)", True),
+    ("(1,2]", "[1, 2)", False),
+    ("(-\\infty, 3)", "(-\\infty,3)", True),
+    ("(-\\infty, 3]", "(-\\infty,3)", False),
+    ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)", True),
+    ("(3, \\pi)", "\\left( 3, \\frac{\\pi}{2} \\right)", False),
+    ("\\{1,2\\}", "\\{2,1\\}", True),
+    ("\\{1,2,3\\}", "\\{2,1\\}", False),
+    ("1, 2, 3", "3, 2, 1", True),  # MATH "enter all solutions, separated by commas".
+    ("1, 2", "1, 2, 3", False),
+    # Matrices and vectors.
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True),
+    ("\\begin{pmatrix} 1 \\\\ 3 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", False),
+    ("\\begin{pmatrix} 1 & 0 \\\\ 0 & 1 \\end{pmatrix}",
+     "\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}", True),
+    # Wrapping and junk.
+    ("$\\frac{1}{2}$", "\\frac{1}{2}", True),
+    ("\\boxed{5}", "5", True),
+    ("5.", "5", True),
+    ("", "5", False),
+    (None, "5", False),
+    ("five", "5", False),
+]
+
+
+@pytest.mark.parametrize("pred,gold,expected", EQUIVALENT)
+def test_is_equivalent_table(pred, gold, expected):
+  assert rmath.is_equivalent(pred, gold, timeout_s=5.0) is expected
+
+
+def test_table_is_large_and_balanced():
+  assert len(EQUIVALENT) >= 60
+  assert sum(e for *_, e in EQUIVALENT) >= 25
+  assert sum(not e for *_, e in EQUIVALENT) >= 25
+
+
+EXTRACT = [
+    ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
+    ("Final Answer: The final answer is 3.5. I hope it is correct.", "3.5"),
+    ("Final Answer: The final answer is $3.5$. I hope it is correct.", "3.5"),
+    ("The final answer is: $$x = 7$$\nI hope it is correct.", "x = 7"),
+    ("The final answer is \\(12\\).", "12"),
+    ("The final answer is $\\boxed{\\frac{\\sqrt{3}}{2}}$. I hope it is correct.",
+     "\\frac{\\sqrt{3}}{2}"),
+    ("Final Answer: The final answer is $\\$18.90$. I hope it is correct.", "\\$18.90"),
+    ("final answer is 42", "42"),
+    ("The final answer is (1, 2). I hope it is correct.", "(1, 2)"),
+    # The last of several answers wins.
+    ("First I thought the final answer is $3$. Wait, so \\boxed{4}.", "4"),
+    ("So $\\boxed{4}$.\nFinal Answer: The final answer is $5$. I hope it is correct.", "5"),
+    ("\\boxed{1} then \\boxed{2}", "2"),
+    # Nested braces and escaped braces.
+    ("so $x = \\boxed{\\frac{\\sqrt{3}}{2}}$.", "\\frac{\\sqrt{3}}{2}"),
+    ("$\\boxed{\\{1, 2\\}}$", "\\{1, 2\\}"),
+    ("\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
+    ("\\boxed{\\text{(C)}}", "\\text{(C)}"),
+    ("\\fbox{7}", "7"),
+    ("The answer is $\\boxed 2$.", "2"),
+    ("\\boxed{3} and a broken \\boxed{4", "3"),
+    # Nothing to extract.
+    ("I don't know.", None),
+    ("", None),
+    (None, None),
+    ("\\boxed{", None),
+    ("\\boxed{}", None),
+    ("The final answer is $$. I hope it is correct.", None),
+    ("\\boxedx{3}", None),
+]
+
+
+@pytest.mark.parametrize("text,expected", EXTRACT)
+def test_extract_answer(text, expected):
+  assert rmath.extract_answer(text) == expected
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+    ("\\dfrac{1}{2}", "\\frac{1}{2}"),
+    ("0.5", "\\frac{1}{2}"),
+    ("3/4", "\\frac{3}{4}"),
+    ("\\frac12", "\\frac{1}{2}"),
+    ("\\frac1{72}", "\\frac{1}{72}"),
+    ("\\sqrt3", "\\sqrt{3}"),
+    ("10\\text{ cm}", "10"),
+    ("\\text{(C)}", "(C)"),
+    ("30^\\circ", "30"),
+    ("50\\%", "50"),
+    ("\\$18.90", "18.90"),
+    ("10,\\!000", "10000"),
+    ("x = 3", "3"),
+    ("$5$.", "5"),
+    (".5", "\\frac{1}{2}"),  # " .5" -> "0.5" -> "\frac{1}{2}", as in Hendrycks' strip_string.
+    (".25", "0.25"),
+    ("", ""),
+    (None, ""),
+    ("\\frac", "\\frac"),  # Malformed input passes through, never raises.
+    ("\\sqrt", "\\sqrt"),
+])
+def test_normalize(raw, expected):
+  assert rmath.normalize(raw) == expected
+
+
+def test_normalize_never_raises_on_garbage():
+  for s in ["\\frac{", "}{", "\\left", "$$$", "=", "a=b=c", "\\text{", "^\\circ", "\\\\", "/"]:
+    assert isinstance(rmath.normalize(s), str)
+
+
+@pytest.fixture(scope="module")
+def pool():
+  with _pool.WorkerPool(2, preload=("score.rewards.math", "math_verify"),
+                        memory_limit_bytes=4 << 30) as p:
+    yield p
+
+
+def test_rewards_batch(pool):
+  responses = [
+      "Final Answer: The final answer is $0.5$. I hope it is correct.",  # Needs math-verify.
+      "... so the answer is $\\boxed{\\dfrac{1}{2}}$.",  # Fast path (normalised strings).
+      "Final Answer: The final answer is $\\frac{1}{3}$. I hope it is correct.",
+      "no answer here",
+      None,
+      "\\boxed{2\\sqrt{2}}",
+  ]
+  golds = ["\\frac{1}{2}", "\\frac12", "\\frac{1}{2}", "1", "1", "\\sqrt{8}"]
+  assert rmath.rewards(responses, golds, pool=pool) == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_rewards_length_mismatch():
+  with pytest.raises(ValueError, match="2 responses but 1 golds"):
+    rmath.rewards(["a", "b"], ["a"])
+
+
+def test_rewards_empty_gold_scores_zero(pool):
+  assert rmath.rewards(["\\boxed{1}", "\\boxed{1}"], ["", None], pool=pool) == [0.0, 0.0]
+
+
+def test_pathological_expression_times_out_and_pool_keeps_working(pool, caplog):
+  tower = "\\boxed{9^{9^{9^{9^{9^{9}}}}}}"
+  t0 = time.monotonic()
+  out = rmath.rewards([tower, "\\boxed{0.5}", tower, "\\boxed{\\sqrt{8}}"],
+                      ["5", "\\frac{1}{2}", "7", "2\\sqrt{2}"], timeout_s=1.0, pool=pool)
+  elapsed = time.monotonic() - t0
+  assert out == [0.0, 1.0, 0.0, 1.0]
+  # Two workers, two hanging items: each gets 1 s (+1 s kill grace at worst), in parallel.
+  assert elapsed < 6.0, elapsed
+  # And the pool still answers afterwards.
+  assert rmath.rewards(["\\boxed{0.25}"], ["\\frac14"], pool=pool) == [1.0]
+
+
+def test_pool_replaces_crashed_and_hung_workers(pool):
+  pids_before = set(pool.pids) if pool.pids else set()
+  tasks = [
+      (rmath._check_in_worker, ("0.5", "\\frac{1}{2}", 5.0)),
+      (os._exit, (3,)),  # The worker process dies.
+      (time.sleep, (60,)),  # No deadline inside: the parent must kill it.
+      (rmath._check_in_worker, ("\\sqrt{8}", "2\\sqrt{2}", 5.0)),
+      (int, ("not a number",)),  # An exception inside the task.
+  ]
+  t0 = time.monotonic()
+  outs = pool.run(tasks, timeout_s=2.0)
+  assert time.monotonic() - t0 < 10.0
+  assert outs[0].ok and outs[0].value is True
+  assert not outs[1].ok and "worker died (exit code 3)" in outs[1].error
+  assert not outs[2].ok and outs[2].error.startswith("timeout")
+  assert outs[3].ok and outs[3].value is True
+  assert not outs[4].ok and outs[4].error.startswith("ValueError")
+  assert len(pool.pids) == 2 and set(pool.pids) != pids_before
+  # The math reward maps any failed check to 0 (here: the task kills its worker).
+  assert pool.run([(os._exit, (1,))], timeout_s=2.0)[0].ok is False
+  assert rmath.rewards(["\\boxed{0.5}"], ["\\frac12"], pool=pool) == [1.0]
+
+
+def test_worker_killed_from_outside_scores_zero(pool):
+  """A worker killed mid-check (e.g. by the OOM killer) gives 0 for its item, no exception."""
+  import signal
+  import threading
+
+  pool.run([(int, ("1",))] * 2, timeout_s=5.0)  # Make sure both workers are up.
+  victims = list(pool.pids)
+
+  def _kill():
+    time.sleep(0.5)
+    for pid in victims:
+      try:
+        os.kill(pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+
+  killer = threading.Thread(target=_kill)
+  killer.start()
+  hang = "\\boxed{9^{9^{9^{9^{9^{9}}}}}}"
+  out = rmath.rewards([hang, hang], ["1", "2"], timeout_s=4.0, pool=pool)
+  killer.join()
+  assert out == [0.0, 0.0]
+  assert not set(pool.pids) & set(victims)
+  assert rmath.rewards(["\\boxed{0.5}"], ["\\frac12"], pool=pool) == [1.0]
+
+
+def test_reward_single_uses_shared_pool():
+  assert rmath.reward("Final Answer: The final answer is $0.5$. I hope it is correct.",
+                      "\\frac12") == 1.0
+  assert rmath.reward("\\boxed{3}", "4") == 0.0
+  rmath.shutdown()
+
+
+@pytest.mark.skipif(not MATH500.exists(), reason=f"{MATH500} not found")
+def test_every_math500_gold_is_equivalent_to_itself(pool):
+  """~10 s on 2 busy cores, so it stays in the fast tier."""
+  golds = [json.loads(line)["answer"] for line in MATH500.read_text().splitlines() if line]
+  assert len(golds) == 500
+  # Through math-verify alone, not the normalised-string shortcut.
+  outs = pool.map(rmath._check_in_worker, [(g, g, 10.0, False) for g in golds],
+                  timeout_s=12.0)
+  bad = [(g, o) for g, o in zip(golds, outs) if not (o.ok and o.value)]
+  assert not bad, bad[:10]
+  # And through the full reward, with the SCoRe answer format around it.
+  responses = [f"Final Answer: The final answer is ${g}$. I hope it is correct." for g in golds]
+  assert rmath.rewards(responses, golds, pool=pool) == [1.0] * 500
