@@ -1,0 +1,332 @@
+"""Adversarial tests of `score.rewards.sandbox`: every hostile program ends as a failure or a
+timeout within its limits, nothing outside the sandbox is touched, and the grader keeps
+grading afterwards."""
+
+import os
+import resource
+import socket
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+from score.rewards import sandbox
+
+ISO = sandbox.isolation()
+AS_ROOT = os.geteuid() == 0
+SANDBOX_UID_MIN = sandbox._UID_BASE
+
+
+def _still_grades():
+    """The grader survives: a passing program still passes, a failing one still fails."""
+    ok = sandbox.run("def f(x):\n    return x + 1\n", "assert f(1) == 2\nprint('ok')")
+    assert ok.status == "passed", (ok, ok.stderr)
+    assert ok.stdout == "ok\n"
+    bad = sandbox.run("def f(x):\n    return x\n", "assert f(1) == 2")
+    assert bad.status == "failed" and "AssertionError" in bad.stderr
+
+
+def _sandbox_processes():
+    """PIDs of live processes owned by a sandbox uid (root mode)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                st = os.stat(f"/proc/{name}")
+                with open(f"/proc/{name}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if st.st_uid >= SANDBOX_UID_MIN and state != "Z":
+                pids.append(int(name))
+    return pids
+
+
+def test_isolation_probe_runs_here():
+    assert "error" not in ISO, ISO
+    assert ISO["python"]
+    assert ISO["network_guard"] in ("namespace", "audit-hook")
+
+
+def test_passing_failing_and_syntax_error():
+    r = sandbox.run("x = 2\n", "assert x * 3 == 6")
+    assert (r.passed, r.status, r.returncode, r.reason) == (True, "passed", 0, "")
+    r = sandbox.run("def f(:\n  pass")
+    assert (r.passed, r.status) == (False, "failed")
+    assert "SyntaxError" in r.stderr
+    r = sandbox.run("import sys; sys.exit(3)")
+    assert (r.status, r.returncode, r.reason) == ("failed", 3, "exit code 3")
+    r = sandbox.run("raise SystemExit(0)")
+    assert r.passed
+
+
+def test_program_and_tests_are_joined_by_newline():
+    r = sandbox.run("def f():\n    return 1", "assert f() == 1")  # no trailing newline
+    assert r.passed, r.stderr
+
+
+def test_standard_library_only_and_scrubbed_environment(monkeypatch):
+    monkeypatch.setenv("SCORE_TEST_SECRET", "s3cr3t-value-do-not-leak")
+    prog = textwrap.dedent("""
+        import os, sys
+        print(sorted(os.environ))
+        print(repr(os.environ.get("SCORE_TEST_SECRET")))
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    print(open(f"/proc/{pid}/environ", "rb").read())
+                except OSError as e:
+                    print("denied", pid)
+        for path in ("/proc/1/environ", f"/proc/{os.getppid()}/environ"):
+            try:
+                print(open(path, "rb").read())
+            except OSError as e:
+                print("denied", path)
+        print("site" in sys.modules, sys.flags.isolated, sys.flags.no_site)
+    """)
+    r = sandbox.run(prog)
+    assert r.passed, r.stderr
+    assert "s3cr3t-value-do-not-leak" not in r.stdout + r.stderr
+    env_keys = eval(r.stdout.splitlines()[0])  # a list literal printed by the program
+    assert set(env_keys) <= {"PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "MALLOC_ARENA_MAX"}
+    assert r.stdout.splitlines()[-1] == "False 1 1"
+
+
+def test_infinite_loop_times_out_within_limit():
+    t0 = time.monotonic()
+    r = sandbox.run("while True:\n    pass\n", timeout_s=1.0)
+    elapsed = time.monotonic() - t0
+    assert (r.passed, r.status) == (False, "timeout")
+    assert 1.0 <= elapsed < 5.0
+    r = sandbox.run("import time\ntime.sleep(60)\n", timeout_s=0.5)  # sleeping, no CPU
+    assert r.status == "timeout" and r.elapsed_s < 4.0
+    _still_grades()
+
+
+def test_memory_bomb_fails_within_limits():
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = sandbox.run("x = []\nwhile True:\n    x.append(bytearray(10**7))\n",
+                    memory_mb=256, timeout_s=10.0)
+    assert (r.passed, r.status) == (False, "failed")
+    assert "MemoryError" in r.stderr
+    r2 = sandbox.run("x = bytearray(50 * 2**30)", memory_mb=256)
+    assert r2.status == "failed" and "MemoryError" in r2.stderr
+    # No child of ours ever held more than the limit (ru_maxrss is in KiB).
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak < max(before, 300 * 1024), peak
+    _still_grades()
+
+
+def test_fork_bomb_is_contained():
+    bomb = textwrap.dedent("""
+        import os
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+    """)
+    t0 = time.monotonic()
+    r = sandbox.run(bomb, timeout_s=2.0, max_processes=16)
+    assert r.status in ("timeout", "failed")
+    assert time.monotonic() - t0 < 10.0
+    if AS_ROOT:
+        time.sleep(0.2)
+        assert _sandbox_processes() == []
+    _still_grades()
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="per-run uid (RLIMIT_NPROC per run) needs root")
+def test_process_limit_is_enforced_per_run():
+    prog = textwrap.dedent("""
+        import os, time
+        n = 0
+        try:
+            for _ in range(40):
+                if os.fork() == 0:
+                    time.sleep(5)
+                    os._exit(0)
+                n += 1
+        except OSError as e:
+            print("blocked after", n)
+            raise SystemExit(1)
+    """)
+    r = sandbox.run(prog, max_processes=8, timeout_s=5.0)
+    assert r.status == "failed", (r, r.stderr)
+    assert "blocked after" in r.stdout
+    assert int(r.stdout.split()[-1]) < 8
+
+
+def test_kill_parent_and_everyone_leaves_the_grader_alive():
+    for prog in ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
+                 "import os, signal\nos.killpg(0, signal.SIGKILL)\n"):
+        r = sandbox.run(prog, timeout_s=3.0)
+        assert r.status != "passed", (prog, r)
+    if ISO["pid"] or AS_ROOT:  # kill(-1) only reaches our own processes there.
+        r = sandbox.run("import os, signal\nos.kill(-1, signal.SIGKILL)\nimport time\n"
+                        "time.sleep(0.2)\nprint('alive')\n", timeout_s=3.0)
+        assert r.status in ("failed", "passed", "timeout")
+    _still_grades()
+
+
+@pytest.mark.skipif(not (ISO["pid"] or AS_ROOT), reason="needs a PID namespace or a sandbox uid")
+def test_no_process_survives_the_run_even_after_setsid(tmp_path):
+    prog = textwrap.dedent("""
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(30)
+            os._exit(0)
+        print("spawned")
+    """)
+    r = sandbox.run(prog, timeout_s=3.0)
+    assert r.passed and r.stdout == "spawned\n", (r, r.stderr)
+    if AS_ROOT:
+        time.sleep(0.2)
+        assert _sandbox_processes() == []
+
+
+def test_canary_outside_the_sandbox_is_untouched(tmp_path):
+    canary = tmp_path / "canary.txt"
+    canary.write_text("precious")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(canary, 0o644)
+    prog = textwrap.dedent(f"""
+        import os, shutil
+        path = {str(canary)!r}
+        attempts = [
+            lambda: os.remove(path),
+            lambda: open(path, "w").write("pwned"),
+            lambda: os.chmod(path, 0o777),
+            lambda: os.rename(path, path + ".moved"),
+            lambda: shutil.rmtree(os.path.dirname(path)),
+            lambda: os.remove("/proc/1/root" + path),
+            lambda: os.remove(f"/proc/{{os.getppid()}}/root" + path),
+        ]
+        for attempt in attempts:
+            try:
+                attempt()
+                print("succeeded")
+            except OSError as e:
+                print("refused", type(e).__name__)
+        raise SystemExit(1)
+    """)
+    r = sandbox.run(prog, timeout_s=5.0)
+    assert r.status == "failed"
+    assert canary.read_text() == "precious"
+    assert oct(canary.stat().st_mode & 0o777) == oct(0o644)
+    assert "succeeded" not in r.stdout, r.stdout
+    _still_grades()
+
+
+def test_private_working_directory_is_fresh_and_removed(tmp_path, monkeypatch):
+    if ISO["mnt"]:  # The job directory is then only the grader's; put it where we can look.
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    prog = textwrap.dedent("""
+        import os
+        print(os.getcwd(), os.environ["HOME"], sorted(os.listdir(".")))
+        with open("leftover.txt", "w") as f:
+            f.write("x")
+        with open(os.path.join(os.environ["TMPDIR"], "also.txt"), "w") as f:
+            f.write("y")
+    """)
+    r1 = sandbox.run(prog)
+    r2 = sandbox.run(prog)
+    assert r1.passed and r2.passed, (r1.stderr, r2.stderr)
+    cwd, home, listing = r2.stdout.split(" ", 2)
+    assert cwd == home
+    assert listing.strip() == "['main.py']"  # the first run's files are gone
+    if ISO["mnt"]:
+        assert os.listdir(tmp_path) == []  # job directories deleted
+    else:
+        assert not os.path.exists(cwd)
+
+
+def test_gigabyte_of_stdout_is_truncated_quickly():
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    prog = "import sys\nblock = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(block)\n"
+    t0 = time.monotonic()
+    r = sandbox.run(prog, timeout_s=20.0, max_output_bytes=10_000, file_size_mb=16)
+    elapsed = time.monotonic() - t0
+    assert r.status == "failed", r
+    assert elapsed < 15.0
+    assert len(r.stdout) < 10_200 and "bytes truncated" in r.stdout
+    assert r.stdout.startswith("xxxx")
+    # The grader never buffered the gigabyte (ru_maxrss in KiB).
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 200 * 1024
+    r = sandbox.run("import sys\nwhile True:\n    sys.stderr.write('e' * 65536)\n",
+                    timeout_s=20.0, max_output_bytes=1000)
+    assert r.status == "failed" and len(r.stderr) < 1200
+    _still_grades()
+
+
+def test_output_under_the_cap_is_kept_exactly():
+    r = sandbox.run("print('a' * 1000)\nimport sys\nprint('b', file=sys.stderr)\n")
+    assert r.stdout == "a" * 1000 + "\n" and r.stderr == "b\n"
+
+
+def test_network_socket_to_local_listener_never_connects():
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    prog = textwrap.dedent(f"""
+        import socket
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(2.0)
+        s.connect(("127.0.0.1", {port}))
+        s.sendall(b"leak")
+        print("connected")
+    """)
+    try:
+        r = sandbox.run(prog, timeout_s=5.0)
+        assert r.status == "failed", (r, r.stdout)
+        assert "connected" not in r.stdout
+        with pytest.raises(socket.timeout):
+            listener.accept()
+    finally:
+        listener.close()
+    _still_grades()
+
+
+def test_audit_hook_guard_refuses_inet_sockets():
+    prog = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n"
+    r = sandbox.run(prog, network_guard=True)
+    assert r.status == "failed" and "network access is disabled" in r.stderr
+    r = sandbox.run("import socket\na, b = socket.socketpair()\nprint(__name__)\n",
+                    network_guard=True)
+    assert r.passed and r.stdout == "__main__\n", r.stderr  # AF_UNIX still allowed
+
+
+def test_run_many_keeps_order_and_isolates_jobs():
+    jobs = [
+        "print(1)",
+        ("def f():\n    return 2", "assert f() == 2"),
+        ("def f():\n    return 2", "assert f() == 3"),
+        {"program": "while True: pass", "timeout_s": 0.5},
+        {"program": "import os\nos.kill(os.getppid(), 9)"},
+        "print('last')",
+    ]
+    results = sandbox.run_many(jobs, max_workers=3, timeout_s=5.0)
+    assert [r.status for r in results] == [
+        "passed", "passed", "failed", "timeout", "failed", "passed"]
+    assert results[0].stdout == "1\n" and results[-1].stdout == "last\n"
+    assert sandbox.run_many([]) == []
+    with pytest.raises(TypeError, match="job 0"):
+        sandbox.run_many([42])
+
+
+def test_invalid_limits_are_rejected():
+    with pytest.raises(ValueError, match="timeout_s"):
+        sandbox.run("pass", timeout_s=0)
+    with pytest.raises(ValueError, match="memory_mb"):
+        sandbox.run("pass", memory_mb=-1)
+
+
+def test_missing_interpreter_is_an_error_not_a_crash():
+    r = sandbox.run("pass", python="/nonexistent/python3")
+    assert (r.passed, r.status) == (False, "error")
+    assert "starting the program" in r.reason or "no Python" in r.reason
