@@ -272,3 +272,19 @@ def test_import_score_data_is_light():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_math500_answer_is_rewarded_by_the_math_reward():
+    # Issue #8: each gold answer is extractable and equivalent to itself through the reward.
+    rm = pytest.importorskip("score.rewards.math")
+    m = data.load_math500()
+    golds = [p.answer for p in m]
+    assert rm.rewards([p.solution for p in m], golds) == [1.0] * 500
+    final = [f"Final Answer: The final answer is ${a}$. I hope it is correct." for a in golds]
+    assert rm.rewards(final, golds) == [1.0] * 500
+
+
+def test_problems_are_hashable_and_slices_keep_type():
+    m = data.load_mbpp("prompt")
+    assert len(set(m)) == 10 and hash(m[0]) == hash(Problem.from_dict(m[0].to_dict()))
+    assert isinstance(m[2:5], data.Problems) and len(m[2:5]) == 3

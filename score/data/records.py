@@ -63,6 +63,9 @@ class Problem:
         if not isinstance(self.tests, tuple):
             object.__setattr__(self, "tests", tuple(self.tests))
 
+    def __hash__(self) -> int:  # `metadata` is a dict: hash the graded content only
+        return hash((self.id, self.problem, self.answer, self.tests))
+
     @property
     def is_code(self) -> bool:
         """True when the task is graded by running `tests`."""
