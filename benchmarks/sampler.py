@@ -1,0 +1,140 @@
+"""Sampler throughput: `score.sampling.generate` vs `transformers` `generate`, one run.
+
+Both decode the same tiny random Qwen2 checkpoint (saved by `transformers` to a temporary
+directory and loaded with `score.models.hf.from_pretrained`), greedily, with a KV cache, for
+the same left-padded batch of prompts of different lengths and the same number of new tokens
+(no early stop). Prints one JSON line:
+
+    jax_tokens_per_s / torch_tokens_per_s  steady state (median of --repeats timed calls,
+                                           after one warm-up call), generated tokens / s
+    ratio                                  jax / torch
+    jax_first_call_s                       the first call, compilation included
+    tokens_identical                       greedy outputs agree token for token
+
+    python benchmarks/sampler.py                      # batch 8, 128 new tokens
+    python benchmarks/sampler.py --batch 32 --hidden 512 --layers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+
+
+def _parse():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--new_tokens", type=int, default=128)
+    p.add_argument("--min_prompt", type=int, default=8)
+    p.add_argument("--max_prompt", type=int, default=24)
+    p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv_heads", type=int, default=2)
+    p.add_argument("--intermediate", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
+    return p.parse_args()
+
+
+def _timed(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return out, statistics.median(times)
+
+
+def main():
+    args = _parse()
+    import numpy as np
+    import torch
+    import transformers
+
+    import jax
+    from score.models import hf
+    from score.sampling import generate, left_pad
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    rng = np.random.default_rng(args.seed)
+    lengths = np.linspace(args.min_prompt, args.max_prompt, args.batch).astype(int)
+    prompts = [rng.integers(1, args.vocab, size=n).tolist() for n in lengths]
+    n = args.new_tokens
+
+    torch.manual_seed(args.seed)
+    cfg = transformers.Qwen2Config(
+        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        intermediate_size=args.intermediate, max_position_embeddings=4096,
+        initializer_range=0.1, tie_word_embeddings=False, pad_token_id=0,
+    )
+    torch_model = transformers.Qwen2ForCausalLM(cfg).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        torch_model.save_pretrained(tmp)
+        model = hf.from_pretrained(tmp)
+
+    # --- JAX ---------------------------------------------------------------------------------
+    def run_jax():
+        return generate(model, prompts, max_new_tokens=n, temperature=0.0)
+
+    t = time.perf_counter()
+    jax_out = run_jax()
+    jax_first = time.perf_counter() - t
+    jax_out, jax_time = _timed(run_jax, args.repeats)
+
+    # --- PyTorch / transformers ---------------------------------------------------------------
+    tokens_BxP, mask_BxP = left_pad(prompts)
+    input_ids = torch.tensor(tokens_BxP, dtype=torch.long)
+    attention_mask = torch.tensor(mask_BxP, dtype=torch.long)
+
+    def run_torch():
+        with torch.inference_mode():
+            return torch_model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                max_new_tokens=n, min_new_tokens=n, pad_token_id=0, use_cache=True,
+            )
+
+    run_torch()  # Warm-up.
+    torch_out, torch_time = _timed(run_torch, args.repeats)
+    torch_tokens = torch_out[:, tokens_BxP.shape[1]:].tolist()
+
+    generated = args.batch * n
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    print(json.dumps({
+        "benchmark": "sampler",
+        "jax_tokens_per_s": round(generated / jax_time, 1),
+        "torch_tokens_per_s": round(generated / torch_time, 1),
+        "ratio": round(torch_time / jax_time, 2),
+        "jax_s": round(jax_time, 4),
+        "torch_s": round(torch_time, 4),
+        "jax_first_call_s": round(jax_first, 2),
+        "tokens_identical": jax_out.tokens == torch_tokens,
+        "batch": args.batch,
+        "new_tokens": n,
+        "prompt_lengths": [int(x) for x in lengths],
+        "model": dict(vocab=args.vocab, hidden=args.hidden, layers=args.layers, heads=args.heads,
+                      kv_heads=args.kv_heads, intermediate=args.intermediate),
+        "jax_device": jax.devices()[0].device_kind,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "commit": commit,
+    }))
+
+
+if __name__ == "__main__":
+    main()
