@@ -53,11 +53,15 @@ def humaneval_program(problem: Mapping, completion: str) -> str:
 
 
 def mbpp_program(task: Mapping, code: str) -> str:
-    """The MBPP test program: `test_setup_code` + code + the `test_list` asserts."""
+    """The MBPP test program: code + `test_setup_code` + the `test_list` asserts.
+
+    The set-up code goes *after* the solution: in MBPP it builds test fixtures from the
+    solution's own classes (tasks 367 and 927 construct `Node` trees), so it cannot run first.
+    """
     if "test_list" not in task:
         raise KeyError(f"mbpp_program: task lacks 'test_list' (has {sorted(task)})")
     setup = task.get("test_setup_code") or ""
-    return setup + "\n" + code + "\n" + "\n".join(task["test_list"]) + "\n"
+    return code + "\n" + setup + "\n" + "\n".join(task["test_list"]) + "\n"
 
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
