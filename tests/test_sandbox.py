@@ -57,8 +57,25 @@ def test_passing_failing_and_syntax_error():
     assert "SyntaxError" in r.stderr
     r = sandbox.run("import sys; sys.exit(3)")
     assert (r.status, r.returncode, r.reason) == ("failed", 3, "exit code 3")
-    r = sandbox.run("raise SystemExit(0)")
+    r = sandbox.run("raise SystemExit(0)", require_end=False)
     assert r.passed
+
+
+@pytest.mark.parametrize("early_exit", [
+    "import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n", "raise SystemExit\n",
+    "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+])
+def test_exiting_before_the_tests_is_not_a_pass(early_exit):
+    r = sandbox.run("print('hi')\n" + early_exit, "assert False, 'tests never ran'")
+    assert r.status == "failed", (early_exit, r)
+    assert "score-sandbox-end" not in r.stdout  # os._exit may also drop the buffered "hi"
+
+
+def test_end_marker_is_removed_from_stdout():
+    r = sandbox.run("import sys\nsys.stdout.write('no newline')", "pass")
+    assert r.passed and r.stdout == "no newline"
+    r = sandbox.run("import atexit\natexit.register(lambda: print('bye'))\nprint('hi')")
+    assert r.passed and r.stdout == "hi\nbye\n"
 
 
 def test_program_and_tests_are_joined_by_newline():

