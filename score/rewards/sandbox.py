@@ -72,6 +72,8 @@ _UID_BASE, _UID_SPAN = 1_000_000, 1 << 24
 _PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 _WORKDIR_IN_TMPFS = "/tmp/sandbox"
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Tests set this False to exercise the no-namespace fallback on a machine that has them.
+_USE_NAMESPACES = True
 
 # Audit hook installed in the child when there is no network namespace (weaker layer).
 _NETWORK_GUARD = (
@@ -364,6 +366,7 @@ def _run(source, *, timeout_s, memory_mb, max_processes, file_size_mb, disk_mb,
             "max_processes": max_processes, "file_size_mb": file_size_mb, "disk_mb": disk_mb,
             "max_open_files": max_open_files, "python": interpreter, "uid": uid,
             "network_guard": network_guard, "fallback_workdir": workdir,
+            "namespaces": _USE_NAMESPACES,
         }
         with open(os.path.join(jobdir, "job.json"), "w") as f:
             json.dump(config, f)
@@ -485,10 +488,26 @@ def _launch(jobdir: str) -> None:
     user_flag = 0 if root else _CLONE_NEWUSER
     layers = {"net": False, "pid": False, "mnt": False, "ipc": False}
     nproc_base = 0 if root else _count_processes_of(os.geteuid())
-    if _unshare(libc, user_flag | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWIPC):
+    outer_uid, outer_gid = os.geteuid(), os.getegid()
+    if not cfg["namespaces"]:
+        pass
+    elif _unshare(libc, user_flag | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWIPC):
         layers.update(net=True, pid=True, mnt=True, ipc=True)
     elif _unshare(libc, user_flag | _CLONE_NEWNET):
         layers.update(net=True)
+    if user_flag and layers["net"]:
+        # Keep our own uid/gid inside the new user namespace (an unmapped id cannot create
+        # files). execve drops the namespace's capabilities since the uid is not 0 there.
+        layers["user"] = True
+        try:
+            with open("/proc/self/setgroups", "w") as f:
+                f.write("deny")
+            with open("/proc/self/uid_map", "w") as f:
+                f.write(f"{outer_uid} {outer_uid} 1")
+            with open("/proc/self/gid_map", "w") as f:
+                f.write(f"{outer_gid} {outer_gid} 1")
+        except OSError as e:
+            layers["user_map_error"] = str(e)
     guard = cfg["network_guard"]
     if guard is None:
         guard = not layers["net"]
@@ -504,19 +523,24 @@ def _launch(jobdir: str) -> None:
     # Now the namespace init (or, without a PID namespace, the launcher itself).
     workdir = cfg["fallback_workdir"]
     if layers["mnt"]:
+        mounted = []
         try:
             _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)
             size = f"size={cfg['disk_mb']}m,nr_inodes=16384,mode=1777"
             for d in _PRIVATE_TMP_DIRS:
                 if os.path.isdir(d):
                     _mount(libc, "tmpfs", d, "tmpfs", _MS_NOSUID | _MS_NODEV, size)
+                    mounted.append(d)
             if layers["pid"]:
                 _mount(libc, "proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+                mounted.append("/proc")
             workdir = _WORKDIR_IN_TMPFS
             os.mkdir(workdir, 0o700)
             if uid is not None:
                 os.chown(workdir, uid, uid)
         except OSError as e:
+            for d in reversed(mounted):  # back to the job directory under the real /tmp
+                libc.umount2(d.encode(), 2)  # MNT_DETACH
             layers["mnt"] = False
             layers["mnt_error"] = str(e)
             workdir = cfg["fallback_workdir"]
