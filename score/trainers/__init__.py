@@ -10,6 +10,10 @@ TRAINERS = {
     "sft": "score.trainers.sft:train",
     "score": "score.trainers.score:train",
     "self_correction_suite": "score.trainers.suite:train",
+    "grpo": "score.trainers.grpo:train",
+    "ppo": "score.trainers.ppo:train",
+    "reward_model": "score.trainers.reward_model:train",
+    "self_rewarding": "score.trainers.self_rewarding:train",
 }
 
 

@@ -1,0 +1,48 @@
+"""Greedy two-attempt evaluation: the model answers, is asked to correct itself, answers again."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from score.eval import metrics as metrics_lib
+from score.sampling import rollouts
+from score.utils import progress
+
+
+def two_attempts(model, env, problems, *, batch_size: int = 256, temperature: float = 0.0,
+                 seed: int = 0) -> dict:
+  """Per-problem correctness of both attempts (greedy by default) and the decoded attempts."""
+  c1, c2, texts = [], [], []
+  for start in progress.bar(range(0, len(problems), batch_size), desc="eval"):
+    chunk = problems[start:start + batch_size]
+    episodes = rollouts.rollout(
+        model, [env.prompt_tokens(p) for p in chunk], num_turns=2,
+        max_new_tokens=env.max_new_tokens, instruction=env.instruction, samples_per_prompt=1,
+        temperature=temperature, eos_ids=env.eos_ids, max_len=env.max_len, pad_id=env.pad_id,
+        seed=seed + start)
+    for b, responses in enumerate(episodes.responses):
+      p = chunk[int(episodes.prompt_index_B[b])]
+      attempts = list(responses) + [[]] * (2 - len(responses))
+      c1.append(env.reward(p, attempts[0]))
+      c2.append(env.reward(p, attempts[1]))
+      texts.append({"id": p.id, "t1": env.decode(attempts[0]), "t2": env.decode(attempts[1])})
+  return {"correct_t1": c1, "correct_t2": c2, "attempts": texts}
+
+
+def evaluate_cached(workdir: str, method: str, model_fn, env, problems, **kwargs) -> dict:
+  """`two_attempts` for `method`, stored in `<workdir>/evals/<method>.json` and reused."""
+  path = os.path.join(workdir, "evals", f"{method}.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      out = json.load(f)
+  else:
+    out = two_attempts(model_fn(), env, problems, **kwargs)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(out, f)
+    os.replace(path + ".tmp", path)
+  out["metrics"] = metrics_lib.self_correction_metrics(out["correct_t1"], out["correct_t2"])
+  return out

@@ -1,0 +1,165 @@
+"""SCoRe: two-stage multi-turn RL for self-correction (Kumar et al., 2024, arXiv 2409.12917).
+
+Each RL step: sample `prompts_per_step × samples_per_prompt` two-attempt episodes with the
+current policy at `temperature` (`score.sampling.rollouts`), reward each attempt with the
+environment's oracle, compute the frozen reference policy's log-probs once, and take one
+gradient step on the Stage I or Stage II objective (`score.losses.score`):
+
+* Stage I: reward on the second attempt only; β2 KL on first-attempt tokens keeps the first
+  attempt near the reference (against collapse); β1 KL on the second attempt.
+* Stage II: both attempts rewarded, each turn credited with its own return; the second
+  attempt's reward gets the bonus α·(r2 − r1); β1 KL on both turns.
+
+Stages are interleaved for `rounds` rounds. The reference policy is the initial model.
+Ablations are config overrides (`configs/score_ablations.py`):
+`rl.stage1_steps=0` (w/o Stage I), `rl.alpha=0` (w/o shaping), `rl.multi_turn=False`
+(w/o multi-turn training: only the first attempt is trained, single-turn RL),
+`rl.stage2_method="star"` (STaR instead of REINFORCE in Stage II).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from score.losses import score as score_losses
+from score.models import token_logprobs
+from score.sampling import rollouts
+from score.trainers import common
+from score.trainers import sft as sft_lib
+
+
+def sample_episodes(policy, params, env, problems, *, samples_per_prompt, temperature, seed,
+                    num_turns=2):
+  """Two-attempt episodes for `problems` and their per-turn rewards `r_BxK`."""
+  episodes = rollouts.rollout(
+      policy.model(params), [env.prompt_tokens(p) for p in problems], num_turns=num_turns,
+      max_new_tokens=env.max_new_tokens, instruction=env.instruction,
+      samples_per_prompt=samples_per_prompt, temperature=temperature, eos_ids=env.eos_ids,
+      max_len=env.max_len, pad_id=env.pad_id, seed=seed)
+  rewards = np.zeros((len(episodes.responses), num_turns), np.float32)
+  for b, responses in enumerate(episodes.responses):
+    problem = problems[int(episodes.prompt_index_B[b])]
+    for k, ids in enumerate(responses):
+      rewards[b, k] = env.reward(problem, ids)
+  return episodes, rewards
+
+
+@functools.lru_cache(maxsize=None)
+def _ref_logprobs_fn(policy):
+  @jax.jit
+  def fn(params, tokens_BxL, mask_BxL):
+    return token_logprobs(policy.model(params), tokens_BxL, mask_BxL)
+  return fn
+
+
+def stable_hash(text: str) -> int:
+  """A process-independent 31-bit hash (Python's `hash` of a str changes between runs)."""
+  return zlib.crc32(text.encode()) & 0x7FFFFFFF
+
+
+def make_rl_step(policy, optimizer, rl):
+  """A jitted SCoRe update for one stage; returns `(params, opt_state, metrics)`."""
+
+  def loss_fn(params, batch, stage):
+    logp_BxL = token_logprobs(policy.model(params), batch["tokens"], batch["mask"])
+    common_kw = dict(group_size=rl.samples_per_prompt, advantage=rl.advantage,
+                     beta1=rl.beta1, kl_estimator=rl.kl_estimator,
+                     kl_placement=rl.kl_placement, reduction=rl.reduction)
+    turn_mask = batch["turn_mask"]
+    if not rl.multi_turn:  # w/o multi-turn training: only the first attempt is trained
+      turn_mask = jnp.where(turn_mask == 1, 1, 0)
+    if stage == 1:
+      return score_losses.stage1_objective(
+          logp_BxL, batch["ref_logp"], turn_mask, batch["r1"], batch["r2"],
+          beta2=rl.beta2, **common_kw)
+    return score_losses.stage2_objective(
+        logp_BxL, batch["ref_logp"], turn_mask, batch["r1"], batch["r2"], alpha=rl.alpha,
+        **common_kw)
+
+  @functools.partial(jax.jit, static_argnames="stage")
+  def step(params, opt_state, batch, stage):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, stage)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    return params, opt_state, metrics
+
+  return step
+
+
+def _star_batch(env, episodes, rewards, problems, pad_to):
+  """STaR-style SFT batch from an RL batch: successful second attempts, loss on turn 2."""
+  rows = []
+  for b in np.flatnonzero(rewards[:, 1] > 0):
+    problem = problems[int(episodes.prompt_index_B[b])]
+    tokens, turn_mask = env.episode_tokens(problem, episodes.responses[b][:2])
+    rows.append((tokens, [1 if m == 2 else 0 for m in turn_mask]))
+  if not rows:
+    return None
+  tokens = common.pad_batch([t for t, _ in rows], pad_id=env.pad_id, length=pad_to)
+  loss_mask = common.pad_batch([m for _, m in rows], length=pad_to)
+  mask = common.pad_batch([[1] * len(t) for t, _ in rows], length=pad_to)
+  return tokens, mask, loss_mask
+
+
+def train_score(policy, params, ref_params, env, rl, *, workdir: str, name: str = "score",
+                writer=None):
+  """Runs `rl.rounds` rounds of Stage I then Stage II from `params`; returns the new params.
+
+  Each stage is a resumable phase `<name>/r<round>_stage<k>`; the RNG of every step is a
+  function of (seed, phase, step), so a resumed run samples the same episodes.
+  """
+  ref_fn = _ref_logprobs_fn(policy)
+  stages = [(1, rl.stage1_steps), (2, rl.stage2_steps)]
+  for rnd in range(rl.rounds):
+    for stage, steps in stages:
+      if steps <= 0:
+        continue
+      phase = f"{name}/r{rnd}_stage{stage}"
+      optimizer = common.make_optimizer(rl, steps)
+      step_fn = make_rl_step(policy, optimizer, rl)
+      sft_step = (sft_lib.make_sft_step(policy, optimizer)
+                  if stage == 2 and rl.stage2_method == "star" else None)
+      base_key = jax.random.fold_in(jax.random.key(rl.seed), stable_hash(phase))
+
+      def update(step, state, stage=stage, phase=phase, step_fn=step_fn, sft_step=sft_step,
+                 base_key=base_key):
+        t0 = time.perf_counter()
+        problems = env.train_problems(stable_hash(f"{phase}/{step}"), rl.prompts_per_step)
+        episodes, rewards = sample_episodes(
+            policy, state["params"], env, problems, samples_per_prompt=rl.samples_per_prompt,
+            temperature=rl.temperature, seed=jax.random.fold_in(base_key, step))
+        t_sample = time.perf_counter() - t0
+        tokens = jnp.asarray(episodes.tokens_BxL)
+        mask = jnp.asarray(episodes.mask_BxL)
+        if sft_step is not None:
+          batch = _star_batch(env, episodes, rewards, problems, tokens.shape[1])
+          metrics = {"loss": 0.0}
+          p, o = state["params"], state["opt_state"]
+          if batch is not None:
+            p, o, metrics = sft_step(p, o, *map(jnp.asarray, batch))
+        else:
+          batch = {"tokens": tokens, "mask": mask,
+                   "turn_mask": jnp.asarray(episodes.turn_mask_BxL),
+                   "ref_logp": ref_fn(ref_params, tokens, mask),
+                   "r1": jnp.asarray(rewards[:, 0]), "r2": jnp.asarray(rewards[:, 1])}
+          p, o, metrics = step_fn(state["params"], state["opt_state"], batch, stage)
+        metrics = dict(metrics, **{"reward/t1_sampled": rewards[:, 0].mean(),
+                                   "reward/t2_sampled": rewards[:, 1].mean(),
+                                   "time/sample_s": t_sample,
+                                   "time/step_s": time.perf_counter() - t0})
+        return {"params": p, "opt_state": o}, metrics
+
+      state = {"params": params, "opt_state": optimizer.init(params)}
+      state = common.train_loop(workdir=workdir, name=phase, state=state, update=update,
+                                num_steps=steps, checkpoint_every=rl.checkpoint_every,
+                                writer=writer, log_every=rl.log_every)
+      params = state["params"]
+  return params

@@ -1,0 +1,145 @@
+"""The self-correction suite: one base model, every method on it, one table.
+
+`config.trainer = "self_correction_suite"` (the README's main command runs it on the embedded
+synthetic task):
+
+1. SFT warm-up of a fresh tiny model -> the base model (`warmup` phase).
+2. Each method of `config.methods` starts from the same base model:
+   `base` (no training), `star` (SFT on the base model's successful revisions, D+),
+   `pair_sft` (SFT on pairs of a wrong first attempt and a correct attempt, both sampled from
+   the base model), `score` (Stage I + Stage II RL), and every ablation of
+   `config.ablations` (a SCoRe run with config overrides, see `ABLATIONS`).
+3. Greedy two-attempt evaluation on held-out problems; `results.json` / `results.md`.
+
+Every phase is checkpointed and every evaluation cached, so re-running resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+from absl import logging
+
+from score.eval import self_correction
+from score.eval import tables
+from score.trainers import common
+from score.trainers import envs
+from score.trainers import score as score_lib
+from score.trainers import sft as sft_lib
+from score.utils import config as config_lib
+from score.utils import metrics as metrics_lib
+from score.utils import run as run_lib
+
+# SCoRe Table 4 ablations as overrides of the `rl` section.
+ABLATIONS = {
+    "no_stage1": lambda rl: {"rl.stage1_steps": 0,
+                             "rl.stage2_steps": rl.stage1_steps + rl.stage2_steps},
+    "no_shaping": lambda rl: {"rl.alpha": 0.0},
+    "no_stage1_no_shaping": lambda rl: {"rl.stage1_steps": 0, "rl.alpha": 0.0,
+                                        "rl.stage2_steps": rl.stage1_steps + rl.stage2_steps},
+    "no_multi_turn": lambda rl: {"rl.multi_turn": False, "rl.stage1_steps": 0,
+                                 "rl.stage2_steps": rl.stage1_steps + rl.stage2_steps},
+    "star_stage2": lambda rl: {"rl.stage2_method": "star"},
+}
+
+
+def _sft_examples_star(env, episodes, rewards, problems):
+  """STaR D+: episodes whose first attempt is wrong and second right; loss on attempt 2."""
+  out = []
+  for b in np.flatnonzero((rewards[:, 0] == 0) & (rewards[:, 1] > 0)):
+    p = problems[int(episodes.prompt_index_B[b])]
+    tokens, turn = env.episode_tokens(p, episodes.responses[b][:2])
+    out.append((tokens, [int(m == 2) for m in turn]))
+  return out
+
+
+def _sft_examples_pair(env, episodes, rewards, problems, *, seed):
+  """Pair-SFT: a wrong attempt paired with a correct attempt of the same problem."""
+  rng = np.random.default_rng(seed)
+  by_problem = {}
+  for b, responses in enumerate(episodes.responses):
+    i = int(episodes.prompt_index_B[b])
+    for k, ids in enumerate(responses):
+      by_problem.setdefault(i, ([], []))[int(rewards[b, k] > 0)].append(ids)
+  out = []
+  for i, (wrong, right) in sorted(by_problem.items()):
+    if not wrong or not right:
+      continue
+    y1 = wrong[int(rng.integers(len(wrong)))]
+    y2 = right[int(rng.integers(len(right)))]
+    tokens, turn = env.episode_tokens(problems[i], (y1, y2))
+    out.append((tokens, [int(m == 2) for m in turn]))
+  return out
+
+
+def _sampled_sft(method, policy, base, env, cfg, *, workdir, writer, seed):
+  """STaR or Pair-SFT: sample from the base model, build the SFT set, fine-tune."""
+  problems = env.train_problems(0, cfg.num_problems, stream=method)
+  episodes, rewards = score_lib.sample_episodes(
+      policy, base, env, problems, samples_per_prompt=cfg.samples_per_prompt,
+      temperature=cfg.temperature, seed=seed)
+  if method == "star":
+    examples = _sft_examples_star(env, episodes, rewards, problems)
+  else:
+    examples = _sft_examples_pair(env, episodes, rewards, problems, seed=seed)
+  logging.warning("%s: %d SFT examples from %d sampled episodes", method, len(examples),
+                  len(episodes.responses))
+  if writer is not None:
+    writer.write_scalars(0, {f"{method}/num_examples": len(examples)})
+  if not examples:
+    return base
+  batches = sft_lib.ExampleBatches(examples, cfg.batch_size, seed=seed, pad_id=env.pad_id)
+  return sft_lib.train_sft(policy, base, batches, cfg, workdir=workdir, name=method,
+                           writer=writer)
+
+
+def ablation_config(config, name):
+  """A copy of `config` with the named ablation's overrides applied."""
+  if name not in ABLATIONS:
+    raise config_lib.ConfigError(f"Unknown ablation {name!r}; known: {sorted(ABLATIONS)}")
+  out = copy.deepcopy(config)
+  config_lib.apply_overrides(out, ABLATIONS[name](config.rl))
+  return out
+
+
+def train(config, workdir: str):
+  env = envs.make_env(config)
+  model = common.build_model(config.model, env.tokenizer.vocab_size, seed=config.seed)
+  policy, params = common.Policy.split(model)
+  writer = metrics_lib.MetricWriter(workdir)
+  batches = sft_lib.synthetic_warmup_batches(env.task, env.tokenizer, config.warmup.batch_size,
+                                             seed=config.seed, exclude=env.heldout)
+  base = sft_lib.train_sft(policy, params, batches, config.warmup, workdir=workdir,
+                           name="warmup", writer=writer)
+
+  def trained(method):
+    if method == "base":
+      return base
+    if method in ("star", "pair_sft"):
+      return _sampled_sft(method, policy, base, env, config[method], workdir=workdir,
+                          writer=writer, seed=config.seed)
+    if method == "score":
+      return score_lib.train_score(policy, base, base, env, config.rl, workdir=workdir,
+                                   writer=writer)
+    cfg = ablation_config(config, method)
+    return score_lib.train_score(policy, base, base, env, cfg.rl, workdir=workdir,
+                                 name=method, writer=writer)
+
+  results = {}
+  for method in tuple(config.methods) + tuple(config.ablations):
+    out = self_correction.evaluate_cached(
+        workdir, method, lambda m=method: policy.model(trained(m)), env, env.heldout,
+        batch_size=config.eval.batch_size)
+    results[method] = out["metrics"]
+    writer.write_scalars(0, {f"eval/{method}/{k}": v["value"]
+                             for k, v in out["metrics"].items() if k != "n"})
+    logging.warning("%s: %s", method, {k: round(v["value"], 1)
+                                       for k, v in out["metrics"].items() if k != "n"})
+  info = run_lib.write_run_info(workdir, config)
+  table = tables.write_results(
+      workdir, results, title=config.get("title", "Self-correction, greedy, held-out problems"),
+      info={"commit": info["commit"], "machine": info["machine"], "seed": config.seed})
+  print(table)
+  writer.close()
+  return results

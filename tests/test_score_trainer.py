@@ -1,0 +1,160 @@
+"""SCoRe trainer: objectives on a toy tabular policy, and tiny end-to-end suite runs."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from score.losses import score as score_losses
+
+B, G, T, V = 8, 4, 6, 5
+TURN_MASK = np.array([[0, 1, 1, 0, 2, 2]] * B, np.int32)
+
+
+def _toy(seed=0):
+  """A tabular policy: independent logits per (row, position); returns θ, tokens, ref logp."""
+  k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+  theta = jax.random.normal(k1, (B, T, V))
+  tokens = jax.random.randint(k2, (B, T), 0, V)
+  ref = jax.nn.log_softmax(theta + 0.3 * jax.random.normal(k3, (B, T, V)))
+  ref_logp = jnp.take_along_axis(ref, tokens[..., None], -1)[..., 0]
+  return theta, tokens, ref_logp
+
+
+def _logp(theta, tokens):
+  return jnp.take_along_axis(jax.nn.log_softmax(theta), tokens[..., None], -1)[..., 0]
+
+
+def _grad(objective, theta, tokens, ref_logp, r1, r2, **kw):
+  def loss(th):
+    return objective(_logp(th, tokens), ref_logp, TURN_MASK, r1, r2, group_size=G, **kw)[0]
+  return jax.grad(loss)(theta)
+
+
+R1 = jnp.array([0, 1, 0, 1, 1, 0, 0, 1], jnp.float32)
+R2 = jnp.array([1, 1, 0, 0, 1, 1, 0, 1], jnp.float32)
+
+
+def test_stage1_puts_no_reward_gradient_on_first_attempt():
+  theta, tokens, ref_logp = _toy()
+  g = _grad(score_losses.stage1_objective, theta, tokens, ref_logp, R1, R2, beta1=0.0,
+            beta2=0.0)
+  turn1 = TURN_MASK == 1
+  assert np.all(np.asarray(g)[turn1] == 0.0)
+  assert np.abs(np.asarray(g)[TURN_MASK == 2]).sum() > 0
+  # With β2 > 0 the first attempt is pulled towards the reference, and only by the KL.
+  g_kl = _grad(score_losses.stage1_objective, theta, tokens, ref_logp, R1, R2, beta1=0.0,
+               beta2=0.1)
+  assert np.abs(np.asarray(g_kl)[turn1]).sum() > 0
+  g_kl_other_r = _grad(score_losses.stage1_objective, theta, tokens, ref_logp, 1 - R1, 1 - R2,
+                       beta1=0.0, beta2=0.1)
+  np.testing.assert_allclose(np.asarray(g_kl)[turn1], np.asarray(g_kl_other_r)[turn1])
+
+
+def test_stage2_first_attempt_sees_only_its_own_return():
+  theta, tokens, ref_logp = _toy(1)
+  g_a = _grad(score_losses.stage2_objective, theta, tokens, ref_logp, R1, R2, alpha=10.0,
+              beta1=0.0)
+  g_b = _grad(score_losses.stage2_objective, theta, tokens, ref_logp, R1, 1 - R2, alpha=3.0,
+              beta1=0.0)
+  turn1, turn2 = TURN_MASK == 1, TURN_MASK == 2
+  # Changing r2 and α changes nothing on turn-1 tokens...
+  np.testing.assert_allclose(np.asarray(g_a)[turn1], np.asarray(g_b)[turn1], atol=1e-7)
+  # ...but does change turn-2 tokens.
+  assert not np.allclose(np.asarray(g_a)[turn2], np.asarray(g_b)[turn2])
+
+
+def test_alpha_zero_equals_unshaped_objective():
+  theta, tokens, ref_logp = _toy(2)
+  logp = _logp(theta, tokens)
+  loss0, _ = score_losses.stage2_objective(logp, ref_logp, TURN_MASK, R1, R2, group_size=G,
+                                           alpha=0.0, beta1=0.01)
+  unshaped, _ = score_losses.multi_turn_objective(
+      logp, ref_logp, TURN_MASK, jnp.stack([R1, R2], 1), (0.01, 0.01), group_size=G)
+  np.testing.assert_allclose(loss0, unshaped, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["k2", "k3"])
+def test_kl_gradient_is_live_and_matches_finite_differences(kind):
+  theta, tokens, ref_logp = _toy(3)
+  zeros = jnp.zeros((B,), jnp.float32)
+
+  def loss(th):  # equal rewards: only the KL term is left
+    return score_losses.stage2_objective(_logp(th, tokens), ref_logp, TURN_MASK, zeros, zeros,
+                                         group_size=G, beta1=0.5, kl_estimator=kind)[0]
+
+  g = np.asarray(jax.grad(loss)(theta))
+  assert np.abs(g).sum() > 1e-4  # not detached
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    idx = (rng.integers(B), int(rng.choice([1, 2, 4, 5])), rng.integers(V))
+    eps = 1e-3
+    up = theta.at[idx].add(eps)
+    down = theta.at[idx].add(-eps)
+    fd = (loss(up) - loss(down)) / (2 * eps)
+    np.testing.assert_allclose(g[idx], fd, rtol=2e-2, atol=1e-5)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _runlocal_config(**overrides):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "score_synthetic", os.path.join(ROOT, "configs", "score_synthetic.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("runlocal")
+  from score.utils import config as config_lib  # pylint: disable=g-import-not-at-top
+  config_lib.apply_overrides(c, overrides)
+  return c
+
+
+def test_suite_end_to_end_checkpoints_resumes_and_writes_table(tmp_path):
+  from score.trainers import suite  # pylint: disable=g-import-not-at-top
+  c = _runlocal_config()
+  with c.unlocked():
+    c.ablations = ("no_stage1", "no_shaping", "no_multi_turn", "star_stage2")
+  workdir = str(tmp_path)
+  results = suite.train(c, workdir)
+  methods = ("base", "star", "pair_sft", "score", "no_stage1", "no_shaping", "no_multi_turn",
+             "star_stage2")
+  assert tuple(results) == methods
+  table = open(os.path.join(workdir, "results.md")).read()
+  for m in methods:
+    assert f"| {m} |" in table
+  saved = json.load(open(os.path.join(workdir, "results.json")))
+  assert saved["results"]["score"]["n"] == c.eval.num_problems
+  phases = os.listdir(os.path.join(workdir, "checkpoints"))
+  assert {"warmup", "score", "no_stage1"} <= set(phases)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "score"))) == [
+      "r0_stage1", "r0_stage2"]
+  assert os.listdir(os.path.join(workdir, "checkpoints", "no_stage1")) == ["r0_stage2"]
+  # A second run resumes: nothing is retrained, the same table comes out.
+  mtime = os.path.getmtime(os.path.join(workdir, "checkpoints", "warmup"))
+  again = suite.train(c, workdir)
+  assert again == results
+  assert os.path.getmtime(os.path.join(workdir, "checkpoints", "warmup")) == mtime
+
+
+def test_rl_step_resume_is_exact(tmp_path):
+  """Stage I killed after its first checkpoint and resumed gives the uninterrupted params."""
+  from score.trainers import common, envs  # pylint: disable=g-import-not-at-top
+  from score.trainers import score as score_lib  # pylint: disable=g-import-not-at-top
+  c = _runlocal_config(**{"rl.stage1_steps": 4, "rl.stage2_steps": 0,
+                          "rl.checkpoint_every": 2})
+  env = envs.make_env(c)
+  model = common.build_model(c.model, env.tokenizer.vocab_size, seed=0)
+  policy, params = common.Policy.split(model)
+  full = score_lib.train_score(policy, params, params, env, c.rl, workdir=str(tmp_path / "a"))
+  c2 = _runlocal_config(**{"rl.stage1_steps": 2, "rl.stage2_steps": 0,
+                           "rl.checkpoint_every": 2})
+  score_lib.train_score(policy, params, params, env, c2.rl, workdir=str(tmp_path / "b"))
+  # Pretend the 4-step run died after step 2: its checkpoint dir holds step 2 only.
+  resumed = score_lib.train_score(policy, params, params, env, c.rl,
+                                  workdir=str(tmp_path / "b"))
+  for k in full:
+    np.testing.assert_allclose(full[k], resumed[k], rtol=1e-5, atol=1e-6, err_msg=k)
