@@ -261,6 +261,22 @@ def test_canary_outside_the_sandbox_is_untouched(mode, tmp_path):
     _still_grades()
 
 
+def test_repository_is_not_writable_from_the_sandbox(mode):
+    if not (AS_ROOT or ISO.get("read_only_root")):
+        pytest.skip("the grader's own files are protected only by a separate uid or a "
+                    "read-only mount namespace")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = os.path.join(repo, f"sandbox-escape-{os.getpid()}.txt")
+    r = sandbox.run(f"open({target!r}, 'w').write('escaped')\n")
+    try:
+        assert r.status == "failed", r
+        assert "PermissionError" in r.stderr or "Read-only file system" in r.stderr, r.stderr
+        assert not os.path.exists(target)
+    finally:
+        if os.path.exists(target):
+            os.remove(target)
+
+
 def test_private_working_directory_is_fresh_and_removed(tmp_path, monkeypatch):
     if ISO["mnt"]:  # The job directory is then only the grader's; put it where we can look.
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

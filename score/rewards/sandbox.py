@@ -89,6 +89,8 @@ _CLONE_NEWNET = 0x40000000
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 _MS_REC, _MS_PRIVATE = 16384, 1 << 18
 _PR_SET_NO_NEW_PRIVS = 38
+_SYS_MOUNT_SETATTR = 442  # same number on every architecture (Linux ≥ 5.12)
+_AT_FDCWD, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = -100, 0x8000, 0x1
 
 _UID_BASE, _UID_SPAN = 1_000_000, 1 << 24
 _PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
@@ -480,6 +482,18 @@ def _mount(libc, source, target, fstype, flags, data=None) -> None:
         raise OSError(err, f"mount {fstype or source} on {target}: {os.strerror(err)}")
 
 
+def _make_all_mounts_read_only(libc) -> None:
+    """mount_setattr(AT_FDCWD, "/", AT_RECURSIVE, {attr_set: MOUNT_ATTR_RDONLY})."""
+    attr = (ctypes.c_uint64 * 4)(_MOUNT_ATTR_RDONLY, 0, 0, 0)
+    libc.syscall.restype = ctypes.c_long
+    rc = libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(_AT_FDCWD), b"/",
+                      ctypes.c_uint(_AT_RECURSIVE), ctypes.byref(attr),
+                      ctypes.c_size_t(ctypes.sizeof(attr)))
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount_setattr(/, read-only, recursive): {os.strerror(err)}")
+
+
 def _count_processes_of(uid: int) -> int:
     n = 0
     for name in os.listdir("/proc"):
@@ -545,6 +559,12 @@ def _launch(jobdir: str) -> None:
         mounted = []
         try:
             _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)
+            try:  # Everything read-only; only the tmpfs mounted below is writable.
+                _make_all_mounts_read_only(libc)
+                layers["read_only_root"] = True
+            except OSError as e:
+                layers["read_only_root"] = False
+                layers["read_only_error"] = str(e)
             size = f"size={cfg['disk_mb']}m,nr_inodes=16384,mode=1777"
             for d in _PRIVATE_TMP_DIRS:
                 if os.path.isdir(d):
