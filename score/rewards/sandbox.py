@@ -24,12 +24,14 @@ Layers, each applied where the OS allows it (`isolation()` reports what this mac
   network (only a loopback interface that is down: every connect fails, nothing leaves the
   machine), PID (the program sees only its own processes; when the namespace's init exits,
   the kernel kills every process left in it, so nothing outlives a run, even after `setsid`),
-  mount (private tmpfs on `/tmp`, `/var/tmp`, `/dev/shm`, `/run/lock`; `/proc` remounted), IPC.
+  mount (every mount read-only via `mount_setattr(2)`, Linux ≥ 5.12; private writable tmpfs
+  of `disk_mb` on `/tmp`, `/var/tmp`, `/dev/shm`, `/run/lock`, gone when the run ends; `/proc`
+  remounted for the new PID namespace), IPC.
 * **Unprivileged uid** (when the grader runs as root): the program runs under a fresh random
   uid (≥ 1,000,000, not in /etc/passwd) with no supplementary groups and `no_new_privs`
-  (set-uid binaries do not elevate). It can write only to its private tmpfs; files of other
-  users are protected by ordinary permissions. A fresh uid per run also makes `RLIMIT_NPROC`
-  (a per-user count that root ignores) a real per-run process cap.
+  (set-uid binaries do not elevate); other users' files are protected by ordinary
+  permissions even where the read-only mount layer is missing. A fresh uid per run also
+  makes `RLIMIT_NPROC` (a per-user count that root ignores) a real per-run process cap.
 * **Resource limits** (`setrlimit`): CPU seconds, address space (memory), processes/threads,
   file size (stdout/stderr are files, so this also caps output), open files, no core dumps.
 * **Wall clock**: the namespace init kills the program after `timeout_s`; the grader kills
