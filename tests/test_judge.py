@@ -85,6 +85,17 @@ def test_parse_score_survives_adversarial_text():
   assert judge.parse_score("(" * 10000 + "Score: 2").score == 2.0
 
 
+def test_parsers_are_linear_on_huge_outputs():
+  import time
+
+  t0 = time.monotonic()
+  assert judge.parse_score("Score:" * 100_000).score is None
+  assert judge.parse_score("Score: 3 " * 100_000).score == 3.0
+  assert "..." in judge.parse_score(" ".join(f"Score: {k % 5}" for k in range(10_000))).reason
+  assert judge.parse_pairwise("Winner: " * 100_000).winner is None
+  assert time.monotonic() - t0 < 5.0
+
+
 def test_judge_prompt_is_the_papers():
   p = judge.judge_prompt("What is 2+2?", "It is 4.")
   assert p.startswith("Review the user's question and the corresponding response using the "

@@ -51,6 +51,8 @@ EQUIVALENT = [
     ("\\text{(B)}", "\\text{(C)}", False),
     ("\\text{Monday}", "\\text{Monday}", True),
     ("\\text{Tuesday}", "\\text{Monday}", False),
+    ("\\text{neve}", "\\text{even}", False),  # Not an anagram-equal product of symbols.
+    ("neve", "\\text{even}", False),
     # Degrees, percentages, money.
     ("30^\\circ", "30", True),
     ("30^{\\circ}", "30^\\circ", True),
@@ -154,6 +156,16 @@ def test_extract_answer(text, expected):
   assert rmath.extract_answer(text) == expected
 
 
+def test_extraction_and_normalisation_are_fast_on_degenerate_text():
+  t0 = time.monotonic()
+  assert rmath.extract_answer("\\boxed{" * 200_000) is None
+  assert rmath.extract_answer("{" * 1_000_000 + "\\boxed{7}") == "7"
+  assert rmath.extract_answer("x" * 1_000_000 + "\\boxed{2}") == "2"
+  assert isinstance(rmath.normalize("\\text{" + "1" * 100_000 + " cm}"), str)
+  assert isinstance(rmath.normalize("1" * 50_000 + "\\text{ cm}"), str)
+  assert time.monotonic() - t0 < 10.0
+
+
 @pytest.mark.parametrize("raw,expected", [
     ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
     ("\\dfrac{1}{2}", "\\frac{1}{2}"),
@@ -222,6 +234,8 @@ def test_pathological_expression_times_out_and_pool_keeps_working(pool, caplog):
                       ["5", "\\frac{1}{2}", "7", "2\\sqrt{2}"], timeout_s=1.0, pool=pool)
   elapsed = time.monotonic() - t0
   assert out == [0.0, 1.0, 0.0, 1.0]
+  timeouts = [r for r in caplog.records if "exceeded 1s" in r.getMessage()]
+  assert len(timeouts) == 2, [r.getMessage() for r in caplog.records]
   # Two workers, two hanging items: each gets 1 s (+1 s kill grace at worst), in parallel.
   assert elapsed < 6.0, elapsed
   # And the pool still answers afterwards.
@@ -240,10 +254,10 @@ def test_pool_replaces_crashed_and_hung_workers(pool):
   t0 = time.monotonic()
   outs = pool.run(tasks, timeout_s=2.0)
   assert time.monotonic() - t0 < 10.0
-  assert outs[0].ok and outs[0].value is True
+  assert outs[0].ok and outs[0].value == (True, None)
   assert not outs[1].ok and "worker died (exit code 3)" in outs[1].error
   assert not outs[2].ok and outs[2].error.startswith("timeout")
-  assert outs[3].ok and outs[3].value is True
+  assert outs[3].ok and outs[3].value == (True, None)
   assert not outs[4].ok and outs[4].error.startswith("ValueError")
   assert len(pool.pids) == 2 and set(pool.pids) != pids_before
   # The math reward maps any failed check to 0 (here: the task kills its worker).
@@ -292,7 +306,7 @@ def test_every_math500_gold_is_equivalent_to_itself(pool):
   # Through math-verify alone, not the normalised-string shortcut.
   outs = pool.map(rmath._check_in_worker, [(g, g, 10.0, False) for g in golds],
                   timeout_s=12.0)
-  bad = [(g, o) for g, o in zip(golds, outs) if not (o.ok and o.value)]
+  bad = [(g, o) for g, o in zip(golds, outs) if not (o.ok and o.value[0])]
   assert not bad, bad[:10]
   # And through the full reward, with the SCoRe answer format around it.
   responses = [f"Final Answer: The final answer is ${g}$. I hope it is correct." for g in golds]

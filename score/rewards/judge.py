@@ -158,7 +158,7 @@ def judge_prompt(instruction: str, response: str) -> str:
 
 # "score" + optional markdown + colon + optional markdown/quotes/brackets, then the value.
 _SCORE_RE = re.compile(
-    r"\bscore\b[ \t]*[*_]*[ \t]*[:：][ \t]*(?:\n[ \t]*)?[*_]*[ \t]*(?=(?P<value>[^\n]*))",
+    r"\bscore\b[ \t]*[*_]*[ \t]*[:：][ \t]*(?:\n[ \t]*)?[*_]*[ \t]*(?=(?P<value>[^\n]{0,200}))",
     re.IGNORECASE)
 _NUMBER_RE = re.compile(
     r"[\"'`\[(]*[ \t]*(?P<num>[-+]?(?:\d+(?:\.\d+)?|\.\d+))(?!\d|\.\d)"
@@ -202,7 +202,8 @@ def parse_score(text: str | None, *, multiple: Literal["reject", "last"] = "reje
     return JudgeResult(None, "no 'Score:' line")
   distinct = sorted(set(numeric))
   if len(distinct) > 1 and multiple == "reject":
-    return JudgeResult(None, f"several different scores: {numeric}")
+    shown = ", ".join(f"{x:g}" for x in numeric[:10]) + (", ..." if len(numeric) > 10 else "")
+    return JudgeResult(None, f"several different scores: [{shown}]")
   score = numeric[-1]
   if not 0.0 <= score <= MAX_SCORE:
     return JudgeResult(None, f"score {score:g} out of range [0, {MAX_SCORE:g}]")
@@ -285,7 +286,7 @@ def parse_pairwise(text: str | None) -> PairwiseResult:
       return PairwiseResult(None, f"unknown verdict: {unknown[0]!r}")
     return PairwiseResult(None, "no 'Better response:' line")
   if len(set(found)) > 1:
-    return PairwiseResult(None, f"several different verdicts: {found}")
+    return PairwiseResult(None, f"several different verdicts: {found[:10]}")
   return PairwiseResult(found[0], "ok")  # type: ignore[arg-type]
 
 

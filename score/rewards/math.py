@@ -60,7 +60,7 @@ DEFAULT_TIMEOUT_S = 5.0
 _KILL_GRACE_S = 1.0
 # Address-space limit of each worker: a check that tries to build a gigantic integer gets a
 # MemoryError (scored 0) instead of swapping the machine.
-_WORKER_MEMORY_BYTES = 4 << 30
+_WORKER_MEMORY_BYTES = 2 << 30
 # Longest answer we send to sympy; longer strings are compared as normalised strings only.
 _MAX_ANSWER_CHARS = 2000
 
@@ -74,7 +74,7 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 
 
 def _match_brace(text: str, open_pos: int) -> int | None:
-  """Index of the ``}`` closing the ``{`` at `open_pos` (``\{``/``\}`` escapes skipped)."""
+  r"""Index of the ``}`` closing the ``{`` at `open_pos` (``\{``/``\}`` escapes skipped)."""
   depth = 0
   i = open_pos
   n = len(text)
@@ -93,13 +93,31 @@ def _match_brace(text: str, open_pos: int) -> int | None:
   return None
 
 
-def _box_argument(text: str, start: int) -> str | None:
-  """Argument of the ``\boxed``/``\fbox`` command whose name ends at `start`."""
+def _brace_pairs(text: str) -> dict[int, int]:
+  r"""Position of every ``{`` → position of its matching ``}``, in one linear pass
+  (``\{``/``\}`` escapes skipped; unmatched braces are left out)."""
+  pairs, stack = {}, []
+  i, n = 0, len(text)
+  while i < n:
+    c = text[i]
+    if c == "\\":
+      i += 2
+      continue
+    if c == "{":
+      stack.append(i)
+    elif c == "}" and stack:
+      pairs[stack.pop()] = i
+    i += 1
+  return pairs
+
+
+def _box_argument(text: str, start: int, pairs: dict[int, int] | None = None) -> str | None:
+  r"""Argument of the ``\boxed``/``\fbox`` command whose name ends at `start`."""
   j = start
   while j < len(text) and text[j] in " \t":
     j += 1
   if j < len(text) and text[j] == "{":
-    end = _match_brace(text, j)
+    end = pairs.get(j) if pairs is not None else _match_brace(text, j)
     if end is None:
       return None
     return text[j + 1:end]
@@ -110,9 +128,10 @@ def _box_argument(text: str, start: int) -> str | None:
 
 
 def _last_boxed(text: str) -> tuple[int, str] | None:
-  """(position, argument) of the last well-formed ``\boxed``/``\fbox`` in `text`."""
+  r"""(position, argument) of the last well-formed ``\boxed``/``\fbox`` in `text`."""
+  pairs = _brace_pairs(text)
   for m in reversed(list(_BOX_RE.finditer(text))):
-    arg = _box_argument(text, m.end())
+    arg = _box_argument(text, m.end(), pairs)
     if arg is not None:
       return m.start(), arg
   return None
@@ -128,7 +147,7 @@ def _find_unescaped(text: str, sub: str, start: int) -> int:
 
 
 def _math_span(rest: str) -> str | None:
-  """Content of a leading ``$$..$$``, ``$..$``, ``\(..\)`` or ``\[..\]`` span of `rest`."""
+  r"""Content of a leading ``$$..$$``, ``$..$``, ``\(..\)`` or ``\[..\]`` span of `rest`."""
   for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
     if rest.startswith(open_):
       end = _find_unescaped(rest, close, len(open_))
@@ -177,7 +196,7 @@ def extract_answer(text: str | None) -> str | None:
     return None
   candidates = []
   finals = list(_FINAL_RE.finditer(text))
-  for m in reversed(finals):
+  for m in reversed(finals[-3:]):  # The last few only: each look copies the rest of the text.
     span = _after_final(text, m.end())
     if span is not None and _clean(span) is not None:
       candidates.append((m.start(), _clean(span)))
@@ -215,7 +234,7 @@ def _fix_fracs(s: str) -> str:
 
 
 def _fix_a_slash_b(s: str) -> str:
-  """``3/4`` → ``\\frac{3}{4}`` for integer a, b (MATH's _fix_a_slash_b)."""
+  r"""``3/4`` → ``\frac{3}{4}`` for integer a, b (MATH's _fix_a_slash_b)."""
   m = re.fullmatch(r"(-?\d+)/(\d+)", s)
   if not m:
     return s
@@ -236,8 +255,9 @@ def _fix_sqrt(s: str) -> str:
 
 _TEXT_CMD = r"\\(?:text|textbf|textrm|mbox|mathrm|mathbf|operatorname)"
 # A unit written as trailing text after a value, e.g. "10\text{ cm}", "5 \mbox{inches}^2".
-_UNIT_RE = re.compile(r"^(?P<value>.*?\d.*?)\s*" + _TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?$")
+_UNIT_RE = re.compile(_TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?$")
 _TEXT_RE = re.compile(_TEXT_CMD + r"\{([^{}]*)\}")
+_TEXT_CMD_RE = re.compile(_TEXT_CMD + r"(?![A-Za-z])")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
 
@@ -281,9 +301,11 @@ def normalize(answer: str | None) -> str:
   s = s.replace("\\$", "").replace("$", "")
   s = s.replace("\\%", "").replace("%", "")
   s = s.strip()
-  m = _UNIT_RE.match(s)
-  if m and m.group("value").strip() and "\\text" not in m.group("value"):
-    s = m.group("value").strip()
+  m = _UNIT_RE.search(s) if "\\" in s else None
+  if m:
+    value = s[:m.start()].strip()
+    if value and re.search(r"\d", value) and "\\text" not in value:
+      s = value
   s = _TEXT_RE.sub(lambda mt: mt.group(1), s)
   s = s.strip()
   while s.endswith(".") and not s.endswith("\\."):
@@ -373,6 +395,34 @@ def _math_verify_equal(pred: str, gold: str) -> bool:
   return bool(mv.verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
+def _equivalent(pred, gold, timeout_s, string_match) -> tuple[bool, str | None]:
+  """(equivalent?, why the check failed or None). Never raises."""
+  if pred is None or gold is None:
+    return False, None
+  try:
+    pred_s, gold_s = _unwrap_dollars(str(pred)), _unwrap_dollars(str(gold))
+    if not pred_s or not gold_s:
+      return False, None
+    pred_n, gold_n = normalize(pred_s), normalize(gold_s)
+    if string_match and pred_n and pred_n == gold_n:
+      return True, None
+    if len(pred_s) > _MAX_ANSWER_CHARS or len(gold_s) > _MAX_ANSWER_CHARS:
+      return False, f"answer longer than {_MAX_ANSWER_CHARS} characters"
+    with _deadline(timeout_s):
+      if _math_verify_equal(pred_s, gold_s):
+        return True, None
+      # Retry on the normalised strings, except when normalisation unwrapped \text{...}:
+      # sympy reads a bare word as a product of symbols, so anagrams would compare equal.
+      if (string_match and pred_n and gold_n and (pred_n, gold_n) != (pred_s, gold_s)
+          and not _TEXT_CMD_RE.search(pred_s + gold_s)):
+        return _math_verify_equal(pred_n, gold_n), None
+      return False, None
+  except CheckTimeout as e:
+    return False, str(e)
+  except Exception as e:  # pylint: disable=broad-except
+    return False, f"{type(e).__name__}: {e}"[:500]
+
+
 def is_equivalent(pred: str | None, gold: str | None, *,
                   timeout_s: float | None = DEFAULT_TIMEOUT_S, string_match: bool = True) -> bool:
   r"""Whether answer `pred` is mathematically the same as `gold` (both bare answers).
@@ -380,38 +430,22 @@ def is_equivalent(pred: str | None, gold: str | None, *,
   True when the `normalize`d strings are equal and non-empty, or when math-verify finds them
   equal: ``verify(parse("$gold$"), parse("$pred$"))`` (numbers to 6 decimals, symbolic
   simplification, sets, intervals, tuples, matrices, equations ``x = 3`` vs ``3``), and if
-  that fails, the same on the normalised strings. A check that raises or runs past
-  `timeout_s` (main thread only) is False and logged. Never raises.
+  that fails, the same on the normalised strings (not when either contains ``\text``-like
+  macros: sympy reads a bare word as a product of letters, so ``neve`` would equal ``even``).
+  A check that raises or runs past `timeout_s` (main thread only) is False and logged.
+  Never raises.
+
+  Bare words *outside* ``\text{}`` are still compared by math-verify as products of
+  symbols (``ab`` ≡ ``ba``), as they are in algebra.
 
   `string_match=False` skips the normalised-string shortcut and the normalised retry, so
   that only math-verify decides (for testing the checker itself).
   """
-  if pred is None or gold is None:
-    return False
-  try:
-    pred_s, gold_s = _unwrap_dollars(str(pred)), _unwrap_dollars(str(gold))
-    if not pred_s or not gold_s:
-      return False
-    pred_n, gold_n = normalize(pred_s), normalize(gold_s)
-    if string_match and pred_n and pred_n == gold_n:
-      return True
-    if len(pred_s) > _MAX_ANSWER_CHARS or len(gold_s) > _MAX_ANSWER_CHARS:
-      return False
-    with _deadline(timeout_s):
-      if _math_verify_equal(pred_s, gold_s):
-        return True
-      if (string_match and pred_n and gold_n and (pred_n, gold_n) != (pred_s, gold_s)
-          and "\\text" not in pred_n + gold_n):
-        return _math_verify_equal(pred_n, gold_n)
-      return False
-  except CheckTimeout as e:
+  ok, error = _equivalent(pred, gold, timeout_s, string_match)
+  if error is not None:
     logger.warning("math.is_equivalent: %s (pred=%.200r, gold=%.200r); scoring False",
-                   e, pred, gold)
-    return False
-  except Exception as e:  # pylint: disable=broad-except
-    logger.warning("math.is_equivalent: %s: %s (pred=%.200r, gold=%.200r); scoring False",
-                   type(e).__name__, e, pred, gold)
-    return False
+                   error, pred, gold)
+  return ok
 
 
 # ----------------------------------------------------------------------------------------------
@@ -441,9 +475,11 @@ def shutdown() -> None:
     _POOLS.clear()
 
 
-def _check_in_worker(pred: str, gold: str, timeout_s: float, string_match: bool = True) -> bool:
-  """Runs in a worker process (its main thread): the full check, with our deadline."""
-  return is_equivalent(pred, gold, timeout_s=timeout_s, string_match=string_match)
+def _check_in_worker(pred: str, gold: str, timeout_s: float, string_match: bool = True
+                     ) -> tuple[bool, str | None]:
+  """Runs in a worker process (its main thread): the full check, with our deadline.
+  Returns (equivalent?, error); the parent does the logging."""
+  return _equivalent(pred, gold, timeout_s, string_match)
 
 
 def _fast(response: str | None, gold: str | None) -> tuple[float | None, str | None]:
@@ -505,7 +541,11 @@ def rewards(responses: Sequence[str | None], golds: Sequence[str | None], *,
                       timeout_s=float(timeout_s) + _KILL_GRACE_S)
   for i, oc in zip(slow, outcomes):
     if oc.ok:
-      out[i] = 1.0 if oc.value else 0.0
+      equal, error = oc.value
+      out[i] = 1.0 if equal else 0.0
+      if error is not None:
+        logger.warning("math.rewards: item %d scored 0: %s (pred=%.200r, gold=%.200r)", i,
+                       error, preds[i], golds[i])
     else:
       logger.warning("math.rewards: item %d scored 0 because its check failed: %s "
                      "(pred=%.200r, gold=%.200r)", i, oc.error, preds[i], golds[i])
