@@ -156,6 +156,9 @@ def evaluate_samples(
             scores = [code_rewards.pass_at_k(n, c, k) for n, c in per_task.values()]
             metrics[f"pass@{k}"] = sum(scores) / len(scores)
     metrics.update(n_tasks=len(per_task), n_samples=len(rows), n_problems=len(problems))
+    # "error" = the sandbox could not run the program (not the sample's fault); such samples
+    # count as failures in pass@k, so make them visible.
+    metrics["n_sandbox_errors"] = sum(r.status == "error" for r in results)
     return rows, metrics
 
 
@@ -220,6 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"score.evaluate: note: samples cover {metrics['n_tasks']} of "
               f"{metrics['n_problems']} problems; pass@k is over the covered ones",
               file=sys.stderr)
+    if metrics["n_sandbox_errors"]:
+        first = next(r for r in rows if r["result"] == "error")
+        print(f"score.evaluate: warning: the sandbox failed to run {metrics['n_sandbox_errors']}"
+              f" samples (counted as failures), e.g.: {first['reason']}", file=sys.stderr)
     metrics["results"] = out
     print(json.dumps(metrics))
     return 0

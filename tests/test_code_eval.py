@@ -209,7 +209,7 @@ def test_cli_humaneval_end_to_end(tmp_path, humaneval):
     assert metrics["pass@2"] == pytest.approx(5 / 6)
     assert metrics["pass@3"] == pytest.approx(1.0)
     assert "pass@10" not in metrics
-    assert (metrics["n_tasks"], metrics["n_samples"]) == (2, 6)
+    assert (metrics["n_tasks"], metrics["n_samples"], metrics["n_sandbox_errors"]) == (2, 6, 0)
     results_file = tmp_path / "samples_results.jsonl"
     assert metrics["results"] == str(results_file)
     rows = [json.loads(line) for line in results_file.read_text().splitlines()]

@@ -318,6 +318,20 @@ def test_gigabyte_of_stdout_is_truncated_quickly():
     _still_grades()
 
 
+@pytest.mark.skipif(not ISO["mnt"], reason="the private tmpfs needs a mount namespace")
+def test_private_tmpfs_is_size_limited():
+    prog = textwrap.dedent("""
+        import os
+        block = b"x" * (1 << 20)
+        for i in range(64):
+            with open(os.path.join(os.environ["TMPDIR"], f"f{i}"), "wb") as f:
+                f.write(block)
+    """)
+    r = sandbox.run(prog, disk_mb=8, timeout_s=10.0)
+    assert r.status == "failed" and "No space left on device" in r.stderr, r.stderr
+    _still_grades()
+
+
 def test_output_under_the_cap_is_kept_exactly():
     r = sandbox.run("print('a' * 1000)\nimport sys\nprint('b', file=sys.stderr)\n")
     assert r.stdout == "a" * 1000 + "\n" and r.stderr == "b\n"
