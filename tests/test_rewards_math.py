@@ -46,6 +46,9 @@ EQUIVALENT = [
     ("10 \\text{ inches}", "10", True),
     ("5\\text{ cm}^2", "5", True),
     ("11", "10\\text{ cm}", False),
+    ("5 cm", "5", True),
+    ("12 square feet", "12\\text{ square feet}", True),
+    ("6 cm", "5", False),
     ("\\text{(C)}", "\\text{(C)}", True),
     ("(C)", "\\text{(C)}", True),
     ("\\text{(B)}", "\\text{(C)}", False),
@@ -175,6 +178,8 @@ def test_extraction_and_normalisation_are_fast_on_degenerate_text():
     ("\\frac1{72}", "\\frac{1}{72}"),
     ("\\sqrt3", "\\sqrt{3}"),
     ("10\\text{ cm}", "10"),
+    ("5 cm^2", "5"),
+    ("2 m", "2m"),  # A single letter may be a variable: kept.
     ("\\text{(C)}", "(C)"),
     ("30^\\circ", "30"),
     ("50\\%", "50"),

@@ -258,6 +258,28 @@ _TEXT_CMD = r"\\(?:text|textbf|textrm|mbox|mathrm|mathbf|operatorname)"
 _UNIT_RE = re.compile(_TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?$")
 _TEXT_RE = re.compile(_TEXT_CMD + r"\{([^{}]*)\}")
 _TEXT_CMD_RE = re.compile(_TEXT_CMD + r"(?![A-Za-z])")
+# Unit words dropped after a number ("5 cm", "12 square feet"). Single letters (m, g, L) and
+# "in" are left alone: "2 m" may be 2·m.
+_PLAIN_UNITS = frozenset("""
+    cm mm km meter meters metre metres inch inches ft feet foot yd yard yards mile miles
+    unit units degree degrees cent cents dollar dollars second seconds sec minute minutes min
+    hour hours day days week weeks month months year years pound pounds lb lbs ounce ounces oz
+    mph kph gram grams kg liter liters litre litres ml square cubic sq cu
+    """.split())
+
+
+def _drop_plain_units(s: str) -> str:
+  words = s.split(" ")
+  kept = list(words)
+  while len(kept) > 1 and kept[-1].lower().rstrip("0123456789^{}.") in _PLAIN_UNITS:
+    kept.pop()
+  while kept and not kept[-1]:
+    kept.pop()
+  if len(kept) < len(words) and kept and re.search(r"\d", kept[-1]) and not kept[-1][-1].isalpha():
+    return " ".join(kept)
+  return s
+
+
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
 
@@ -274,7 +296,9 @@ def normalize(answer: str | None) -> str:
   Extra rules here: surrounding ``$``/``\(\)`` and a whole-answer ``\boxed{}`` are removed;
   ``%``, ``$``, ``\circ`` and ``°`` are dropped; spacing macros (``\,``, ``\;``, ``\:``,
   ``\ ``, ``~``, ``\quad``, ``\displaystyle``) are removed; any trailing unit in
-  ``\text``/``\mbox``/``\mathrm`` after a value is dropped (not only ``\text{ ...}``); a
+  ``\text``/``\mbox``/``\mathrm`` after a value is dropped (not only ``\text{ ...}``), and
+  so are plain unit words after a number (``5 cm``, ``12 square feet``; not single letters,
+  which may be variables); a
   remaining ``\text{X}`` is unwrapped to ``X`` (so ``\text{(C)}`` → ``(C)``); trailing ``.``
   is dropped; a thousands separator in a plain number is removed (``10,000`` → ``10000``).
   Letters keep their case.
@@ -307,7 +331,7 @@ def normalize(answer: str | None) -> str:
     if value and re.search(r"\d", value) and "\\text" not in value:
       s = value
   s = _TEXT_RE.sub(lambda mt: mt.group(1), s)
-  s = s.strip()
+  s = _drop_plain_units(s.strip())
   while s.endswith(".") and not s.endswith("\\."):
     s = s[:-1].rstrip()
   s = s.replace(" .", " 0.").replace("{.", "{0.")
