@@ -96,7 +96,8 @@ def test_surrogate_extreme_log_ratios_are_finite():
   old = jnp.zeros((1, 3))
   for adv in (1.0, -1.0):
     loss, metrics = ppo.clipped_surrogate(logp, old, jnp.full((1, 3), adv), jnp.ones((1, 3)))
-    grad = jax.grad(lambda l: jnp.sum(ppo.clipped_surrogate(l, old, jnp.full((1, 3), adv), jnp.ones((1, 3)))[0]))(logp)
+    surrogate = lambda l: ppo.clipped_surrogate(l, old, jnp.full((1, 3), adv), jnp.ones((1, 3)))
+    grad = jax.grad(lambda l: jnp.sum(surrogate(l)[0]))(logp)
     assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grad))
     assert all(np.isfinite(float(v)) for v in metrics.values())
 

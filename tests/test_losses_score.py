@@ -85,13 +85,19 @@ def np_objective(logp, ref, turn, returns, betas, credited, kind, est, placement
   return float(np.mean(rows))
 
 
-@pytest.mark.parametrize("kind", ["rloo", "grpo"])
-@pytest.mark.parametrize("est,placement", [("k2", "loss"), ("k3", "loss"), ("k1", "reward")])
-@pytest.mark.parametrize("reduction", ["sequence", "token"])
+@pytest.mark.parametrize("kind,est,placement,reduction", [
+    ("rloo", "k2", "loss", "sequence"),
+    ("rloo", "k3", "loss", "token"),
+    ("rloo", "k1", "reward", "sequence"),
+    ("grpo", "k2", "loss", "token"),
+    ("grpo", "k1", "reward", "token"),
+    ("reinforce", "k3", "loss", "sequence"),
+])
 def test_stage1_matches_numpy(kind, est, placement, reduction):
   logp, ref, turn, r1, r2 = episode_batch(0)
-  fn = functools.partial(score.stage1_objective, group_size=G, advantage=kind, beta1=0.01, beta2=0.1,
-               kl_estimator=est, kl_placement=placement, reduction=reduction)
+  fn = functools.partial(score.stage1_objective, group_size=G, advantage=kind, beta1=0.01,
+                         beta2=0.1, kl_estimator=est, kl_placement=placement,
+                         reduction=reduction)
   loss, metrics = fn(logp, ref, turn, r1, r2)
   want = np_objective(logp, ref, turn, np.stack([0 * r2, r2], 1), (0.1, 0.01), (0, 1), kind,
                       est, placement, reduction)
@@ -102,7 +108,8 @@ def test_stage1_matches_numpy(kind, est, placement, reduction):
 def test_stage1_jit_agrees_with_eager():
   logp, ref, turn, r1, r2 = episode_batch(8)
   fn = functools.partial(score.stage1_objective, group_size=G, kl_estimator="k3")
-  (loss, metrics), (jloss, jmetrics) = fn(logp, ref, turn, r1, r2), jax.jit(fn)(logp, ref, turn, r1, r2)
+  loss, metrics = fn(logp, ref, turn, r1, r2)
+  jloss, jmetrics = jax.jit(fn)(logp, ref, turn, r1, r2)
   np.testing.assert_allclose(jloss, loss, rtol=1e-6)
   for name, value in metrics.items():
     np.testing.assert_allclose(jmetrics[name], value, rtol=1e-5, err_msg=name)

@@ -20,7 +20,8 @@ LOG_RATIO_CLIP = 20.0
 
 def _masked_mean(x_BxT, mask_BxT):
   mask_BxT = jnp.asarray(mask_BxT, jnp.float32)
-  return jnp.sum(jnp.where(mask_BxT > 0, x_BxT * mask_BxT, 0.0)) / jnp.maximum(jnp.sum(mask_BxT), 1.0)
+  total = jnp.sum(jnp.where(mask_BxT > 0, x_BxT * mask_BxT, 0.0))
+  return total / jnp.maximum(jnp.sum(mask_BxT), 1.0)
 
 
 def clipped_surrogate(logp_BxT, old_logp_BxT, advantages_BxT, mask_BxT, eps_low=0.2,

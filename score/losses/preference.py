@@ -26,7 +26,8 @@ import jax.numpy as jnp
 
 def _log_ratio_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                       ref_rejected_logps):
-  ref_chosen_logps, ref_rejected_logps = jax.lax.stop_gradient((ref_chosen_logps, ref_rejected_logps))
+  ref_chosen_logps = jax.lax.stop_gradient(ref_chosen_logps)
+  ref_rejected_logps = jax.lax.stop_gradient(ref_rejected_logps)
   return (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
 
 
@@ -122,7 +123,8 @@ def bradley_terry_k_choose_2(rewards_BxK, ranks_BxK=None):
   Returns the per-prompt loss ``[B]``.
   """
   if jnp.ndim(rewards_BxK) != 2:
-    raise ValueError(f"bradley_terry_k_choose_2: expected rewards_BxK [B, K], got {jnp.shape(rewards_BxK)}.")
+    raise ValueError(
+        f"bradley_terry_k_choose_2: expected rewards_BxK [B, K], got {jnp.shape(rewards_BxK)}.")
   num_responses = rewards_BxK.shape[1]
   i_P, j_P = ranked_pairs(num_responses)
   if ranks_BxK is None:

@@ -8,7 +8,8 @@ for the advantage baseline: flat index ``b·G + g`` is sample ``g`` of prompt ``
 
 **Stage I** (initialisation against collapse)::
 
-    max_θ  E[ r(y2, y*) − β2 · KL(πθ(·|x1) ‖ πref(·|x1)) − β1 · KL(πθ(·|x2) ‖ πref(·|x2)) ]
+    max_θ  E[ r(y2, y*) − β2 · KL(πθ(·|x1) ‖ πref(·|x1))
+                       − β1 · KL(πθ(·|x2) ‖ πref(·|x2)) ]
 
 Only turn-2 tokens carry the reward; turn-1 tokens see only the (strong) β2 KL.
 
@@ -53,7 +54,8 @@ def shaped_rewards(r1, r2, alpha):
 
 def _masked_mean(x_BxT, mask_BxT):
   mask_BxT = jnp.asarray(mask_BxT, jnp.float32)
-  return jnp.sum(jnp.where(mask_BxT > 0, x_BxT * mask_BxT, 0.0)) / jnp.maximum(jnp.sum(mask_BxT), 1.0)
+  total = jnp.sum(jnp.where(mask_BxT > 0, x_BxT * mask_BxT, 0.0))
+  return total / jnp.maximum(jnp.sum(mask_BxT), 1.0)
 
 
 def multi_turn_objective(logp_BxT, ref_logp_BxT, turn_mask_BxT, returns_BxK, betas_K, *,
@@ -89,7 +91,8 @@ def multi_turn_objective(logp_BxT, ref_logp_BxT, turn_mask_BxT, returns_BxK, bet
   Returns:
     ``(loss, metrics)``: a scalar and a dict of scalar diagnostics (stop-gradient).
   """
-  if jnp.shape(logp_BxT) != jnp.shape(ref_logp_BxT) or jnp.shape(logp_BxT) != jnp.shape(turn_mask_BxT):
+  shapes = {jnp.shape(logp_BxT), jnp.shape(ref_logp_BxT), jnp.shape(turn_mask_BxT)}
+  if len(shapes) != 1:
     raise ValueError(
         f"score: logp_BxT {jnp.shape(logp_BxT)}, ref_logp_BxT {jnp.shape(ref_logp_BxT)} and "
         f"turn_mask_BxT {jnp.shape(turn_mask_BxT)} must have the same [B, T] shape.")
@@ -104,7 +107,8 @@ def multi_turn_objective(logp_BxT, ref_logp_BxT, turn_mask_BxT, returns_BxK, bet
     raise ValueError(f"score: credited_K has {len(credited_K)} entries for {num_turns} turns.")
   if kl_placement not in kl_lib.PLACEMENTS:
     raise ValueError(
-        f"score: unknown kl_placement {kl_placement!r}; expected one of {sorted(kl_lib.PLACEMENTS)}.")
+        f"score: unknown kl_placement {kl_placement!r}; expected one of "
+        f"{sorted(kl_lib.PLACEMENTS)}.")
 
   turn_BxT = jnp.asarray(turn_mask_BxT, jnp.int32)
   mask_BxT = (turn_BxT > 0).astype(jnp.float32)
