@@ -123,7 +123,8 @@ class Result:
     """Outcome of one sandboxed run.
 
     Attributes:
-      passed: True iff the program exited with status 0 within its limits.
+      passed: True iff the program exited with status 0 within its limits (and, with
+        `require_end`, after reaching the end of the tests).
       status: "passed"; "failed" (non-zero exit, uncaught exception, killed by a resource
         limit other than time); "timeout" (wall clock or CPU time exceeded); "error" (the
         sandbox itself could not run the program — not the program's fault).
@@ -341,6 +342,26 @@ def _signal_name(sig: int) -> str:
         return f"signal {sig}"
 
 
+def _wait_unreaped(proc, timeout_s: float) -> bool:
+    """Waits for `proc` to exit without reaping it (its pid, hence its process-group id,
+    cannot be reused before the group is killed). Returns False on timeout."""
+    import subprocess
+
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # Old kernel/Python: reap and accept a tiny pid race.
+        try:
+            proc.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout_s)
+        return bool(ready)
+    finally:
+        os.close(pidfd)
+
+
 def _find_in_file(path: str, needle: bytes, chunk: int = 1 << 20) -> bool:
     """Whether `needle` occurs in the file, read in chunks from the end (no full read)."""
     try:
@@ -408,12 +429,9 @@ def _run(source, *, timeout_s, memory_mb, max_processes, file_size_mb, disk_mb,
             except OSError as e:
                 return Result("error", None, "", "", time.monotonic() - start,
                               f"could not start the sandbox launcher: {e}"), layers
-            try:
-                proc.wait(timeout=backstop)
-            except subprocess.TimeoutExpired:
-                timed_out_backstop = True
+            timed_out_backstop = not _wait_unreaped(proc, backstop)
             try:  # The group holds the launcher (and everything, without a PID namespace).
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)  # the unreaped launcher pins the pgid
             except (ProcessLookupError, PermissionError):
                 pass
             proc.wait()
