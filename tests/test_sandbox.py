@@ -400,3 +400,12 @@ def test_missing_interpreter_is_an_error_not_a_crash():
     r = sandbox.run("pass", python="/nonexistent/python3")
     assert (r.passed, r.status) == (False, "error")
     assert "starting the program" in r.reason or "no Python" in r.reason
+
+
+def test_concurrent_fork_bombs_do_not_disturb_other_jobs():
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    jobs = [{"program": bomb, "timeout_s": 1.5} if i % 4 == 0 else (f"x = {i}", f"assert x == {i}")
+            for i in range(8)]
+    results = sandbox.run_many(jobs, max_workers=4, timeout_s=10.0)
+    assert [r.status for r in results] == [
+        "timeout" if i % 4 == 0 else "passed" for i in range(8)], [r.reason for r in results]
