@@ -50,6 +50,14 @@ def test_render_errors_are_clear(template, err, match):
     g.render(template, sample, item)
 
 
+def test_render_non_json_values():
+  class Scalar:  # Like a numpy scalar.
+    def item(self):
+      return 2.5
+  assert g.render("{{item.x}}", "s", {"x": Scalar()}) == "2.5"
+  assert g.render("{{item.x}}", "s", {"x": {"a": None, "b": True}}) == '{"a": null, "b": true}'
+
+
 def test_model_output_problems_score_zero_but_item_problems_raise():
   grader = g.build_grader({"type": "string_check", "name": "s",
                            "input": "{{sample.output_json.answer}}",

@@ -166,8 +166,19 @@ def resolve(path: str, sample: Any, item: Mapping[str, Any] | None) -> Any:
   return value
 
 
+def _json_default(value: Any) -> Any:
+  """numpy/JAX scalars and arrays → Python values; anything else → its str."""
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  if hasattr(value, "item"):
+    return value.item()
+  return str(value)
+
+
 def _to_text(value: Any) -> str:
-  return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+  if isinstance(value, str):
+    return value
+  return json.dumps(value, ensure_ascii=False, default=_json_default)
 
 
 def render(template: str, sample: Any, item: Mapping[str, Any] | None) -> str:
@@ -492,8 +503,10 @@ print({marker!r} + _score_json.dumps(float(_score_value)))
 class PythonGrader(Grader):
   """Runs the user's ``grade(sample, item)`` in `score.rewards.sandbox`, one run per example.
 
-  The sample and item are embedded as JSON string literals; the score comes back on stdout
-  behind a random per-run marker (so text the program prints cannot forge it).
+  The sample and item are embedded as JSON string literals (data, never code); the score
+  comes back on stdout behind a random per-run marker, so that text the program prints (the
+  model's output, say) cannot be taken for the score. The grader's own source is trusted
+  code of the user's: it could read the marker from its program file.
   """
 
   type_name = "python"
@@ -513,7 +526,8 @@ class PythonGrader(Grader):
       except (ModelOutputError, TemplateError):
         sample["output_json"] = None
     marker = f"__score_grade_{secrets.token_hex(8)}__="
-    harness = _HARNESS.format(sample=json.dumps(sample), item=json.dumps(item),
+    harness = _HARNESS.format(sample=json.dumps(sample, default=_json_default),
+                              item=json.dumps(item, default=_json_default),
                               marker=marker)
     return self.source + harness, marker
 
