@@ -94,6 +94,15 @@ EQUIVALENT = [
     ("\\{1,2,3\\}", "\\{2,1\\}", False),
     ("1, 2, 3", "3, 2, 1", True),  # MATH "enter all solutions, separated by commas".
     ("1, 2", "1, 2, 3", False),
+    ("(-\\infty,1)\\cup(2,\\infty)", "(2,\\infty)\\cup(-\\infty,1)", True),
+    ("(-\\infty,1)\\cup(3,\\infty)", "(-\\infty,1)\\cup(2,\\infty)", False),
+    ("3, -3", "\\pm 3", True),
+    ("[2,5]", "2 \\le x \\le 5", True),
+    # Logs, roots, complex numbers.
+    ("\\log_2 8", "3", True),
+    ("\\sqrt[3]{2}", "2^{1/3}", True),
+    ("1+i", "i+1", True),
+    ("2i", "2", False),
     # Matrices and vectors.
     ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True),
     ("\\begin{pmatrix} 1 \\\\ 3 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", False),
