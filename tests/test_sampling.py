@@ -74,18 +74,21 @@ def tiny_model():
     return Transformer(ModelConfig.tiny(vocab_size=VOCAB), rngs=nnx.Rngs(1))
 
 
-def _recomputed_logprobs(model, prompt, completion):
-    full = jnp.asarray([list(prompt) + list(completion)], jnp.int32)
-    return np.asarray(token_logprobs(model, full, jnp.ones_like(full)))[0, len(prompt):]
+def _recomputed_logprobs(model, prompts, completions):
+    """token_logprobs on the left-padded full sequences, sliced to the completions."""
+    full = [list(p) + list(y) for p, y in zip(prompts, completions)]
+    tokens_BxL, mask_BxL = left_pad(full, length=64)
+    logp_BxL = np.asarray(token_logprobs(model, jnp.asarray(tokens_BxL), jnp.asarray(mask_BxL)))
+    return [logp_BxL[b, 64 - len(y):].tolist() if y else [] for b, y in enumerate(completions)]
 
 
 @pytest.mark.parametrize("options", [dict(), dict(temperature=0.7, top_k=20, top_p=0.9)])
 def test_logprobs_equal_token_logprobs(tiny_model, options):
     options = dict(temperature=1.0) | options
     s = generate(tiny_model, PROMPTS, max_new_tokens=12, seed=3, **options)
-    for p, y, lp in zip(PROMPTS, s.tokens, s.logprobs):
+    for y, lp, ref in zip(s.tokens, s.logprobs, _recomputed_logprobs(tiny_model, PROMPTS, s.tokens)):
         assert len(y) == len(lp) == 12
-        np.testing.assert_allclose(lp, _recomputed_logprobs(tiny_model, p, y), atol=1e-4)
+        np.testing.assert_allclose(lp, ref, atol=1e-4)
     # The sampling-distribution log-probs are a different quantity once filters are on.
     if "top_k" in options:
         assert not np.allclose(np.array(s.sample_logprobs), np.array(s.logprobs))
@@ -149,13 +152,13 @@ def test_top_k_top_p_frequencies_through_the_loop(tiny_model):
 
 
 def test_no_recompile_for_the_same_bucket(tiny_model):
-    generate(tiny_model, PROMPTS, max_new_tokens=8, temperature=1.0, seed=0)  # batch 4, len 8
+    generate(tiny_model, PROMPTS, max_new_tokens=8, temperature=1.0, seed=0)  # batch 4, len 16
     before, size = compile_count(), sampler._generate_core._cache_size()
-    # Other prompts, batch 4 → bucket 4, lengths ≤ 8, another temperature, seed, top-p value.
+    # Other prompts (batch 3-4, lengths ≤ 16, budgets 5-8), other temperatures and seeds.
     more = [[1, 2], [3, 4, 5, 6, 7, 8, 9, 10], [11], [12, 13]]
-    generate(tiny_model, more, max_new_tokens=8, temperature=0.5, seed=1)
+    generate(tiny_model, more, max_new_tokens=[8, 5, 6, 7], temperature=0.5, seed=1)
     generate(tiny_model, PROMPTS + [[1]], max_new_tokens=8, temperature=1.3, seed=2)
     assert compile_count() == before
     assert sampler._generate_core._cache_size() == size
-    generate(tiny_model, [[1] * 9], max_new_tokens=8, temperature=1.0)  # Length bucket 16.
+    generate(tiny_model, [[1] * 17] * 4, max_new_tokens=8, temperature=1.0)  # Length bucket 32.
     assert compile_count() == before + 1

@@ -3,9 +3,10 @@
 Two levels:
 
 * `generate_arrays(model, prompt_BxP, prompt_mask_BxP, rng, ...)` — the array core trainers
-  call. One jitted function of `(graphdef, state, arrays)`; the static arguments (shapes,
-  `max_new_tokens`, greedy or not, `top_k`, stop ids) key jax's compilation cache, so repeated
-  calls with the same shapes never retrace. The KV cache is allocated *inside* the jitted
+  call. One jitted function of `(graphdef, state, arrays)`; only the graph definition, the
+  shapes, `max_new_tokens`, `top_k` and whether top-p is on are static and key jax's
+  compilation cache. Temperature (greedy included), top-p value, stop ids, per-row limits and
+  the key are data, so repeated calls with the same shapes never retrace. The KV cache is allocated *inside* the jitted
   function and lives only in the loop carry, so XLA updates it in place: it is never copied
   in or out (nothing to donate).
 * `generate(model, prompts, ...)` — lists in, lists out. Buckets the batch size and prompt
@@ -100,10 +101,8 @@ def _next_pow2(n: int, minimum: int = 1) -> int:
     static_argnames=(
         "graphdef",
         "max_new_tokens",
-        "greedy",
         "top_k",
         "use_top_p",
-        "eos_ids",
         "pad_id",
         "cache_dtype",
     ),
@@ -113,16 +112,16 @@ def _generate_core(
     prompt_BxP: jax.Array,
     prompt_mask_BxP: jax.Array,
     rng: jax.Array,
+    greedy: jax.Array,
     temperature: jax.Array,
     top_p: jax.Array,
+    eos_ids_E: jax.Array,
     max_new_B: jax.Array,
     *,
     graphdef: Any,
     max_new_tokens: int,
-    greedy: bool,
     top_k: int | None,
     use_top_p: bool,
-    eos_ids: tuple[int, ...],
     pad_id: int,
     cache_dtype: Any,
 ) -> SampleArrays:
@@ -143,7 +142,6 @@ def _generate_core(
     logits_BxPxV, cache = model.decode(prompt_BxP, positions_BxP, cache, 0, kv_mask_BxS)
     logits_BxV = logits_BxPxV[:, -1].astype(jnp.float32)  # Left padding: last slot is real.
 
-    eos_arr = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
     max_new_B = jnp.minimum(max_new_B.astype(jnp.int32), n)
     init = dict(
         i=jnp.zeros((), jnp.int32),
@@ -174,7 +172,7 @@ def _generate_core(
         logp_B = jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
         active_B = ~c["done_B"]
         token_B = jnp.where(active_B, token_B, pad_id)
-        hit_stop_B = active_B & jnp.isin(token_B, eos_arr)
+        hit_stop_B = active_B & jnp.isin(token_B, eos_ids_E)
         done_B = c["done_B"] | hit_stop_B | (i + 1 >= max_new_B)
         out = dict(
             i=i + 1,
@@ -258,20 +256,24 @@ def generate_arrays(
         max_new_B = jnp.full((batch,), max_new_tokens, jnp.int32)
     graphdef, state = nnx.split(model)
     greedy = temperature == 0.0
+    # Stop ids are data (padded with -1 to a power of two ≥ 4), so they never recompile.
+    eos_ids = [int(e) for e in eos_ids]
+    eos_ids_E = np.full((_next_pow2(len(eos_ids), 4),), -1, np.int32)
+    eos_ids_E[: len(eos_ids)] = eos_ids
     return _generate_core(
         state,
         prompt_BxP,
         prompt_mask_BxP,
         rng,
-        jnp.asarray(temperature if not greedy else 1.0, jnp.float32),
+        jnp.asarray(greedy),
+        jnp.asarray(1.0 if greedy else temperature, jnp.float32),
         jnp.asarray(top_p if top_p is not None else 1.0, jnp.float32),
+        jnp.asarray(eos_ids_E),
         jnp.asarray(max_new_B, jnp.int32),
         graphdef=graphdef,
         max_new_tokens=int(max_new_tokens),
-        greedy=greedy,
-        top_k=None if top_k is None else int(top_k),
+        top_k=None if top_k is None or greedy else int(top_k),
         use_top_p=top_p is not None and not greedy,
-        eos_ids=tuple(int(e) for e in eos_ids),
         pad_id=int(pad_id),
         cache_dtype=cache_dtype,
     )
@@ -309,7 +311,7 @@ def left_pad(
     return tokens_BxP, mask_BxP
 
 
-def bucket_shape(batch: int, prompt_len: int, *, min_len: int = 8) -> tuple[int, int]:
+def bucket_shape(batch: int, prompt_len: int, *, min_len: int = 16) -> tuple[int, int]:
     """Powers of two ≥ the batch size and the prompt length (prompt bucket ≥ `min_len`)."""
     return _next_pow2(batch), _next_pow2(prompt_len, min_len)
 
@@ -355,8 +357,8 @@ def generate(
     `max_new_tokens` is an int or one limit per prompt. Stop strings need `decode_fn`
     (token ids → text): they are checked after decoding, and a row is cut right after the
     token that completed the first stop string (finish reason "stop"). With `bucket=True`
-    the batch and prompt length are padded to powers of two so that calls with similar
-    shapes share one compilation.
+    the batch size, prompt length and `max_new_tokens` are rounded up to powers of two (the
+    true limits are enforced per row) so that calls with similar shapes share one compilation.
     """
     if stop_strings and decode_fn is None:
         raise ValueError("generate: stop_strings need decode_fn (token ids -> text)")
@@ -370,10 +372,13 @@ def generate(
             raise ValueError(
                 f"generate: {len(limits)} max_new_tokens for {len(prompts)} prompts"
             )
-    n = max(limits)
+    n = max(max(limits), 1)
     batch, length = len(prompts), max(len(p) for p in prompts)
     if bucket:
         batch, length = bucket_shape(batch, length)
+        # Per-row limits end each row; the loop exits once all rows are done, so a larger
+        # slot count costs only cache memory, and nearby budgets share a compilation.
+        n = _next_pow2(n, 8)
     tokens_BxP, mask_BxP = left_pad(prompts, length=length, batch_size=batch, pad_id=pad_id)
     max_new_B = np.zeros((batch,), np.int32)
     max_new_B[: len(prompts)] = limits
