@@ -114,6 +114,20 @@ def test_stop_ids_and_per_row_limits(tiny_model):
         assert y.count(stop) <= 1 and (stop not in y or y[-1] == stop)
 
 
+def test_early_exit_when_every_row_stopped(tiny_model):
+    tokens_BxP, mask_BxP = left_pad(PROMPTS, length=16, batch_size=4)
+    run = lambda eos: generate_arrays(  # noqa: E731
+        tiny_model, tokens_BxP, mask_BxP, jax.random.key(0), max_new_tokens=16, eos_ids=eos)
+    free = run(())
+    assert int(free.num_steps) == 16 and not np.asarray(free.stopped_B).any()
+    # Stop ids = every row's third greedy token: the loop ends after ≤ 3 steps.
+    third = np.asarray(free.tokens_BxN[:, 2]).tolist()
+    out = run(third)
+    assert int(out.num_steps) <= 3 and np.asarray(out.stopped_B).all()
+    assert np.all(np.asarray(out.lengths_B) <= 3)
+    np.testing.assert_array_equal(out.valid_BxN, np.arange(16)[None] < out.lengths_B[:, None])
+
+
 def test_stop_strings(tiny_model):
     decode_fn = lambda ids: "".join(chr(ord("a") + i % 26) for i in ids)  # noqa: E731
     free = generate(tiny_model, PROMPTS, max_new_tokens=10, temperature=1.0, seed=7)

@@ -50,6 +50,7 @@ class SampleArrays(NamedTuple):
     valid_BxN: 1 for generated tokens (the stop token included), 0 after the row finished.
     lengths_B: number of valid tokens per row.
     stopped_B: True if the row ended on a stop id (else it hit its length limit).
+    num_steps: decode iterations run (< N when every row finished early).
     """
 
     tokens_BxN: jax.Array
@@ -58,6 +59,7 @@ class SampleArrays(NamedTuple):
     valid_BxN: jax.Array
     lengths_B: jax.Array
     stopped_B: jax.Array
+    num_steps: jax.Array
 
 
 @dataclasses.dataclass
@@ -201,6 +203,7 @@ def _generate_core(
         valid_BxN=final["valid_BxN"],
         lengths_B=final["valid_BxN"].sum(axis=-1).astype(jnp.int32),
         stopped_B=final["stopped_B"],
+        num_steps=final["i"],
     )
 
 
