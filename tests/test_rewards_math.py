@@ -144,6 +144,7 @@ EXTRACT = [
     ("First I thought the final answer is $3$. Wait, so \\boxed{4}.", "4"),
     ("So $\\boxed{4}$.\nFinal Answer: The final answer is $5$. I hope it is correct.", "5"),
     ("\\boxed{1} then \\boxed{2}", "2"),
+    ("The final answer is $\\boxed{5} + \\boxed{3}$.", "\\boxed{5} + \\boxed{3}"),
     # Nested braces and escaped braces.
     ("so $x = \\boxed{\\frac{\\sqrt{3}}{2}}$.", "\\frac{\\sqrt{3}}{2}"),
     ("$\\boxed{\\{1, 2\\}}$", "\\{1, 2\\}"),

@@ -11,7 +11,8 @@ The oracle reward of SCoRe (Kumar et al., 2024, arXiv 2409.12917) on MATH is
     ``\fbox{...}``, braces nested arbitrarily, or ``\boxed 2`` without braces (up to the next
     ``$`` or line end).
 
-  When both occur, the one that starts *later* in the text wins (the last stated answer).
+  When both occur, the one that starts *later* in the text wins (the last stated answer),
+  unless the last box lies inside the final-answer statement, which then wins whole.
 * `normalize(answer)`: the Hendrycks et al. string normaliser (``strip_string`` of the MATH
   repository's ``is_equiv``) plus a few extra rules (listed in its docstring).
 * `is_equivalent(pred, gold)`: normalised strings equal, or math-verify (``parse`` on
@@ -146,29 +147,34 @@ def _find_unescaped(text: str, sub: str, start: int) -> int:
     i += 1
 
 
-def _math_span(rest: str) -> str | None:
-  r"""Content of a leading ``$$..$$``, ``$..$``, ``\(..\)`` or ``\[..\]`` span of `rest`."""
+def _math_span(rest: str) -> tuple[str, int] | None:
+  r"""(content, length consumed) of a leading ``$$..$$``, ``$..$``, ``\(..\)`` or ``\[..\]``
+  span of `rest`."""
   for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
     if rest.startswith(open_):
       end = _find_unescaped(rest, close, len(open_))
       if end >= 0:
-        return rest[len(open_):end]
+        return rest[len(open_):end], end + len(close)
   return None
 
 
-def _after_final(text: str, start: int) -> str | None:
-  """The answer that follows ``final answer is`` (which ends at `start`)."""
+def _after_final(text: str, start: int) -> tuple[str, int]:
+  """(answer, end position in `text`) after ``final answer is`` (which ends at `start`)."""
   rest = text[start:].lstrip(" \t:")
-  span = _math_span(rest)
-  if span is None:
+  offset = len(text) - len(rest)
+  found = _math_span(rest)
+  if found is None:
     m = _BOX_RE.match(rest)
     if m:
-      span = _box_argument(rest, m.end())
-  if span is None:
+      arg = _box_argument(rest, m.end())
+      if arg is not None:
+        found = arg, rest.find(arg, m.end()) + len(arg) + 1
+  if found is None:
     hope = _HOPE_RE.search(rest)
     line = rest.split("\n", 1)[0]
     span = rest[:hope.start()] if hope and hope.start() <= len(line) else line
-  return span
+    found = span, len(span)
+  return found[0], offset + found[1]
 
 
 def _clean(answer: str) -> str | None:
@@ -176,9 +182,11 @@ def _clean(answer: str) -> str | None:
   # A whole-answer box, e.g. "The final answer is $\boxed{5}$".
   m = _BOX_RE.match(answer)
   if m:
-    inner = _box_argument(answer, m.end())
-    if inner is not None and answer.endswith("}"):
-      answer = inner.strip()
+    j = m.end()
+    while j < len(answer) and answer[j] in " \t":
+      j += 1
+    if j < len(answer) and answer[j] == "{" and _match_brace(answer, j) == len(answer) - 1:
+      answer = answer[j + 1:-1].strip()
   while answer and answer[-1] in ".,;" and not answer.endswith("\\."):
     answer = answer[:-1].rstrip()
   return answer or None
@@ -194,19 +202,22 @@ def extract_answer(text: str | None) -> str | None:
   """
   if not text:
     return None
-  candidates = []
+  candidates = []  # (start, end, answer)
   finals = list(_FINAL_RE.finditer(text))
   for m in reversed(finals[-3:]):  # The last few only: each look copies the rest of the text.
-    span = _after_final(text, m.end())
-    if span is not None and _clean(span) is not None:
-      candidates.append((m.start(), _clean(span)))
+    span, end = _after_final(text, m.end())
+    answer = _clean(span)
+    if answer is not None:
+      candidates.append((m.start(), end, answer))
       break
   boxed = _last_boxed(text)
   if boxed is not None and _clean(boxed[1]) is not None:
-    candidates.append((boxed[0], _clean(boxed[1])))
+    candidates.append((boxed[0], boxed[0], _clean(boxed[1])))
   if not candidates:
     return None
-  return max(candidates, key=lambda c: c[0])[1]
+  if len(candidates) == 2 and candidates[0][0] <= candidates[1][0] < candidates[0][1]:
+    return candidates[0][2]  # The last box is part of the final-answer statement.
+  return max(candidates, key=lambda c: c[0])[2]
 
 
 # ----------------------------------------------------------------------------------------------
