@@ -196,3 +196,10 @@ def test_pairwise_prompt_and_combination():
   assert judge.combine_pairwise(R(None, "x"), R("A", "ok")).winner == "B"
   assert judge.combine_pairwise(R("B", "ok"), R(None, "x")).winner == "B"
   assert judge.combine_pairwise(R(None, "x"), R(None, "y")).winner is None
+
+
+def test_registry_by_name():
+  j = judge.JUDGES["additive_5pt"]
+  assert j.parse("Score: 3").score == 3.0
+  assert "<response>r</response>" in j.prompt("q", "r")
+  assert judge.JUDGES["pairwise"].parse("Better response: B").winner == "B"

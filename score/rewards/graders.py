@@ -43,7 +43,8 @@ Types
   messages) is rendered and sent to the injected ``generate_fn(prompts) -> outputs``;
   the reply's score (a ``Score: x`` line, as `score.rewards.judge` parses it, or a reply that
   is just a number) must lie in ``range`` (default [0, 1]) and is mapped linearly to [0, 1];
-  optional ``pass_threshold`` (on the raw range scale) → 0/1.
+  optional ``pass_threshold`` (on the raw range scale) → 0/1. The OpenAI keys ``model``
+  and ``sampling_params`` are accepted and ignored: `generate_fn` decides both.
 * ``label_model``: the same prompt rendering; the reply is matched against ``labels`` (the
   whole reply, else a ``Label:`` line, else the only label mentioned as a whole word); 1.0
   if it is in ``passing_labels``. No or several different labels → 0.0 (logged).

@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, NamedTuple, Sequence
 
 __all__ = [
     "JUDGE_PROMPT",
@@ -58,6 +58,8 @@ __all__ = [
     "pairwise_prompt",
     "parse_pairwise",
     "combine_pairwise",
+    "JUDGES",
+    "Judge",
 ]
 
 MAX_SCORE = 5.0
@@ -308,3 +310,17 @@ def combine_pairwise(ab: PairwiseResult, ba: PairwiseResult) -> PairwiseResult:
   if ab.winner == second:
     return PairwiseResult(ab.winner, "ok")
   return PairwiseResult("tie", f"orders disagree ({ab.winner} vs {second}): counted as a tie")
+
+
+class Judge(NamedTuple):
+  """A judge variant: how to build its prompt and how to parse the reply."""
+
+  prompt: Callable[..., str]
+  parse: Callable[[str | None], Any]
+
+
+# Judge variants by the name configs use.
+JUDGES: dict[str, Judge] = {
+    "additive_5pt": Judge(judge_prompt, parse_score),  # Yuan et al. (2024), Figure 2.
+    "pairwise": Judge(pairwise_prompt, parse_pairwise),
+}
