@@ -176,3 +176,16 @@ def test_no_recompile_for_the_same_bucket(tiny_model):
     assert sampler._generate_core._cache_size() == size
     generate(tiny_model, [[1] * 17] * 4, max_new_tokens=8, temperature=1.0)  # Length bucket 32.
     assert compile_count() == before + 1
+
+
+def test_prefill_last_logits_equals_decode(tiny_model):
+    tokens_BxP, mask_BxP = (jnp.asarray(x) for x in left_pad(PROMPTS))
+    positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, -1) - 1, 0)
+    kv_mask_BxS = jnp.concatenate([mask_BxP, jnp.ones((3, 4), jnp.int32)], axis=1)
+    fast, fast_cache = sampler.prefill_last_logits(
+        tiny_model, tokens_BxP, positions_BxP, tiny_model.init_cache(3, 11), kv_mask_BxS)
+    full, full_cache = tiny_model.decode(
+        tokens_BxP, positions_BxP, tiny_model.init_cache(3, 11), 0, kv_mask_BxS)
+    np.testing.assert_allclose(fast, full[:, -1], atol=1e-6)
+    for a, b in zip(jax.tree.leaves(fast_cache), jax.tree.leaves(full_cache)):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -99,6 +99,36 @@ def _next_pow2(n: int, minimum: int = 1) -> int:
 # Jitted core.
 
 
+def prefill_last_logits(
+    model: Any,
+    prompt_BxP: jax.Array,
+    positions_BxP: jax.Array,
+    cache: Any,
+    kv_mask_BxS: jax.Array,
+) -> tuple[jax.Array, Any]:
+    """Writes the prompt into cache slots [0, P) and returns the last position's fp32 logits.
+
+    With left padding the last slot holds every row's last real token, so `logits_BxV`
+    predicts the first new token. `Transformer.decode` unembeds all P positions (a B×P×V fp32
+    array: 19 GB at B=64, P=512, V=152k), so for `score.models.Transformer` this runs its
+    blocks and unembeds only the last hidden state; other models fall back to `decode`.
+    """
+    if all(hasattr(model, a) for a in ("_blocks", "_masks", "embed_tokens", "unembed")):
+        slots_BxP = jnp.broadcast_to(
+            jnp.arange(prompt_BxP.shape[1], dtype=jnp.int32), prompt_BxP.shape
+        )
+        h_BxPxD, cache = model._blocks(  # pylint: disable=protected-access
+            model.embed_tokens(prompt_BxP),
+            positions_BxP,
+            model._masks(kv_mask_BxS, slots_BxP),  # pylint: disable=protected-access
+            cache,
+            jnp.zeros((), jnp.int32),
+        )
+        return model.unembed(h_BxPxD[:, -1:])[:, 0].astype(jnp.float32), cache
+    logits_BxPxV, cache = model.decode(prompt_BxP, positions_BxP, cache, 0, kv_mask_BxS)
+    return logits_BxPxV[:, -1].astype(jnp.float32), cache
+
+
 @jax.jit(
     static_argnames=(
         "graphdef",
@@ -141,8 +171,7 @@ def _generate_core(
         [prompt_mask_BxP, jnp.ones((batch, n), jnp.int32)], axis=1
     )
     positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=-1) - 1, 0)
-    logits_BxPxV, cache = model.decode(prompt_BxP, positions_BxP, cache, 0, kv_mask_BxS)
-    logits_BxV = logits_BxPxV[:, -1].astype(jnp.float32)  # Left padding: last slot is real.
+    logits_BxV, cache = prefill_last_logits(model, prompt_BxP, positions_BxP, cache, kv_mask_BxS)
 
     max_new_B = jnp.minimum(max_new_B.astype(jnp.int32), n)
     init = dict(
