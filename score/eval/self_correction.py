@@ -23,12 +23,12 @@ def two_attempts(model, env, problems, *, batch_size: int = 256, temperature: fl
         max_new_tokens=env.max_new_tokens, instruction=env.instruction, samples_per_prompt=1,
         temperature=temperature, eos_ids=env.eos_ids, max_len=env.max_len, pad_id=env.pad_id,
         seed=seed + start)
-    for b, responses in enumerate(episodes.responses):
-      p = chunk[int(episodes.prompt_index_B[b])]
-      attempts = list(responses) + [[]] * (2 - len(responses))
-      c1.append(env.reward(p, attempts[0]))
-      c2.append(env.reward(p, attempts[1]))
-      texts.append({"id": p.id, "t1": env.decode(attempts[0]), "t2": env.decode(attempts[1])})
+    attempts = [list(r) + [[]] * (2 - len(r)) for r in episodes.responses]
+    ps = [chunk[int(i)] for i in episodes.prompt_index_B]
+    c1 += env.rewards(ps, [a[0] for a in attempts])
+    c2 += env.rewards(ps, [a[1] for a in attempts])
+    texts += [{"id": p.id, "t1": env.decode(a[0]), "t2": env.decode(a[1])}
+              for p, a in zip(ps, attempts)]
   return {"correct_t1": c1, "correct_t2": c2, "attempts": texts}
 
 

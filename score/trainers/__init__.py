@@ -8,7 +8,6 @@ import importlib
 
 TRAINERS = {
     "sft": "score.trainers.sft:train",
-    "score": "score.trainers.score:train",
     "self_correction_suite": "score.trainers.suite:train",
     "grpo": "score.trainers.grpo:train",
     "ppo": "score.trainers.ppo:train",

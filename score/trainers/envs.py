@@ -7,7 +7,10 @@ attempt is rewarded. A trainer takes an environment and never knows which task i
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+import zlib
+from typing import Any, Sequence
+
+import numpy as np
 
 from score.data import synthetic
 
@@ -63,18 +66,113 @@ class SyntheticEnv:
       return 0.0
     return self.task.reward(self.decode(response_ids), problem)
 
+  def rewards(self, problems, responses) -> list[float]:
+    return [self.reward(p, r) for p, r in zip(problems, responses)]
+
   def episode_tokens(self, problem, attempts_ids: Sequence[Sequence[int]]):
     """`(tokens, turn_mask)` of an episode built from attempt token ids (EOS included)."""
     attempts = [self.decode(a) for a in attempts_ids]
     return synthetic.episode_tokens(self.tokenizer, problem.question, attempts)
 
 
-def make_env(config) -> SyntheticEnv:
-  """The environment of `config.task` (`name` = a synthetic task)."""
+class TextEnv:
+  """Self-correction on MATH or code problems with a Hugging Face tokenizer.
+
+  Prompts are the paper's (`score.data.prompts`), as plain text for base checkpoints or through
+  the tokenizer's chat template for instruct ones. Turn 2's context is turn 1's, the sampled
+  tokens of y1, then the self-correction instruction's tokens. Rewards: `score.rewards.math`
+  (answer equivalence in a worker pool) or the code sandbox (unit tests); never raise.
+  """
+
+  def __init__(self, *, tokenizer, train, heldout, task: str, prompt_format: str, seed: int,
+               max_new_tokens: int, max_len: int, reward_timeout_s: float = 10.0):
+    from score.data import prompts  # pylint: disable=g-import-not-at-top
+    from score.sampling import rollouts  # pylint: disable=g-import-not-at-top
+    if task not in ("math", "code"):
+      raise ValueError(f"task must be 'math' or 'code', got {task!r}")
+    self.tokenizer, self.train, self.heldout = tokenizer, list(train), list(heldout)
+    self.task, self.format, self.seed = task, prompt_format, seed
+    self.max_new_tokens, self.max_len = max_new_tokens, max_len
+    self.reward_timeout_s = reward_timeout_s
+    self._prompts = prompts
+    eos = tokenizer.eos_token_id
+    self.eos_ids = tuple(eos if isinstance(eos, (list, tuple)) else [eos])
+    self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+    text = prompts.self_correction_instruction(task)
+    if prompt_format == "chat":
+      self.instruction = rollouts.chat_instruction(tokenizer, text, eos_ids=self.eos_ids)
+    else:
+      self.instruction = self._encode(prompts.plain_correction_suffix(task))
+
+  def _encode(self, text: str) -> list[int]:
+    return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+  def prompt_tokens(self, problem) -> list[int]:
+    text = self._prompts.first_turn_prompt(problem, self.task, format=self.format,
+                                           tokenizer=self.tokenizer)
+    ids = self._encode(text)
+    bos = self.tokenizer.bos_token_id
+    if self.format == "plain" and bos is not None:
+      ids = [bos] + ids
+    return ids
+
+  def train_problems(self, step: int, n: int, *, stream: str = "rl") -> list:
+    rng = np.random.default_rng([self.seed, zlib.crc32(stream.encode()), step])
+    return [self.train[i] for i in rng.choice(len(self.train), size=n, replace=n > len(self.train))]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+  def rewards(self, problems, responses) -> list[float]:
+    texts = [self.decode(r) for r in responses]
+    if self.task == "math":
+      from score.rewards import math as math_reward  # pylint: disable=g-import-not-at-top
+      return list(math_reward.rewards(texts, [p.answer for p in problems],
+                                      timeout_s=self.reward_timeout_s))
+    from score.rewards import code as code_reward  # pylint: disable=g-import-not-at-top
+    programs = [code_program(p, code_reward.extract_code(t)) for p, t in zip(problems, texts)]
+    return code_reward.rewards(programs, timeout_s=self.reward_timeout_s)
+
+  def reward(self, problem, response_ids) -> float:
+    return self.rewards([problem], [response_ids])[0]
+
+  def episode_tokens(self, problem, attempts_ids):
+    tokens = self.prompt_tokens(problem)
+    turn_mask = [0] * len(tokens)
+    for k, ids in enumerate(attempts_ids, start=1):
+      if k > 1:
+        p = (self.instruction(k - 1, tokens, list(ids)) if callable(self.instruction)
+             else self.instruction)
+        tokens, turn_mask = tokens + list(p), turn_mask + [0] * len(p)
+      tokens, turn_mask = tokens + list(ids), turn_mask + [k] * len(ids)
+    return tokens, turn_mask
+
+
+def code_program(problem, code: str) -> str:
+  """The test program of a code `Problem` (`score.data.records`) for a candidate solution."""
+  setup = problem.metadata.get("test_setup_code", "") or ""
+  return "\n".join([code, setup, *problem.tests]) + "\n"
+
+
+def _text_env(config):
+  from score.data import loaders  # pylint: disable=g-import-not-at-top
+  from score.models import hf  # pylint: disable=g-import-not-at-top
+  t = config.task
+  train = loaders.load(t.train, **dict(t.get("train_kwargs", {})))
+  heldout = loaders.load(t.eval, **dict(t.get("eval_kwargs", {})))
+  if config.eval.num_problems:
+    heldout = heldout[:config.eval.num_problems]
+  return TextEnv(tokenizer=hf.load_tokenizer(config.model.model_dir), train=train,
+                 heldout=heldout, task=t.name, prompt_format=t.prompt_format, seed=config.seed,
+                 max_new_tokens=t.max_new_tokens, max_len=t.max_len,
+                 reward_timeout_s=t.reward_timeout_s)
+
+
+def make_env(config):
+  """The environment of `config.task`: a synthetic task name, or `math` / `code`."""
+  if config.task.name in ("math", "code"):
+    return _text_env(config)
   kwargs = {k: v for k, v in config.task.items() if k != "name"}
   task = synthetic.make_task(config.task.name, **kwargs)
   return SyntheticEnv(task, seed=config.seed, num_eval=config.eval.num_problems,
                       eval_seed=config.eval.seed)
-
-
-EnvFactory = Callable[[Any], Any]

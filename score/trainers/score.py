@@ -44,10 +44,11 @@ def sample_episodes(policy, params, env, problems, *, samples_per_prompt, temper
       samples_per_prompt=samples_per_prompt, temperature=temperature, eos_ids=env.eos_ids,
       max_len=env.max_len, pad_id=env.pad_id, seed=seed)
   rewards = np.zeros((len(episodes.responses), num_turns), np.float32)
-  for b, responses in enumerate(episodes.responses):
-    problem = problems[int(episodes.prompt_index_B[b])]
-    for k, ids in enumerate(responses):
-      rewards[b, k] = env.reward(problem, ids)
+  for k in range(num_turns):
+    rows = [b for b, r in enumerate(episodes.responses) if len(r) > k]
+    rewards[rows, k] = env.rewards(
+        [problems[int(episodes.prompt_index_B[b])] for b in rows],
+        [episodes.responses[b][k] for b in rows])
   return episodes, rewards
 
 

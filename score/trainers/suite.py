@@ -17,6 +17,7 @@ Every phase is checkpointed and every evaluation cached, so re-running resumes.
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 from absl import logging
@@ -94,6 +95,18 @@ def _sampled_sft(method, policy, base, env, cfg, *, workdir, writer, seed):
                            writer=writer)
 
 
+def _make_runlocal_model(config, workdir):
+  """`runlocal` on MATH/code: a tiny random checkpoint with a tokenizer trained on the data."""
+  from score.data import loaders  # pylint: disable=g-import-not-at-top
+  from score.utils import tiny_checkpoint  # pylint: disable=g-import-not-at-top
+  problems = loaders.load(config.task.train, **dict(config.task.get("train_kwargs", {})))
+  texts = [p.problem + "\n" + (p.solution or "") for p in problems[:300]]
+  path = os.path.join(workdir, "tiny_model")
+  tiny_checkpoint.make_tiny_checkpoint(path, texts, seed=config.seed)
+  with config.unlocked():
+    config.model.model_dir = path
+
+
 def ablation_config(config, name):
   """A copy of `config` with the named ablation's overrides applied."""
   if name not in ABLATIONS:
@@ -103,15 +116,31 @@ def ablation_config(config, name):
   return out
 
 
-def train(config, workdir: str):
-  env = envs.make_env(config)
-  model = common.build_model(config.model, env.tokenizer.vocab_size, seed=config.seed)
+def _base_model(config, env, workdir, policy_writer):
+  """The shared base model: a local checkpoint, or a fresh tiny model + SFT warm-up."""
+  model_cfg = config.model
+  if config.task.name in ("math", "code") and not model_cfg.model_dir:
+    raise config_lib.ConfigError(
+        "config.model.model_dir is empty: point it at a local Hugging Face checkpoint "
+        "(the `runlocal` variant makes a tiny random one itself).")
+  model = common.build_model(model_cfg, getattr(env.tokenizer, "vocab_size", None),
+                             seed=config.seed)
   policy, params = common.Policy.split(model)
+  if config.warmup.steps > 0:
+    batches = sft_lib.synthetic_warmup_batches(
+        env.task, env.tokenizer, config.warmup.batch_size, seed=config.seed,
+        exclude=env.heldout)
+    params = sft_lib.train_sft(policy, params, batches, config.warmup, workdir=workdir,
+                               name="warmup", writer=policy_writer)
+  return policy, params
+
+
+def train(config, workdir: str):
+  if config.task.name in ("math", "code") and config.get("runlocal_model"):
+    _make_runlocal_model(config, workdir)
+  env = envs.make_env(config)
   writer = metrics_lib.MetricWriter(workdir)
-  batches = sft_lib.synthetic_warmup_batches(env.task, env.tokenizer, config.warmup.batch_size,
-                                             seed=config.seed, exclude=env.heldout)
-  base = sft_lib.train_sft(policy, params, batches, config.warmup, workdir=workdir,
-                           name="warmup", writer=writer)
+  policy, base = _base_model(config, env, workdir, writer)
 
   def trained(method):
     if method == "base":
@@ -138,7 +167,7 @@ def train(config, workdir: str):
                                        for k, v in out["metrics"].items() if k != "n"})
   info = run_lib.write_run_info(workdir, config)
   table = tables.write_results(
-      workdir, results, title=config.get("title", "Self-correction, greedy, held-out problems"),
+      workdir, results, title=config.title, published=tables.PUBLISHED.get(config.published),
       info={"commit": info["commit"], "machine": info["machine"], "seed": config.seed})
   print(table)
   writer.close()

@@ -1,0 +1,48 @@
+"""Config sections shared by the SCoRe configs (hyper-parameters from SPEC §1 unless noted)."""
+
+import ml_collections
+
+
+def warmup(steps=0, *, batch_size=256, lr=1e-3, checkpoint_every=100):
+  """SFT warm-up of a fresh model (synthetic task only; 0 steps = start from model_dir)."""
+  return ml_collections.ConfigDict(dict(
+      steps=steps, batch_size=batch_size, lr=lr, warmup_steps=0, schedule="constant",
+      grad_clip=1.0, weight_decay=0.0, checkpoint_every=checkpoint_every))
+
+
+def sampled_sft(*, num_problems, samples_per_prompt=4, steps, batch_size, lr,
+                checkpoint_every=50):
+  """STaR / Pair-SFT: sample the base model at temperature 1, build the SFT set, fine-tune."""
+  return ml_collections.ConfigDict(dict(
+      num_problems=num_problems, samples_per_prompt=samples_per_prompt, temperature=1.0,
+      steps=steps, batch_size=batch_size, lr=lr, warmup_steps=0, schedule="constant",
+      grad_clip=1.0, weight_decay=0.0, checkpoint_every=checkpoint_every))
+
+
+def rl(*, seed=0, stage1_steps, stage2_steps, prompts_per_step, samples_per_prompt=4, lr,
+       alpha=10.0, beta1=0.01, beta2=0.1, checkpoint_every=50, log_every=10):
+  """SCoRe RL: REINFORCE with a leave-one-out baseline over the samples of a prompt.
+
+  `prompts_per_step × samples_per_prompt` is the paper's batch size. The KL gradient uses
+  k2 in the loss (on-policy gradient of KL(π‖π_ref)); see `score.losses.score`.
+  """
+  return ml_collections.ConfigDict(dict(
+      seed=seed, rounds=1, stage1_steps=stage1_steps, stage2_steps=stage2_steps,
+      prompts_per_step=prompts_per_step, samples_per_prompt=samples_per_prompt,
+      temperature=1.0, lr=lr, warmup_steps=0, schedule="constant", grad_clip=1.0,
+      weight_decay=0.0, b1=0.9, b2=0.999, alpha=alpha, beta1=beta1, beta2=beta2,
+      advantage="rloo", kl_estimator="k2", kl_placement="loss", reduction="sequence",
+      multi_turn=True, stage2_method="reinforce", checkpoint_every=checkpoint_every,
+      log_every=log_every))
+
+
+def text_task(name, *, train, eval, train_kwargs=None, eval_kwargs=None, prompt_format,
+              max_new_tokens, max_len, reward_timeout_s=10.0):
+  return ml_collections.ConfigDict(dict(
+      name=name, train=train, eval=eval, train_kwargs=train_kwargs or {},
+      eval_kwargs=eval_kwargs or {}, prompt_format=prompt_format,
+      max_new_tokens=max_new_tokens, max_len=max_len, reward_timeout_s=reward_timeout_s))
+
+
+def model(model_dir=""):
+  return ml_collections.ConfigDict(dict(model_dir=model_dir))

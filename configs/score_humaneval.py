@@ -1,0 +1,48 @@
+r"""SCoRe on code — Table 3 of Kumar et al. (2024), arXiv 2409.12917: train on MBPP, evaluate on
+HumanEval, greedy, two attempts; every program runs in `score.rewards.sandbox`.
+
+  python -m experiments.main --config configs/score_humaneval.py:model_dir=/ckpt/model \
+      --workdir /tmp/score_code
+
+Hyper-parameters (paper, Gemini 1.0 Pro): Adam lr 1e-5, 1500 steps, batch 128 (32 prompts ×
+4 samples), temperature 1, α = 10, β1 = 0.01, β2 = 0.25; our stage split is 500 + 1000.
+MBPP-R (offline repair of base-model MBPP-test solutions) is not implemented yet.
+"""
+
+import ml_collections
+
+from configs import score_common
+from score.utils import config as config_lib
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, runlocal=False, ablations=False, model_dir="", seed=0,
+                             format="chat")
+  local = arg.runlocal
+  c = ml_collections.ConfigDict()
+  c.trainer = "self_correction_suite"
+  c.title = "SCoRe on HumanEval after MBPP training (Table 3; greedy, two attempts)"
+  c.published = "humaneval"
+  c.seed = arg.seed
+  c.runlocal_model = local and not arg.model_dir
+  c.task = score_common.text_task(
+      "code", train="mbpp", eval="humaneval", train_kwargs={"split": "train"},
+      prompt_format=arg.format, max_new_tokens=8 if local else 768,
+      max_len=1024 if local else 3072, reward_timeout_s=10.0)
+  c.model = score_common.model(arg.model_dir)
+  c.warmup = score_common.warmup(0)
+  c.eval = ml_collections.ConfigDict(dict(num_problems=4 if local else 0, seed=0,
+                                          batch_size=4 if local else 64))
+  c.methods = ("base", "pair_sft", "score")
+  c.ablations = ("no_stage1", "no_shaping") if arg.ablations else ()
+  sft = dict(num_problems=4, steps=2, batch_size=2) if local else dict(
+      num_problems=374, steps=200, batch_size=32)
+  c.star = score_common.sampled_sft(lr=1e-5, **sft)
+  c.pair_sft = score_common.sampled_sft(lr=1e-5, **sft)
+  c.rl = score_common.rl(
+      seed=arg.seed, lr=1e-5, alpha=10.0, beta1=0.01, beta2=0.25,
+      stage1_steps=1 if local else 500, stage2_steps=1 if local else 1000,
+      prompts_per_step=2 if local else 32, samples_per_prompt=2 if local else 4,
+      checkpoint_every=1 if local else 50, log_every=1 if local else 10)
+  c.lock()
+  return c

@@ -1,0 +1,201 @@
+"""DPO training through the shared loop: sequence log-probs (sums over response tokens), a
+frozen reference, batches that are a pure function of the step (resumable).
+
+Rafailov et al. (2023), arXiv 2305.18290, as used by Self-Rewarding LMs (Yuan et al. 2024):
+``L = −log σ(β[(log πθ(y_c|x) − log π_ref(y_c|x)) − (log πθ(y_r|x) − log π_ref(y_r|x))])``,
+with ``log π(y|x) = Σ_t∈response log p(y_t | x, y_<t)`` — a sum, *not* a length-normalised
+mean (the loss itself is `score.losses.preference.dpo`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from score.losses import preference
+from score.models import token_logprobs
+from score.trainers import common
+from score.utils import metrics as metrics_lib
+
+# (tokens, loss_mask) of the chosen and of the rejected sequence (prompt ⊕ response ⊕ EOS).
+PairTokens = tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]]
+LogprobFn = Callable[[common.Params, jax.Array, jax.Array], jax.Array]
+
+
+def policy_logprob_fn(policy: common.Policy) -> LogprobFn:
+  """`(params, tokens_BxL, mask_BxL) -> logp_BxL` of a `Policy`'s Transformer."""
+  return lambda params, tokens_BxL, mask_BxL: token_logprobs(
+      policy.model(params), tokens_BxL, mask_BxL)
+
+
+def sequence_logps(logp_BxL: jax.Array, loss_mask_BxL: jax.Array) -> jax.Array:
+  """``Σ_t logp_BxL[b, t] · loss_mask_BxL[b, t]`` — the response's log-probability (a sum)."""
+  return jnp.sum(logp_BxL * loss_mask_BxL.astype(logp_BxL.dtype), axis=-1)
+
+
+def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation, *,
+                  beta: float, label_smoothing: float = 0.0):
+  """A jitted DPO step `(params, opt_state, batch) -> (params, opt_state, metrics)`.
+
+  `batch`: `chosen_BxL`, `chosen_mask_BxL` (padding), `chosen_loss_mask_BxL` (response
+  tokens), the same three for `rejected_*`, and `ref_chosen_B`, `ref_rejected_B` (reference
+  sequence log-probs, constants). Chosen and rejected go through one forward pass. The loss
+  is the batch mean of `preference.dpo`.
+  """
+
+  def loss_fn(params, batch):
+    b = batch["chosen_BxL"].shape[0]
+    tokens = jnp.concatenate([batch["chosen_BxL"], batch["rejected_BxL"]], axis=0)
+    mask = jnp.concatenate([batch["chosen_mask_BxL"], batch["rejected_mask_BxL"]], axis=0)
+    loss_mask = jnp.concatenate(
+        [batch["chosen_loss_mask_BxL"], batch["rejected_loss_mask_BxL"]], axis=0)
+    seq = sequence_logps(logprob_fn(params, tokens, mask), loss_mask)
+    pc_B, pr_B = seq[:b], seq[b:]
+    losses_B = preference.dpo(pc_B, pr_B, batch["ref_chosen_B"], batch["ref_rejected_B"], beta,
+                              label_smoothing=label_smoothing)
+    rc_B = preference.implicit_rewards(pc_B, batch["ref_chosen_B"], beta)
+    rr_B = preference.implicit_rewards(pr_B, batch["ref_rejected_B"], beta)
+    metrics = {"reward/chosen": rc_B.mean(), "reward/rejected": rr_B.mean(),
+               "reward/margin": (rc_B - rr_B).mean(),
+               "reward/accuracy": (rc_B > rr_B).astype(jnp.float32).mean(),
+               "logp/chosen": pc_B.mean(), "logp/rejected": pr_B.mean()}
+    return losses_B.mean(), metrics
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+
+  return step
+
+
+def _pad(rows, length, pad_id=0):
+  return common.pad_batch([list(r) for r in rows], pad_id=pad_id, length=length)
+
+
+def reference_logps(logprob_fn: LogprobFn, params, rows: Sequence[tuple[Sequence[int],
+                                                                        Sequence[int]]],
+                    *, length: int, batch_size: int, pad_id: int = 0) -> np.ndarray:
+  """Sequence log-probs (sums over each row's loss mask) of `(tokens, loss_mask)` rows, in
+  fixed-shape batches (one compilation)."""
+  fn = jax.jit(lambda p, t, m, lm: sequence_logps(logprob_fn(p, t, m), lm))
+  out = []
+  for start in range(0, len(rows), batch_size):
+    chunk = list(rows[start:start + batch_size])
+    n = len(chunk)
+    chunk += [chunk[-1]] * (batch_size - n)
+    tokens = _pad([t for t, _ in chunk], length, pad_id)
+    mask = _pad([[1] * len(t) for t, _ in chunk], length)
+    loss_mask = _pad([m for _, m in chunk], length)
+    out.append(np.asarray(fn(params, jnp.asarray(tokens), jnp.asarray(mask),
+                             jnp.asarray(loss_mask)))[:n])
+  return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+class PairBatches:
+  """Batch `step` of a finite list of preference pairs, reshuffled each epoch; a pure function
+  of (seed, step), so a resumed run sees the same data."""
+
+  def __init__(self, pairs: Sequence[PairTokens], ref_chosen: np.ndarray,
+               ref_rejected: np.ndarray, batch_size: int, *, seed: int, pad_id: int = 0):
+    if not pairs:
+      raise ValueError("PairBatches: no preference pairs")
+    self.pairs = list(pairs)
+    self.ref_chosen = np.asarray(ref_chosen, np.float32)
+    self.ref_rejected = np.asarray(ref_rejected, np.float32)
+    self.batch_size = batch_size
+    self.seed = seed
+    self.pad_id = pad_id
+    self.length = max(max(len(p[0]), len(p[2])) for p in self.pairs)
+
+  def indices(self, step: int) -> list[int]:
+    n = len(self.pairs)
+    start = step * self.batch_size
+    idx: list[int] = []
+    while len(idx) < self.batch_size:
+      epoch, offset = divmod(start + len(idx), n)
+      perm = np.random.default_rng([self.seed, epoch]).permutation(n)
+      idx.extend(int(i) for i in perm[offset:offset + self.batch_size - len(idx)])
+    return idx
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    idx = self.indices(step)
+    rows = [self.pairs[i] for i in idx]
+    out = {}
+    for name, k in (("chosen", 0), ("rejected", 2)):
+      out[f"{name}_BxL"] = _pad([r[k] for r in rows], self.length, self.pad_id)
+      out[f"{name}_mask_BxL"] = _pad([[1] * len(r[k]) for r in rows], self.length)
+      out[f"{name}_loss_mask_BxL"] = _pad([r[k + 1] for r in rows], self.length)
+    out["ref_chosen_B"] = self.ref_chosen[idx]
+    out["ref_rejected_B"] = self.ref_rejected[idx]
+    return out
+
+
+def num_steps(cfg, num_pairs: int) -> int:
+  """`cfg.steps` when > 0, else ``ceil(cfg.epochs · num_pairs / cfg.batch_size)``."""
+  if cfg.steps > 0:
+    return int(cfg.steps)
+  return max(1, math.ceil(cfg.epochs * num_pairs / cfg.batch_size))
+
+
+def train_dpo(policy: common.Policy, params, ref_params, pairs: Sequence[PairTokens], cfg, *,
+              workdir: str, name: str, seed: int, pad_id: int = 0,
+              writer: metrics_lib.MetricWriter | None = None):
+  """DPO of `params` against the frozen `ref_params` on `pairs`; a resumable phase.
+
+  Args:
+    policy: the model layout.
+    params: initial params (the Self-Rewarding loop starts M_{t+1} from M_t = reference).
+    ref_params: the reference model's params; their sequence log-probs are computed once.
+    pairs: `(chosen_tokens, chosen_loss_mask, rejected_tokens, rejected_loss_mask)`.
+    cfg: `beta`, `label_smoothing`, `batch_size`, `steps` (or `epochs`), `lr` and the
+      optimiser fields of `common.make_optimizer`, `checkpoint_every`, `log_every`.
+    workdir, name: checkpoints go to `<workdir>/checkpoints/<name>`; re-running resumes.
+    seed: data order.
+    pad_id: padding token.
+    writer: metrics writer.
+
+  Returns:
+    `(params, summary)`: the trained params and the DPO loss / implicit-reward accuracy of
+    the final params over all `pairs`.
+  """
+  logprob_fn = policy_logprob_fn(policy)
+  length = max(max(len(p[0]), len(p[2])) for p in pairs)
+  ref_c = reference_logps(logprob_fn, ref_params, [(p[0], p[1]) for p in pairs],
+                          length=length, batch_size=cfg.batch_size, pad_id=pad_id)
+  ref_r = reference_logps(logprob_fn, ref_params, [(p[2], p[3]) for p in pairs],
+                          length=length, batch_size=cfg.batch_size, pad_id=pad_id)
+  batches = PairBatches(pairs, ref_c, ref_r, cfg.batch_size, seed=seed, pad_id=pad_id)
+  steps = num_steps(cfg, len(pairs))
+  optimizer = common.make_optimizer(cfg, steps)
+  step_fn = make_dpo_step(logprob_fn, optimizer, beta=cfg.beta,
+                          label_smoothing=cfg.label_smoothing)
+
+  def update(step, state):
+    batch = {k: jnp.asarray(v) for k, v in batches(step).items()}
+    p, o, metrics = step_fn(state["params"], state["opt_state"], batch)
+    return {"params": p, "opt_state": o}, metrics
+
+  state = {"params": params, "opt_state": optimizer.init(params)}
+  state = common.train_loop(workdir=workdir, name=name, state=state, update=update,
+                            num_steps=steps, checkpoint_every=cfg.checkpoint_every,
+                            log_every=cfg.log_every, writer=writer)
+  params = state["params"]
+  pol_c = reference_logps(logprob_fn, params, [(p[0], p[1]) for p in pairs], length=length,
+                          batch_size=cfg.batch_size, pad_id=pad_id)
+  pol_r = reference_logps(logprob_fn, params, [(p[2], p[3]) for p in pairs], length=length,
+                          batch_size=cfg.batch_size, pad_id=pad_id)
+  losses = np.asarray(preference.dpo(pol_c, pol_r, ref_c, ref_r, cfg.beta,
+                                     label_smoothing=cfg.label_smoothing))
+  margin = cfg.beta * ((pol_c - ref_c) - (pol_r - ref_r))
+  summary = {"pairs": len(pairs), "steps": steps, "final_loss": float(losses.mean()),
+             "initial_loss": float(math.log(2.0)),
+             "reward_accuracy": float((margin > 0).mean()), "reward_margin": float(margin.mean())}
+  return params, summary

@@ -1,0 +1,423 @@
+r"""Single-turn RL with verifiable rewards: GRPO, Dr. GRPO, DAPO (and RLOO) in one trainer.
+
+Each step (SPEC §5):
+
+1. Sample G responses for each of `prompts_per_step` prompts with the current policy
+   (`score.sampling.rollouts`, one turn). The sampler returns the raw model's log-probs of
+   every generated token: these are the "old" log-probs `log π_old` of the importance ratio.
+2. Reward each response with the configured components (`rewards_compose`: the verifiable
+   oracle, graders, format, Kimi length, DAPO overlong, no-EOS).
+3. DAPO dynamic sampling (`dynamic_sampling=True`): groups whose rewards are all equal carry
+   no signal (their group advantage is 0); they are dropped and fresh prompts are sampled
+   until `prompts_per_step` informative groups are collected or `max_sampling_rounds` rounds
+   have run. Missing groups are then filled with copies whose loss mask is 0 (shapes stay
+   static, no gradient comes from them): the batch never trains on an all-equal group.
+4. Advantages by name over each group (`score.losses.pg`: `grpo` = (r − mean)/std,
+   `dr_grpo` = r − mean, `rloo`), broadcast to every response token.
+5. `num_epochs` passes over the batch in `num_minibatches` shuffled minibatches; each update
+   minimises the clipped surrogate with `eps_low`/`eps_high` (DAPO clip-higher 0.2/0.28)
+   against the sampler's log-probs, plus β·KL to the reference (the initial policy):
+   `kl_placement="loss"` adds `β·k(log π − log π_ref)` per token (GRPO: k3, β = 0.04);
+   `"reward"` subtracts `β·Σ_t k(log π_old − log π_ref)` from each sequence reward before the
+   group advantage. β = 0 skips the reference model altogether (DAPO).
+   The loss is reduced by name: `"sequence"` (GRPO), `"token"` (DAPO), `"constant"`
+   (Dr. GRPO; the constant defaults to the generation budget).
+
+On the first update of a step the policy *is* the sampler's, so the importance ratio is 1 up
+to float error (`ratio_max_dev` logs max |ρ − 1| of every update; `tests/test_grpo.py`
+checks it).
+
+Papers: GRPO (DeepSeekMath, Shao et al. 2024, arXiv 2402.03300), Dr. GRPO (Liu et al. 2025,
+arXiv 2503.20783), DAPO (Yu et al. 2025, arXiv 2503.14476), RLOO (Ahmadian et al. 2024,
+arXiv 2402.14740).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from score.losses import kl as kl_lib
+from score.losses import pg
+from score.losses import ppo as ppo_losses
+from score.losses import reduce as reduce_lib
+from score.models import token_logprobs
+from score.sampling import rollouts
+from score.sampling import sampler
+from score.trainers import common
+from score.trainers import envs
+from score.trainers import rewards_compose
+from score.trainers import sft as sft_lib
+from score.trainers.score import stable_hash
+from score.utils import metrics as metrics_lib
+from score.utils import run as run_lib
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollout batches.
+
+
+@dataclasses.dataclass
+class RolloutBatch:
+  """N = groups × G single-turn samples, prompt-major (row `i·G + g` = sample g of group i).
+
+  tokens_NxL / mask_NxL: prompt ⊕ response, left-padded to the environment's `max_len`.
+  loss_mask_NxL: 1 on generated tokens (EOS included), 0 elsewhere.
+  old_logp_NxL: the sampler's raw-model log-probs of generated tokens (same alignment as
+    `token_logprobs`), the importance-ratio denominators.
+  rewards_N: composed rewards; correct_N: oracle rewards; lengths_N: generated tokens;
+  finished_N: ended with EOS; active_N: 0 for filler rows (no loss, see dynamic sampling).
+  """
+  tokens_NxL: np.ndarray
+  mask_NxL: np.ndarray
+  loss_mask_NxL: np.ndarray
+  old_logp_NxL: np.ndarray
+  rewards_N: np.ndarray
+  correct_N: np.ndarray
+  lengths_N: np.ndarray
+  finished_N: np.ndarray
+  active_N: np.ndarray
+  problems: list
+  responses: list
+
+  def __len__(self):
+    return len(self.rewards_N)
+
+  def rows(self, index: Sequence[int]) -> "RolloutBatch":
+    index = np.asarray(index, np.int64)
+    arrays = {f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)
+              if f.name not in ("problems", "responses")}
+    return RolloutBatch(**arrays, problems=[self.problems[i] for i in index],
+                        responses=[self.responses[i] for i in index])
+
+  @classmethod
+  def concat(cls, parts: Sequence["RolloutBatch"]) -> "RolloutBatch":
+    arrays = {f.name: np.concatenate([getattr(p, f.name) for p in parts])
+              for f in dataclasses.fields(cls) if f.name not in ("problems", "responses")}
+    return cls(**arrays, problems=sum((p.problems for p in parts), []),
+               responses=sum((p.responses for p in parts), []))
+
+
+def sample_batch(policy, params, env, problems, *, group_size, temperature, seed,
+                 reward_cfg, top_p=None) -> tuple[RolloutBatch, dict]:
+  """G single-turn samples per problem, rewarded; returns `(batch, reward metrics)`."""
+  episodes = rollouts.rollout(
+      policy.model(params), [env.prompt_tokens(p) for p in problems], num_turns=1,
+      max_new_tokens=env.max_new_tokens, samples_per_prompt=group_size,
+      temperature=temperature, top_p=top_p, eos_ids=env.eos_ids, max_len=env.max_len,
+      pad_id=env.pad_id, seed=seed)
+  row_problems = [problems[int(i)] for i in episodes.prompt_index_B]
+  responses = [r[0] for r in episodes.responses]
+  finished = ~episodes.truncated_BxK[:, 0]
+  rewards, correct, metrics = rewards_compose.score_responses(
+      env, row_problems, responses, group_size=group_size, reward_cfg=reward_cfg,
+      finished=finished)
+  batch = RolloutBatch(
+      tokens_NxL=episodes.tokens_BxL, mask_NxL=episodes.mask_BxL,
+      loss_mask_NxL=episodes.loss_mask_BxL, old_logp_NxL=episodes.logprobs_BxL,
+      rewards_N=rewards, correct_N=correct,
+      lengths_N=episodes.lengths_BxK[:, 0].astype(np.int32), finished_N=finished,
+      active_N=np.ones(len(rewards), np.float32), problems=row_problems, responses=responses)
+  return batch, metrics
+
+
+def informative_groups(rewards_N, group_size) -> np.ndarray:
+  """Bool per group: the rewards of its G samples are not all equal."""
+  r = np.asarray(rewards_N).reshape(-1, group_size)
+  return r.max(axis=1) != r.min(axis=1)
+
+
+def collect_groups(sample_round, num_groups: int, group_size: int, *, dynamic: bool,
+                   max_rounds: int) -> tuple[RolloutBatch, dict]:
+  """Collects `num_groups` groups; with `dynamic`, only groups whose rewards differ (DAPO).
+
+  Args:
+    sample_round: `round -> (RolloutBatch, metrics)`; called with 0, 1, … until enough
+      informative groups are found or `max_rounds` rounds have run.
+    num_groups: groups in the returned batch.
+    group_size: G.
+    dynamic: drop all-equal groups and resample (else one round, every group kept).
+    max_rounds: bound on sampling rounds.
+
+  Returns:
+    `(batch, metrics)`. If fewer than `num_groups` informative groups were found, the batch
+    is filled with copies of collected groups whose `active_N` and loss mask are 0, so the
+    update sees static shapes and never a gradient from an all-equal group.
+  """
+  first, metrics = sample_round(0)
+  if not dynamic:
+    return first, dict(metrics, **{"dynamic/rounds": 1.0})
+  kept, seen, informative, rounds = [], [first], 0, 0
+  batch = first
+  while True:
+    rounds += 1
+    keep_G = informative_groups(batch.rewards_N, group_size)
+    informative += int(keep_G.sum())
+    for g in np.flatnonzero(keep_G):
+      if sum(len(k) for k in kept) < num_groups * group_size:
+        kept.append(batch.rows(range(g * group_size, (g + 1) * group_size)))
+    if sum(len(k) for k in kept) >= num_groups * group_size or rounds >= max_rounds:
+      break
+    batch, _ = sample_round(rounds)
+    seen.append(batch)
+  have = sum(len(k) for k in kept) // group_size
+  sampled = sum(len(s) for s in seen) // group_size
+  pool = kept if kept else [seen[0].rows(range(group_size))]
+  fillers = []
+  for j in range(num_groups - have):
+    filler = pool[j % len(pool)].rows(range(group_size))
+    filler.active_N = np.zeros(group_size, np.float32)
+    filler.loss_mask_NxL = np.zeros_like(filler.loss_mask_NxL)
+    fillers.append(filler)
+  out = RolloutBatch.concat(kept + fillers)
+  metrics = dict(metrics, **{
+      "dynamic/rounds": float(rounds),
+      "dynamic/informative_frac": informative / max(sampled, 1),
+      "dynamic/active_groups": float(have),
+  })
+  return out, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# The jitted update.
+
+
+@functools.lru_cache(maxsize=None)
+def logprobs_fn(policy):
+  """Jitted `(params, tokens_BxL, mask_BxL) -> logp_BxL` (the reference model's log-probs)."""
+  @jax.jit
+  def fn(params, tokens_BxL, mask_BxL):
+    return token_logprobs(policy.model(params), tokens_BxL, mask_BxL)
+  return fn
+
+
+def grpo_loss(params, batch, *, policy, rl, loss_constant):
+  """The per-update objective on a minibatch; returns `(loss, metrics)`.
+
+  `batch`: tokens, mask, loss_mask, old_logp, ref_logp (unused when the KL is not in the
+  loss), advantages_B (one per sequence).
+  """
+  logp_BxL = token_logprobs(policy.model(params), batch["tokens"], batch["mask"])
+  loss_mask_BxL = batch["loss_mask"]
+  adv_BxL = batch["advantages"][:, None] * loss_mask_BxL
+  pg_BxL, metrics = ppo_losses.clipped_surrogate(
+      logp_BxL, batch["old_logp"], adv_BxL, loss_mask_BxL, eps_low=rl.eps_low,
+      eps_high=rl.eps_high, dual_clip=rl.dual_clip or None)
+  loss_BxL = pg_BxL
+  if rl.beta > 0 and rl.kl_placement == "loss":
+    _, kl_BxL = kl_lib.penalty(logp_BxL, batch["ref_logp"], loss_mask_BxL, beta=rl.beta,
+                               kind=rl.kl_estimator, placement="loss")
+    loss_BxL = loss_BxL + kl_BxL
+    metrics["kl"] = reduce_lib.reduce(kl_BxL / rl.beta, loss_mask_BxL, "token")
+  loss = reduce_lib.reduce(loss_BxL, loss_mask_BxL, rl.reduction, constant=loss_constant)
+  dev_BxL = jnp.abs(jnp.exp(logp_BxL - batch["old_logp"]) - 1.0)
+  metrics["ratio_max_dev"] = jnp.max(jnp.where(loss_mask_BxL > 0, dev_BxL, 0.0))
+  metrics["pg_loss"] = reduce_lib.reduce(pg_BxL, loss_mask_BxL, rl.reduction,
+                                         constant=loss_constant)
+  return loss, jax.lax.stop_gradient(metrics)
+
+
+def make_update(policy, optimizer, rl, loss_constant):
+  """Jitted `(params, opt_state, minibatch) -> (params, opt_state, metrics)`."""
+  loss_fn = functools.partial(grpo_loss, policy=policy, rl=rl, loss_constant=loss_constant)
+
+  @jax.jit
+  def update(params, opt_state, batch):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+
+  return update
+
+
+def sequence_kl(old_logp_NxL, ref_logp_NxL, loss_mask_NxL, kind) -> np.ndarray:
+  """`Σ_t k(log π_old − log π_ref)` over each response (the KL of `kl_placement="reward"`)."""
+  kl_NxL = kl_lib.estimate(jnp.asarray(old_logp_NxL), jnp.asarray(ref_logp_NxL), kind)
+  return np.asarray(jnp.sum(jnp.where(jnp.asarray(loss_mask_NxL) > 0, kl_NxL, 0.0), axis=1))
+
+
+def minibatches(num_rows: int, num_minibatches: int, seed) -> list[np.ndarray]:
+  """A seeded shuffle of `range(num_rows)` split into `num_minibatches` equal parts."""
+  if num_rows % num_minibatches:
+    raise ValueError(f"{num_rows} rollout rows cannot be split into {num_minibatches} "
+                     "equal minibatches; make prompts_per_step × samples_per_prompt a multiple "
+                     "of num_minibatches.")
+  perm = np.random.default_rng(seed).permutation(num_rows)
+  return np.split(perm, num_minibatches)
+
+
+def _check_rl(rl):
+  if rl.advantage not in pg.ADVANTAGES:
+    raise ValueError(f"rl.advantage={rl.advantage!r}; known: {sorted(pg.ADVANTAGES)}")
+  if rl.kl_placement not in kl_lib.PLACEMENTS:
+    raise ValueError(f"rl.kl_placement={rl.kl_placement!r}; known: {sorted(kl_lib.PLACEMENTS)}")
+  if rl.kl_estimator not in kl_lib.ESTIMATORS:
+    raise ValueError(f"rl.kl_estimator={rl.kl_estimator!r}; known: {sorted(kl_lib.ESTIMATORS)}")
+  if rl.reduction not in reduce_lib.MODES:
+    raise ValueError(f"rl.reduction={rl.reduction!r}; known: {reduce_lib.MODES}")
+
+
+def train_grpo(policy, params, ref_params, env, rl, reward_cfg, *, workdir: str,
+               name: str = "grpo", writer=None):
+  """Runs `rl.steps` GRPO-family steps from `params`; resumable; returns the new params.
+
+  `rl`: see `configs/grpo_synthetic.py`. The RNG and the problems of every step are pure
+  functions of (seed, step, sampling round), so a resumed run samples the same batches.
+  """
+  _check_rl(rl)
+  updates_per_step = rl.num_epochs * rl.num_minibatches
+  optimizer = common.make_optimizer(rl, rl.steps * updates_per_step)
+  loss_constant = rl.loss_constant or env.max_new_tokens
+  update_fn = make_update(policy, optimizer, rl, float(loss_constant))
+  ref_fn = logprobs_fn(policy)
+  use_ref = rl.beta > 0
+  base_key = jax.random.fold_in(jax.random.key(rl.seed), stable_hash(name))
+  group_size = rl.samples_per_prompt
+
+  def update(step, state):
+    t0 = time.perf_counter()
+    params, opt_state = state["params"], state["opt_state"]
+
+    def sample_round(r):
+      problems = env.train_problems(stable_hash(f"{name}/{step}/{r}"), rl.prompts_per_step)
+      return sample_batch(policy, params, env, problems, group_size=group_size,
+                          temperature=rl.temperature, reward_cfg=reward_cfg,
+                          seed=jax.random.fold_in(jax.random.fold_in(base_key, step), r))
+
+    batch, metrics = collect_groups(sample_round, rl.prompts_per_step, group_size,
+                                    dynamic=rl.dynamic_sampling,
+                                    max_rounds=rl.max_sampling_rounds)
+    t_sample = time.perf_counter() - t0
+    tokens, mask = jnp.asarray(batch.tokens_NxL), jnp.asarray(batch.mask_NxL)
+    ref_logp = (ref_fn(ref_params, tokens, mask) if use_ref
+                else jnp.zeros(tokens.shape, jnp.float32))
+    rewards = batch.rewards_N
+    if use_ref and rl.kl_placement == "reward":
+      seq_kl = sequence_kl(batch.old_logp_NxL, ref_logp, batch.loss_mask_NxL, rl.kl_estimator)
+      rewards = rewards - rl.beta * seq_kl
+      metrics["kl_seq"] = float(np.mean(seq_kl))
+    adv = np.asarray(pg.flat_advantages(jnp.asarray(rewards), group_size, rl.advantage))
+    adv = adv * batch.active_N
+    arrays = {"tokens": tokens, "mask": mask, "loss_mask": jnp.asarray(batch.loss_mask_NxL),
+              "old_logp": jnp.asarray(batch.old_logp_NxL), "ref_logp": ref_logp,
+              "advantages": jnp.asarray(adv, jnp.float32)}
+    history = []
+    for epoch in range(rl.num_epochs):
+      for idx in minibatches(len(batch), rl.num_minibatches, [rl.seed, step, epoch]):
+        mb = {k: v[idx] for k, v in arrays.items()}
+        params, opt_state, m = update_fn(params, opt_state, mb)
+        history.append(m)
+    history = jax.device_get(history)
+    out = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+    out["ratio_max_dev_first"] = float(history[0]["ratio_max_dev"])
+    out["ratio_max_dev"] = float(max(h["ratio_max_dev"] for h in history))
+    out.update(metrics)
+    out["time/sample_s"] = t_sample
+    out["time/step_s"] = time.perf_counter() - t0
+    return {"params": params, "opt_state": opt_state}, out
+
+  state = {"params": params, "opt_state": optimizer.init(params)}
+  state = common.train_loop(workdir=workdir, name=name, state=state, update=update,
+                            num_steps=rl.steps, checkpoint_every=rl.checkpoint_every,
+                            writer=writer, log_every=rl.log_every)
+  return state["params"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the single-turn trainers (GRPO, PPO).
+
+
+def evaluate(model, env, problems, *, batch_size: int = 256) -> dict[str, float]:
+  """Greedy single-attempt accuracy (oracle reward) and mean response length."""
+  correct, lengths, finished = [], [], []
+  for start in range(0, len(problems), batch_size):
+    chunk = problems[start:start + batch_size]
+    out = sampler.generate(model, [env.prompt_tokens(p) for p in chunk],
+                           max_new_tokens=env.max_new_tokens, temperature=0.0,
+                           eos_ids=env.eos_ids, pad_id=env.pad_id)
+    for p, ids, reason in zip(chunk, out.tokens, out.finish_reason):
+      correct.append(env.reward(p, ids))
+      lengths.append(len(ids))
+      finished.append(reason == sampler.FINISH_STOP)
+  n = len(correct)
+  acc = float(np.mean(correct)) if n else 0.0
+  half = 1.96 * np.sqrt(max(acc * (1 - acc), 0.0) / max(n, 1))
+  return {"accuracy": 100 * acc, "accuracy_ci95": float(100 * half), "length": float(np.mean(lengths)),
+          "finished": 100 * float(np.mean(finished)), "n": n}
+
+
+def init_policy(config, env, *, workdir: str, writer=None):
+  """The starting policy: `config.model` (a fresh tiny model or `model_dir`), then, when
+  `config.warmup.steps > 0` on a synthetic task, the SFT warm-up of
+  `score.trainers.sft.synthetic_warmup_batches` (only its first-attempt answers matter here).
+  Returns `(policy, params)`."""
+  tokenizer = getattr(env, "tokenizer", None)
+  vocab = getattr(tokenizer, "vocab_size", None)
+  model = common.build_model(config.model, vocab, seed=config.seed)
+  policy, params = common.Policy.split(model)
+  if config.warmup.steps > 0:
+    if not hasattr(env, "task"):
+      raise ValueError("warmup.steps > 0 needs a synthetic task (SFT warm-up data); set "
+                       "warmup.steps=0 to start from model.model_dir as it is.")
+    batches = sft_lib.synthetic_warmup_batches(env.task, env.tokenizer, config.warmup.batch_size,
+                                               seed=config.seed, exclude=env.heldout)
+    params = sft_lib.train_sft(policy, params, batches, config.warmup, workdir=workdir,
+                               name="warmup", writer=writer)
+  return policy, params
+
+
+def write_results(workdir: str, results: dict[str, dict], *, config, title: str) -> str:
+  """`results.json` + `results.md`: greedy held-out accuracy of each model of the run."""
+  info = run_lib.write_run_info(workdir, config)
+  lines = [f"**{title}**", "", "| model | n | accuracy % (95% CI) | mean length | ends with EOS % |",
+           "|---|---|---|---|---|"]
+  for name, r in results.items():
+    lines.append(f"| {name} | {r['n']} | {r['accuracy']:.1f} ± {r['accuracy_ci95']:.1f} | "
+                 f"{r['length']:.2f} | {r['finished']:.1f} |")
+  lines += ["", f"commit {info['commit']}, {info['machine']}, seed {config.seed}"]
+  table = "\n".join(lines) + "\n"
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump({"results": results, "commit": info["commit"], "seed": config.seed}, f, indent=2)
+  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+    f.write(table)
+  return table
+
+
+def run_single_turn(config, workdir: str, train_fn, *, title: str):
+  """Env, starting policy, `params = train_fn(policy, base, env, writer)`, greedy evals."""
+  env = envs.make_env(config)
+  writer = metrics_lib.MetricWriter(workdir)
+  policy, base = init_policy(config, env, workdir=workdir, writer=writer)
+  problems = list(env.heldout)[:config.eval.num_problems]
+  results = {"base": evaluate(policy.model(base), env, problems,
+                              batch_size=config.eval.batch_size)}
+  params = train_fn(policy, base, env, writer)
+  results[config.trainer] = evaluate(policy.model(params), env, problems,
+                                     batch_size=config.eval.batch_size)
+  for name, r in results.items():
+    writer.write_scalars(0, {f"eval/{name}/{k}": v for k, v in r.items()})
+    logging.warning("%s: %s", name, {k: round(v, 2) for k, v in r.items()})
+  table = write_results(workdir, results, config=config, title=title)
+  print(table)
+  writer.close()
+  return results
+
+
+def train(config, workdir: str):
+  """`config.trainer = "grpo"` (configs/grpo_synthetic.py, grpo_math.py, dapo_math.py)."""
+  def train_fn(policy, base, env, writer):
+    return train_grpo(policy, base, base, env, config.rl, config.reward, workdir=workdir,
+                      writer=writer)
+  return run_single_turn(config, workdir, train_fn,
+                         title=config.get("title", "GRPO, greedy held-out accuracy"))

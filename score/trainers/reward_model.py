@@ -1,0 +1,261 @@
+r"""Bradley–Terry reward models (InstructGPT, Ouyang et al. 2022, arXiv 2203.02155).
+
+A reward model is a decoder whose unembedding is replaced by a scalar head (`ScalarModel`);
+`r(x, y)` is the head's output at the last real token of `x ⊕ y`. Training minimises
+
+    L = mean over prompts of  mean over pairs (i, j) with rank_i < rank_j of
+        −log σ(r(x, y_i) − r(x, y_j))
+
+with all K-choose-2 pairs of a prompt's K ranked responses in one batch element
+(`score.losses.preference.bradley_terry_k_choose_2`): one forward pass per response, each
+response used once per step. Ties are skipped. Accuracy = fraction of strict pairs ordered
+correctly (`r_winner > r_loser`) on held-out prompts.
+
+The same `ScalarModel` is PPO's value model (`score.trainers.ppo`); a finished run exports
+its params to `<workdir>/reward_model_params` (`export_params` / `load_params`), from which
+Tülu 3 RLVR initialises the value model.
+
+Synthetic task (the tiny test and `configs/reward_model_synthetic.py`): for an addition
+problem, K responses — the right sum (rank 0) and K − 1 sums with one digit changed (rank 1,
+tied among themselves). The model must learn to check a sum to rank them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from score.data import synthetic
+from score.losses import preference
+from score.models import Transformer
+from score.trainers import common
+from score.utils import checkpoint as ckpt_lib
+from score.utils import metrics as metrics_lib
+from score.utils import run as run_lib
+
+EXPORT_DIR = "reward_model_params"
+
+
+class ScalarModel(nnx.Module):
+  """A Transformer body with a linear scalar head instead of the unembedding.
+
+  `model(tokens_BxL, mask_BxL) -> scores_BxL` (fp32): the head applied to the final-norm
+  hidden state of every position. The body's `lm_head` (if untied) is dropped.
+  """
+
+  def __init__(self, backbone: Transformer, *, rngs: nnx.Rngs):
+    if hasattr(backbone, "lm_head"):
+      del backbone.lm_head
+    self.backbone = backbone
+    self.head = nnx.Linear(backbone.config.hidden_size, 1, kernel_init=nnx.initializers.zeros,
+                           rngs=rngs)
+
+  def __call__(self, tokens_BxL, mask_BxL=None):
+    h_BxLxD = self.backbone.hidden(tokens_BxL, mask_BxL=mask_BxL)
+    return self.head(h_BxLxD.astype(jnp.float32))[..., 0]
+
+
+def build_scalar_model(model_cfg, vocab_size, *, seed: int) -> ScalarModel:
+  """A `ScalarModel` on a fresh tiny body or on `model_cfg.model_dir` (see `common.build_model`)."""
+  return ScalarModel(common.build_model(model_cfg, vocab_size, seed=seed),
+                     rngs=nnx.Rngs(seed + 1))
+
+
+def last_token_scores(scores_BxL, mask_BxL):
+  """`scores_BxL` at the last real token of each row (left or right padding) -> `[B]`."""
+  mask_BxL = jnp.asarray(mask_BxL)
+  length = mask_BxL.shape[1]
+  last_B = length - 1 - jnp.argmax(mask_BxL[:, ::-1] > 0, axis=1)
+  return jnp.take_along_axis(scores_BxL, last_B[:, None], axis=1)[:, 0]
+
+
+def sequence_rewards(model: ScalarModel, tokens_BxL, mask_BxL):
+  """`r(x ⊕ y)` for every row: the scalar head at its last real token -> `[B]`."""
+  return last_token_scores(model(tokens_BxL, mask_BxL), mask_BxL)
+
+
+def pair_accuracy(rewards_BxK, ranks_BxK):
+  """Correctly ordered strict pairs / strict pairs (ties skipped), over the whole batch."""
+  i_P, j_P = preference.ranked_pairs(rewards_BxK.shape[1])
+  sign_BxP = jnp.sign(ranks_BxK[:, j_P] - ranks_BxK[:, i_P])
+  margin_BxP = sign_BxP * (rewards_BxK[:, i_P] - rewards_BxK[:, j_P])
+  valid_BxP = sign_BxP != 0
+  right = jnp.sum((margin_BxP > 0) & valid_BxP)
+  return right / jnp.maximum(jnp.sum(valid_BxP), 1)
+
+
+def rm_loss(params, tokens_BxKxL, mask_BxKxL, ranks_BxK, *, model_def):
+  b, k, l = tokens_BxKxL.shape
+  model = model_def.model(params)
+  rewards_BxK = sequence_rewards(model, tokens_BxKxL.reshape(b * k, l),
+                                 mask_BxKxL.reshape(b * k, l)).reshape(b, k)
+  loss = jnp.mean(preference.bradley_terry_k_choose_2(rewards_BxK, ranks_BxK))
+  metrics = {"accuracy": pair_accuracy(rewards_BxK, ranks_BxK),
+             "reward_mean": jnp.mean(rewards_BxK), "reward_std": jnp.std(rewards_BxK)}
+  return loss, jax.lax.stop_gradient(metrics)
+
+
+def make_rm_step(model_def, optimizer):
+  """Jitted `(params, opt_state, tokens_BxKxL, mask_BxKxL, ranks_BxK) -> (params, opt, m)`."""
+  loss_fn = functools.partial(rm_loss, model_def=model_def)
+
+  @jax.jit
+  def step(params, opt_state, tokens, mask, ranks):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, tokens, mask,
+                                                                       ranks)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+
+  return step
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_fn(model_def):
+  return jax.jit(functools.partial(rm_loss, model_def=model_def))
+
+
+def evaluate(model_def, params, data, *, batch_size: int = 256) -> dict[str, float]:
+  """Pair accuracy (%) and mean loss on `(tokens_BxKxL, mask_BxKxL, ranks_BxK)`."""
+  tokens, mask, ranks = data
+  fn = _eval_fn(model_def)
+  right = pairs = loss_sum = 0.0
+  for s in range(0, len(tokens), batch_size):
+    sl = slice(s, s + batch_size)
+    loss, m = fn(params, jnp.asarray(tokens[sl]), jnp.asarray(mask[sl]), jnp.asarray(ranks[sl]))
+    r = np.asarray(ranks[sl])
+    n_pairs = sum(int(np.sum(r[:, i] != r[:, j]))
+                  for i in range(r.shape[1]) for j in range(i + 1, r.shape[1]))
+    right += float(m["accuracy"]) * n_pairs
+    pairs += n_pairs
+    loss_sum += float(loss) * len(r)
+  return {"accuracy": 100 * right / max(pairs, 1), "loss": loss_sum / max(len(tokens), 1),
+          "pairs": pairs}
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic preferences.
+
+
+def synthetic_preferences(task: synthetic.AdditionTask, problems, num_responses: int, *,
+                          seed: int):
+  """Ranked responses for addition problems: the right sum (rank 0) and `K − 1` sums with one
+  digit changed (rank 1). Shuffled within each prompt.
+
+  Returns `(tokens_BxKxL, mask_BxKxL, ranks_BxK)` numpy arrays, left-padded.
+  """
+  if num_responses < 2:
+    raise ValueError(f"num_responses must be >= 2 (one right and wrong ones), got {num_responses}")
+  tok = task.tokenizer
+  rng = np.random.default_rng(seed)
+  length = 1 + task.prompt_len + task.max_answer_len
+  b, k = len(problems), num_responses
+  tokens = np.full((b, k, length), tok.pad_id, np.int32)
+  mask = np.zeros((b, k, length), np.int32)
+  ranks = np.zeros((b, k), np.int32)
+  for i, p in enumerate(problems):
+    answers = [(p.answer, 0)]
+    while len(answers) < k:
+      wrong = task._corrupt(p.answer, rng)  # pylint: disable=protected-access
+      answers.append((wrong, 1))
+    order = rng.permutation(k)
+    for slot, a in enumerate(order):
+      text, rank = answers[a]
+      ids = [tok.bos_id] + tok.encode(p.question + text) + [tok.eos_id]
+      tokens[i, slot, length - len(ids):] = ids
+      mask[i, slot, length - len(ids):] = 1
+      ranks[i, slot] = rank
+  return tokens, mask, ranks
+
+
+# ---------------------------------------------------------------------------------------------
+# Export / import of the trained params (PPO's value model starts from them).
+
+
+def export_params(workdir: str, params) -> str:
+  directory = os.path.join(workdir, EXPORT_DIR)
+  ckpt = ckpt_lib.Checkpointer(directory, every=1, keep=1)
+  ckpt.save(0, {"params": params}, force=True)
+  ckpt.close()
+  return directory
+
+
+def load_params(workdir: str, template):
+  """Params exported by a reward-model run in `workdir`, in the tree of `template`."""
+  directory = os.path.join(workdir, EXPORT_DIR)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(
+        f"No exported reward model in {directory!r}; run the reward_model trainer with "
+        f"--workdir {workdir} first (configs/reward_model_synthetic.py).")
+  ckpt = ckpt_lib.Checkpointer(directory, every=1, keep=1)
+  try:
+    _, state, _ = ckpt.restore({"params": template})
+  finally:
+    ckpt.close()
+  return state["params"]
+
+
+def train_reward_model(model_def, params, batches, cfg, *, workdir: str, name: str = "rm",
+                       writer=None):
+  """`cfg.steps` Bradley–Terry steps on `batches(step) -> (tokens_BxKxL, mask, ranks)`."""
+  optimizer = common.make_optimizer(cfg, cfg.steps)
+  step_fn = make_rm_step(model_def, optimizer)
+
+  def update(step, state):
+    tokens, mask, ranks = batches(step)
+    p, o, m = step_fn(state["params"], state["opt_state"], jnp.asarray(tokens),
+                      jnp.asarray(mask), jnp.asarray(ranks))
+    return {"params": p, "opt_state": o}, m
+
+  state = {"params": params, "opt_state": optimizer.init(params)}
+  state = common.train_loop(workdir=workdir, name=name, state=state, update=update,
+                            num_steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
+                            writer=writer, log_every=cfg.log_every)
+  return state["params"]
+
+
+def train(config, workdir: str):
+  """`config.trainer = "reward_model"` on a synthetic task (configs/reward_model_synthetic.py)."""
+  task = synthetic.make_task(config.task.name, **{k: v for k, v in config.task.items()
+                                                   if k != "name"})
+  model = build_scalar_model(config.model, task.tokenizer.vocab_size, seed=config.seed)
+  model_def, params = common.Policy.split(model)
+  writer = metrics_lib.MetricWriter(workdir)
+  heldout_problems = task.problems(config.eval.num_problems, seed=config.eval.seed)
+  heldout = synthetic_preferences(task, heldout_problems, config.rm.num_responses,
+                                  seed=config.eval.seed)
+
+  def batches(step):
+    problems = task.problems(config.rm.batch_size, seed=config.seed * 1_000_003 + step + 7,
+                             exclude=heldout_problems)
+    return synthetic_preferences(task, problems, config.rm.num_responses,
+                                 seed=config.seed * 1_000_003 + step)
+
+  results = {"init": evaluate(model_def, params, heldout, batch_size=config.eval.batch_size)}
+  params = train_reward_model(model_def, params, batches, config.rm, workdir=workdir,
+                              writer=writer)
+  results["trained"] = evaluate(model_def, params, heldout, batch_size=config.eval.batch_size)
+  export_params(workdir, params)
+  info = run_lib.write_run_info(workdir, config)
+  for k, r in results.items():
+    writer.write_scalars(config.rm.steps, {f"eval/{k}/{m}": v for m, v in r.items()})
+  lines = ["**Bradley–Terry reward model, held-out pair accuracy**", "",
+           "| model | pairs | accuracy % | loss |", "|---|---|---|---|"]
+  lines += [f"| {k} | {r['pairs']} | {r['accuracy']:.1f} | {r['loss']:.4f} |"
+            for k, r in results.items()]
+  lines += ["", f"commit {info['commit']}, {info['machine']}, seed {config.seed}"]
+  table = "\n".join(lines) + "\n"
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump({"results": results, "commit": info["commit"], "seed": config.seed}, f, indent=2)
+  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+    f.write(table)
+  print(table)
+  writer.close()
+  return results

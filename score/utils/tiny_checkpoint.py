@@ -1,0 +1,51 @@
+"""A tiny random Hugging Face checkpoint with an offline-trained tokenizer, for `runlocal`
+configs and tests: no hub, no torch. Real runs point `model_dir` at a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def make_tiny_checkpoint(path: str, texts: Iterable[str], *, vocab_size: int = 512,
+                         model_type: str = "qwen2", hidden_size: int = 64, num_layers: int = 2,
+                         seed: int = 0) -> str:
+  """Writes a random `model_type` model and a byte-level BPE tokenizer trained on `texts`.
+
+  The tokenizer has Qwen-style specials (`<|endoftext|>` pad/BOS, `<|im_end|>` EOS) and a
+  ChatML chat template. Returns `path`. Idempotent: an existing checkpoint is kept.
+  """
+  if os.path.exists(os.path.join(path, "config.json")):
+    return path
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from score.models import ModelConfig, Transformer, hf  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(path, exist_ok=True)
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=SPECIALS,
+      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(list(texts), trainer)
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+      pad_token="<|endoftext|>")
+  fast.chat_template = CHAT_TEMPLATE
+  fast.save_pretrained(path)
+  config = ModelConfig.tiny(
+      vocab_size=len(fast), model_type=model_type, hidden_size=hidden_size,
+      num_layers=num_layers, qkv_bias=model_type == "qwen2", head_dim=hidden_size // 4,
+      intermediate_size=2 * hidden_size, bos_token_id=fast.bos_token_id,
+      eos_token_ids=(fast.eos_token_id,), pad_token_id=fast.pad_token_id)
+  hf.save_pretrained(Transformer(config, rngs=nnx.Rngs(seed)), path)
+  return path
