@@ -11,6 +11,7 @@ from score.rewards import _pool
 from score.rewards import math as rmath
 
 MATH500 = pathlib.Path("/work/shared/data/math500_test.jsonl")
+MATH12K = pathlib.Path("/work/shared/data/math_train_12k.jsonl")
 
 # (prediction, gold, expected). Golds are written the way MATH writes them.
 EQUIVALENT = [
@@ -144,7 +145,7 @@ EXTRACT = [
     ("First I thought the final answer is $3$. Wait, so \\boxed{4}.", "4"),
     ("So $\\boxed{4}$.\nFinal Answer: The final answer is $5$. I hope it is correct.", "5"),
     ("\\boxed{1} then \\boxed{2}", "2"),
-    ("The final answer is $\\boxed{5} + \\boxed{3}$.", "\\boxed{5} + \\boxed{3}"),
+    ("so the final answer is $4 + 2 = \\boxed{6}$.", "6"),  # The box inside wins.
     # Nested braces and escaped braces.
     ("so $x = \\boxed{\\frac{\\sqrt{3}}{2}}$.", "\\frac{\\sqrt{3}}{2}"),
     ("$\\boxed{\\{1, 2\\}}$", "\\{1, 2\\}"),
@@ -153,6 +154,12 @@ EXTRACT = [
     ("\\fbox{7}", "7"),
     ("The answer is $\\boxed 2$.", "2"),
     ("\\boxed{3} and a broken \\boxed{4", "3"),
+    # "final answer is" in prose after the box is not an answer (MATH train solutions).
+    ("gives $\\boxed{80}$.\n\nNote: rounding before arriving at the final answer is a "
+     "common one. It is called intermediate rounding.", "80"),
+    ("so $\\boxed{\\frac{130}{231}}$. The final answer is positive, because two of the "
+     "three numbers are negative.", "\\frac{130}{231}"),
+    ("The final answer is twelve apples and a pear, I think, maybe more", None),
     # Nothing to extract.
     ("I don't know.", None),
     ("", None),
@@ -326,3 +333,19 @@ def test_every_math500_gold_is_equivalent_to_itself(pool):
   # And through the full reward, with the SCoRe answer format around it.
   responses = [f"Final Answer: The final answer is ${g}$. I hope it is correct." for g in golds]
   assert rmath.rewards(responses, golds, pool=pool) == [1.0] * 500
+
+
+@pytest.mark.skipif(not MATH12K.exists(), reason=f"{MATH12K} not found")
+def test_extraction_recovers_every_math_train_answer():
+  """The reference solutions box their answers (sometimes with "final answer is" in prose
+  nearby): extraction + normalisation must give back the `answer` field of all 12,000."""
+  rows = [json.loads(line) for line in MATH12K.read_text().splitlines() if line]
+  bad = []
+  for r in rows:
+    if r["answer"] in ("", "None"):  # Rows of the data file without a usable gold answer.
+      continue
+    got = rmath.extract_answer(r["solution"])
+    if got is None or rmath.normalize(got) != rmath.normalize(r["answer"]):
+      bad.append((r["unique_id"], got, r["answer"]))
+  assert len(rows) == 12_000
+  assert not bad, bad[:10]

@@ -11,8 +11,8 @@ The oracle reward of SCoRe (Kumar et al., 2024, arXiv 2409.12917) on MATH is
     ``\fbox{...}``, braces nested arbitrarily, or ``\boxed 2`` without braces (up to the next
     ``$`` or line end).
 
-  When both occur, the one that starts *later* in the text wins (the last stated answer),
-  unless the last box lies inside the final-answer statement, which then wins whole.
+  When both occur, the one that starts *later* in the text wins (the last stated answer; so
+  in ``the final answer is $4 + 2 = \boxed{6}$`` the box wins).
 * `normalize(answer)`: the Hendrycks et al. string normaliser (``strip_string`` of the MATH
   repository's ``is_equiv``) plus a few extra rules (listed in its docstring).
 * `is_equivalent(pred, gold)`: normalised strings equal, or math-verify (``parse`` on
@@ -158,8 +158,16 @@ def _math_span(rest: str) -> tuple[str, int] | None:
   return None
 
 
-def _after_final(text: str, start: int) -> tuple[str, int]:
-  """(answer, end position in `text`) after ``final answer is`` (which ends at `start`)."""
+_MAX_PLAIN_ANSWER_CHARS = 40
+
+
+def _after_final(text: str, start: int) -> tuple[str, int] | None:
+  """(answer, end position in `text`) after ``final answer is`` (which ends at `start`).
+
+  An answer without ``$``/box delimiters must end with "I hope it is correct" on its line,
+  or be short (≤ 40 characters, one sentence): "the final answer is a common mistake ..." in
+  prose is not an answer.
+  """
   rest = text[start:].lstrip(" \t:")
   offset = len(text) - len(rest)
   found = _math_span(rest)
@@ -172,7 +180,13 @@ def _after_final(text: str, start: int) -> tuple[str, int]:
   if found is None:
     hope = _HOPE_RE.search(rest)
     line = rest.split("\n", 1)[0]
-    span = rest[:hope.start()] if hope and hope.start() <= len(line) else line
+    if hope and hope.start() <= len(line):
+      span = rest[:hope.start()]
+    else:
+      span = line
+      bare = span.strip().rstrip(".")
+      if len(bare) > _MAX_PLAIN_ANSWER_CHARS or re.search(r"[.!?;]\s", bare):
+        return None
     found = span, len(span)
   return found[0], offset + found[1]
 
@@ -205,7 +219,10 @@ def extract_answer(text: str | None) -> str | None:
   candidates = []  # (start, end, answer)
   finals = list(_FINAL_RE.finditer(text))
   for m in reversed(finals[-3:]):  # The last few only: each look copies the rest of the text.
-    span, end = _after_final(text, m.end())
+    after = _after_final(text, m.end())
+    if after is None:
+      continue
+    span, end = after
     answer = _clean(span)
     if answer is not None:
       candidates.append((m.start(), end, answer))
@@ -215,8 +232,6 @@ def extract_answer(text: str | None) -> str | None:
     candidates.append((boxed[0], boxed[0], _clean(boxed[1])))
   if not candidates:
     return None
-  if len(candidates) == 2 and candidates[0][0] <= candidates[1][0] < candidates[0][1]:
-    return candidates[0][2]  # The last box is part of the final-answer statement.
   return max(candidates, key=lambda c: c[0])[2]
 
 
