@@ -333,12 +333,18 @@ def test_multi_formula_values(formula, exact, fuzzy, expected):
     ("exact @ fuzzy", "unexpected character '@'"),
     ("1 = 1", "unexpected character '='"),
     ("(" * 200 + "1" + ")" * 200, "nesting deeper"),
-    ("-" * 500 + "1", "nesting deeper"),
+    ("-" * 100 + "1", "nesting deeper"),
     ("1" * 20000, "longer than"),
+    ("+".join(["exact"] * 400), "more than 500"),
 ])
 def test_multi_formula_rejects(formula, match):
   with pytest.raises(ValueError, match=match):
     _multi(formula)
+
+
+def test_multi_long_flat_formula_evaluates():
+  formula = "+".join(["exact"] * 200) + " - 199 * exact"  # 403 tokens, left-deep AST.
+  assert _multi(formula)("a", {"ref": "a"}) == 1.0
 
 
 def test_multi_batch_and_nesting():

@@ -780,6 +780,7 @@ FUNCTIONS: dict[str, tuple[Callable[..., float], int, int | None]] = {
 
 _MAX_FORMULA_CHARS = 10_000
 _MAX_DEPTH = 64
+_MAX_TOKENS = 500  # Keeps the AST (left-deep for a + b + c ...) far from the recursion limit.
 _FORMULA_TOKEN_RE = re.compile(
     r"\s*(?:(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
     r"|(?P<op>[-+*/^(),\u2212]))")
@@ -822,6 +823,8 @@ class _FormulaParser:
     self.formula = formula
     self.names = names
     self.tokens = _tokenize_formula(formula)
+    if len(self.tokens) > _MAX_TOKENS:
+      raise ValueError(f"multi formula has {len(self.tokens)} tokens, more than {_MAX_TOKENS}")
     self.i = 0
     self.depth = 0
 
