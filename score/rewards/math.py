@@ -6,7 +6,8 @@ The oracle reward of SCoRe (Kumar et al., 2024, arXiv 2409.12917) on MATH is
 * `extract_answer(text)`: the model's final answer. Two formats are read:
 
   - SCoRe's prompted form, ``Final Answer: The final answer is $X$. I hope it is correct.``
-    (``$...$``, ``$$...$$``, ``\(...\)`` or no wrapping; ``X`` may itself be boxed);
+    (``$...$``, ``$$...$$``, ``\(...\)``, a box, or plain text that ends with "I hope it is
+    correct" or is one short phrase; ``X`` may itself be boxed);
   - the MATH convention (Hendrycks et al., 2021): the argument of the last ``\boxed{...}`` or
     ``\fbox{...}``, braces nested arbitrarily, or ``\boxed 2`` without braces (up to the next
     ``$`` or line end).
@@ -24,7 +25,8 @@ The oracle reward of SCoRe (Kumar et al., 2024, arXiv 2409.12917) on MATH is
 each check runs in the main thread of a worker with its own `setitimer` deadline (math-verify's
 own ``signal.alarm`` timeouts are switched off so they cannot cancel ours), and the parent
 kills and replaces a worker that still has not answered ``timeout_s + 1`` seconds later (a
-check stuck inside C code, where no signal is delivered). A check that times out, raises or
+check stuck inside C code, where no signal is delivered). Workers have a 2 GiB address-space
+limit, so a gigantic integer becomes a MemoryError rather than swap. A check that times out, raises or
 kills its worker scores 0 and is logged (``logging``, which absl picks up); nothing is raised
 into the caller.
 
@@ -52,6 +54,7 @@ __all__ = [
     "is_equivalent",
     "reward",
     "rewards",
+    "shutdown",
     "DEFAULT_TIMEOUT_S",
 ]
 
