@@ -272,6 +272,7 @@ def test_pool_replaces_crashed_and_hung_workers(pool):
       (time.sleep, (60,)),  # No deadline inside: the parent must kill it.
       (rmath._check_in_worker, ("\\sqrt{8}", "2\\sqrt{2}", 5.0)),
       (int, ("not a number",)),  # An exception inside the task.
+      (bytearray, (8 << 30,)),  # Beyond the workers' 4 GiB address-space limit.
   ]
   t0 = time.monotonic()
   outs = pool.run(tasks, timeout_s=2.0)
@@ -281,6 +282,7 @@ def test_pool_replaces_crashed_and_hung_workers(pool):
   assert not outs[2].ok and outs[2].error.startswith("timeout")
   assert outs[3].ok and outs[3].value == (True, None)
   assert not outs[4].ok and outs[4].error.startswith("ValueError")
+  assert not outs[5].ok and outs[5].error.startswith("MemoryError")
   assert len(pool.pids) == 2 and set(pool.pids) != pids_before
   # The math reward maps any failed check to 0 (here: the task kills its worker).
   assert pool.run([(os._exit, (1,))], timeout_s=2.0)[0].ok is False
