@@ -55,6 +55,18 @@ def _batch(seed=0, batch=3, length=11):
   return tokens, mask, positions
 
 
+def _ours(model, tokens, mask=None, positions=None):
+  return _jit_forward(model, jnp.asarray(tokens, jnp.int32),
+                      None if mask is None else jnp.asarray(mask),
+                      None if positions is None else jnp.asarray(positions))
+
+
+def _jit_forward(model, tokens, mask, positions):
+  from flax import nnx
+  fn = nnx.jit(lambda m, t, k, p: m(t, positions_BxL=p, mask_BxL=k))
+  return fn(model, tokens, mask, positions)
+
+
 def _hf_logits(model, tokens, mask=None, positions=None):
   with torch.no_grad():
     out = model(input_ids=torch.as_tensor(tokens),
@@ -83,12 +95,11 @@ def test_logit_parity(family, tmp_path):
   tokens, mask, positions = _batch()
   # Unpadded batch, default positions on both sides.
   full = tokens[:1]
-  _assert_close(ours(jnp.asarray(full, jnp.int32)), _hf_logits(model, full))
+  _assert_close(_ours(ours, full), _hf_logits(model, full))
   # Left-padded batch with HF-style attention_mask and position_ids.
   theirs = _hf_logits(model, tokens, mask, positions)
-  _assert_close(ours(jnp.asarray(tokens, jnp.int32), mask_BxL=jnp.asarray(mask)), theirs, mask)
-  _assert_close(ours(jnp.asarray(tokens, jnp.int32), positions_BxL=jnp.asarray(positions),
-                     mask_BxL=jnp.asarray(mask)), theirs, mask)
+  _assert_close(_ours(ours, tokens, mask), theirs, mask)
+  _assert_close(_ours(ours, tokens, mask, positions), theirs, mask)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -106,8 +117,7 @@ def test_round_trip(family, tmp_path):
   # And our own loader reads our files back to the same config and logits.
   again = hf.from_pretrained(tmp_path / "ours")
   assert again.config == ours.config
-  _assert_close(again(jnp.asarray(tokens, jnp.int32), mask_BxL=jnp.asarray(mask)),
-                ours(jnp.asarray(tokens, jnp.int32), mask_BxL=jnp.asarray(mask)), mask)
+  _assert_close(_ours(again, tokens, mask), _ours(ours, tokens, mask), mask)
 
 
 def test_sharded_checkpoint(tmp_path):
@@ -116,8 +126,7 @@ def test_sharded_checkpoint(tmp_path):
   assert os.path.exists(tmp_path / "model.safetensors.index.json")
   ours = hf.from_pretrained(tmp_path)
   tokens, mask, positions = _batch()
-  _assert_close(ours(jnp.asarray(tokens, jnp.int32), mask_BxL=jnp.asarray(mask)),
-                _hf_logits(model, tokens, mask, positions), mask)
+  _assert_close(_ours(ours, tokens, mask), _hf_logits(model, tokens, mask, positions), mask)
 
 
 def test_bf16_checkpoint_and_compute(tmp_path):
@@ -131,9 +140,9 @@ def test_bf16_checkpoint_and_compute(tmp_path):
   theirs = _hf_logits(model, tokens, mask, positions)
   ours = hf.from_pretrained(tmp_path)
   assert ours.embed.value.dtype == jnp.float32
-  _assert_close(ours(jnp.asarray(tokens, jnp.int32), mask_BxL=jnp.asarray(mask)), theirs, mask)
+  _assert_close(_ours(ours, tokens, mask), theirs, mask)
   low = hf.from_pretrained(tmp_path, dtype=jnp.bfloat16)
-  logits = np.asarray(low(jnp.asarray(tokens, jnp.int32), mask_BxL=jnp.asarray(mask)))
+  logits = np.asarray(_ours(low, tokens, mask))
   real = mask > 0
   assert np.abs(logits[real] - theirs[real]).max() < 0.05 * np.abs(theirs).max() + 0.05
 
@@ -206,3 +215,24 @@ def test_load_tokenizer(tmp_path):
 def _saved(path):
   _hf_model("llama").save_pretrained(path)
   return path
+
+
+def test_save_sharded_bf16_from_scratch(tmp_path):
+  """A model built here (not loaded) exports, sharded and in bf16, and transformers agrees."""
+  from flax import nnx
+  from score.models import ModelConfig, Transformer
+  config = ModelConfig.tiny(vocab_size=VOCAB, model_type="qwen3", qk_norm=True, head_dim=32,
+                            eos_token_ids=(1, 2))
+  ours = Transformer(config, rngs=nnx.Rngs(3))
+  hf.save_pretrained(ours, tmp_path, dtype="bfloat16", max_shard_bytes=60_000)
+  assert os.path.exists(tmp_path / "model.safetensors.index.json")
+  assert len([f for f in os.listdir(tmp_path) if f.endswith(".safetensors")]) > 1
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path, dtype=torch.float32, attn_implementation="eager").eval()
+  assert model.config.eos_token_id == [1, 2]
+  again = hf.from_pretrained(tmp_path)
+  assert again.config == config
+  tokens, mask, positions = _batch()
+  _assert_close(_ours(again, tokens, mask), _hf_logits(model, tokens, mask, positions), mask)
+  bf16_err = np.abs(np.asarray(again.embed.value) - np.asarray(ours.embed.value)).max()
+  assert 0 < bf16_err < 1e-2 * np.abs(np.asarray(ours.embed.value)).max()

@@ -450,22 +450,58 @@ def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=jnp.float32,
   return abstract
 
 
-def save_pretrained(model: Transformer, path: str, *, tokenizer=None) -> None:
-  """Writes `config.json` and `model.safetensors` (float32) that transformers can load."""
+def save_pretrained(model: Transformer, path: str, *, tokenizer=None, dtype: str = "float32",
+                    max_shard_bytes: int = 5 * 2**30) -> None:
+  """Writes `config.json` and safetensors weights that transformers can load.
+
+  `dtype`: "float32" or "bfloat16" for the stored tensors. Weights above `max_shard_bytes`
+  are split into `model-0000i-of-0000n.safetensors` files with a
+  `model.safetensors.index.json`, as transformers does. `tokenizer`, if given, is saved too.
+  """
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
 
+  if dtype == "float32":
+    np_dtype, torch_dtype = np.float32, "float32"
+  elif dtype == "bfloat16":
+    import ml_dtypes  # pylint: disable=g-import-not-at-top
+    np_dtype, torch_dtype = ml_dtypes.bfloat16, "bfloat16"
+  else:
+    raise ValueError(f"dtype={dtype!r}; expected 'float32' or 'bfloat16'")
   path = os.fspath(path)
   config = model.config
-  hf_config = config_to_hf(config)
+  hf_config = dict(config_to_hf(config), torch_dtype=torch_dtype)
   tensors = {}
   for p, var in _param_items(model):
     name, kind = hf_name(config, p)
     value = np.asarray(jax.device_get(var.value), dtype=np.float32)
-    tensors[name] = np.ascontiguousarray(_to_hf(kind, value))
+    tensors[name] = np.ascontiguousarray(_to_hf(kind, value).astype(np_dtype))
   os.makedirs(path, exist_ok=True)
+  for stale in os.listdir(path):
+    if stale.endswith(".safetensors") or stale == "model.safetensors.index.json":
+      os.remove(os.path.join(path, stale))
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(hf_config, f, indent=2, sort_keys=True)
-  save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+  shards: list[dict[str, np.ndarray]] = [{}]
+  size = 0
+  for name in sorted(tensors):
+    nbytes = tensors[name].nbytes
+    if shards[-1] and size + nbytes > max_shard_bytes:
+      shards.append({})
+      size = 0
+    shards[-1][name] = tensors[name]
+    size += nbytes
+  if len(shards) == 1:
+    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+  else:
+    weight_map = {}
+    for i, shard in enumerate(shards):
+      filename = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+      save_file(shard, os.path.join(path, filename), metadata={"format": "pt"})
+      weight_map.update({name: filename for name in shard})
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+             "weight_map": weight_map}
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+      json.dump(index, f, indent=2, sort_keys=True)
   if tokenizer is not None:
     tokenizer.save_pretrained(path)
 
