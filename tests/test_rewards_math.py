@@ -222,7 +222,7 @@ def test_normalize_never_raises_on_garbage():
 
 @pytest.fixture(scope="module")
 def pool():
-  with _pool.WorkerPool(2, preload=("score.rewards.math", "math_verify"),
+  with _pool.WorkerPool(2, preload=("score.rewards.math:_warm_up",),
                         memory_limit_bytes=4 << 30) as p:
     yield p
 

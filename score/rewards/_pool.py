@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 Task = tuple[Callable[..., Any], tuple]
 
+# A worker that has not reported "ready" this long after it was started is replaced.
+_START_TIMEOUT_S = 120.0
+
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
@@ -90,12 +93,16 @@ def _serve(fd_in: int, fd_out: int, memory_limit_bytes: int, preload: str) -> No
   import importlib  # pylint: disable=g-import-not-at-top
 
   for name in filter(None, preload.split(",")):
+    module, _, fn = name.partition(":")
     try:
-      importlib.import_module(name)
+      mod = importlib.import_module(module)
+      if fn:
+        getattr(mod, fn)()
     except Exception as e:  # pylint: disable=broad-except
       logger.warning("WorkerPool worker: could not preload %s: %s", name, e)
   conn_in = multiprocessing.connection.Connection(fd_in, writable=False)
   conn_out = multiprocessing.connection.Connection(fd_out, readable=False)
+  conn_out.send(("ready", os.getpid()))
   _worker_main(conn_in, conn_out, memory_limit_bytes or None)
 
 
@@ -130,6 +137,8 @@ class _Worker:
       os.close(from_child_w)
     self.send_conn = multiprocessing.connection.Connection(to_child_w, readable=False)
     self.conn = multiprocessing.connection.Connection(from_child_r, writable=False)
+    self.started = time.monotonic()
+    self.ready = False  # Set when the worker reports that its imports are done.
 
   @property
   def pid(self) -> int:
@@ -173,8 +182,8 @@ class WorkerPool:
 
   Args:
     num_workers: number of processes; default ``min(4, os.cpu_count())``.
-    preload: modules every worker imports when it starts (so the first task is not slowed
-      down by imports).
+    preload: what every worker does before taking tasks: ``"module"`` imports it,
+      ``"module:function"`` also calls ``function()`` (a warm-up).
     memory_limit_bytes: RLIMIT_AS for every worker (None: no limit). Allocation beyond it
       raises MemoryError inside the task, which becomes a failed `Outcome`.
 
@@ -232,7 +241,9 @@ class WorkerPool:
     """Runs `tasks` (``(fn, args)`` pairs) in parallel; one `Outcome` per task, in order.
 
     Each task gets `timeout_s` seconds of wall-clock time from the moment it is handed to a
-    worker. Never raises because of a task; raises RuntimeError if the pool is closed.
+    worker; tasks go only to workers that have finished starting (imports and `preload`), so
+    a worker's start-up never counts against a task. Never raises because of a task; raises
+    RuntimeError if the pool is closed.
     """
     if timeout_s <= 0:
       raise ValueError(f"WorkerPool.run: timeout_s must be > 0, got {timeout_s}")
@@ -245,41 +256,66 @@ class WorkerPool:
       self._ensure_workers()
       todo = list(range(len(tasks)))[::-1]  # A stack: pop() gives the lowest index first.
       busy: dict[int, tuple[int, float]] = {}  # worker index -> (task index, deadline).
+      start_failures = 0
 
       while todo or busy:
-        # Hand out work to idle workers.
-        for wi in range(self.num_workers):
+        # Hand out work to idle, started workers.
+        for wi, w in enumerate(self._workers):
           if not todo:
             break
-          if wi in busy:
+          if wi in busy or not w.ready:
             continue
           ti = todo.pop()
           fn, args = tasks[ti]
           try:
-            self._workers[wi].send_conn.send((ti, fn, args))
+            w.send_conn.send((ti, fn, args))
           except (BrokenPipeError, EOFError, OSError):
-            # Died while idle: replace it and give the task to the fresh worker.
+            logger.warning("WorkerPool: worker %d (pid %s) died while idle; replacing it",
+                           wi, w.pid)
             self._replace(wi)
-            try:
-              self._workers[wi].send_conn.send((ti, fn, args))
-            except Exception as e:  # pylint: disable=broad-except
-              outcomes[ti] = Outcome(False, None, f"could not start the task: {e}")
-              continue
+            todo.append(ti)  # Goes to the next started worker.
+            continue
           except Exception as e:  # pylint: disable=broad-except  (unpicklable task)
             outcomes[ti] = Outcome(False, None, f"could not send the task: {e}"[:2000])
             continue
           busy[wi] = (ti, time.monotonic() + timeout_s)
-        if not busy:
+
+        starting = [wi for wi, w in enumerate(self._workers) if not w.ready]
+        if not busy and not starting:
           continue
-
         now = time.monotonic()
-        wait_s = max(0.0, min(deadline for _, deadline in busy.values()) - now)
-        waitables = []
-        for wi in busy:
-          waitables.append(self._workers[wi].conn)
-        multiprocessing.connection.wait(waitables, timeout=wait_s)
-
+        deadlines = [d for _, d in busy.values()]
+        deadlines += [self._workers[wi].started + _START_TIMEOUT_S for wi in starting]
+        waitables = [self._workers[wi].conn for wi in list(busy) + starting]
+        multiprocessing.connection.wait(waitables, timeout=max(0.0, min(deadlines) - now))
         now = time.monotonic()
+
+        for wi in starting:
+          w = self._workers[wi]
+          failed = None
+          try:
+            if w.conn.poll():
+              msg = w.conn.recv()
+              if msg == ("ready", w.pid):
+                w.ready = True
+                start_failures = 0
+              else:
+                failed = f"unexpected start-up message {msg!r:.100}"
+          except (EOFError, OSError):
+            failed = f"exited during start-up (exit code {w.exitcode()})"
+          if failed is None and not w.ready and now >= w.started + _START_TIMEOUT_S:
+            failed = f"not started after {_START_TIMEOUT_S:g}s"
+          if failed is not None:
+            start_failures += 1
+            logger.warning("WorkerPool: worker %d (pid %s) %s; replacing it", wi, w.pid, failed)
+            self._replace(wi)
+            if start_failures > 2 * self.num_workers:
+              logger.error("WorkerPool: workers keep failing to start; failing %d tasks",
+                           len(todo))
+              for ti in todo:
+                outcomes[ti] = Outcome(False, None, f"no worker could start: {failed}")
+              todo = []
+
         for wi in list(busy):
           ti, deadline = busy[wi]
           w = self._workers[wi]

@@ -513,7 +513,7 @@ def _default_pool(num_workers: int | None) -> _pool.WorkerPool:
   with _POOLS_LOCK:
     pool = _POOLS.get(num_workers)
     if pool is None:
-      pool = _pool.WorkerPool(num_workers, preload=("score.rewards.math", "math_verify"),
+      pool = _pool.WorkerPool(num_workers, preload=("score.rewards.math:_warm_up",),
                               memory_limit_bytes=_WORKER_MEMORY_BYTES)
       _POOLS[num_workers] = pool
     return pool
@@ -526,6 +526,11 @@ def shutdown() -> None:
     for pool in _POOLS.values():
       pool.close()
     _POOLS.clear()
+
+
+def _warm_up() -> None:
+  """Run once in each new worker: imports sympy/math-verify and builds its LaTeX parser."""
+  _math_verify_equal("\\frac{1}{2}", "0.5")
 
 
 def _check_in_worker(pred: str, gold: str, timeout_s: float, string_match: bool = True
