@@ -140,6 +140,19 @@ def test_multi_token_decode_chunks_match_forward():
                              atol=1e-5, rtol=1e-5)
 
 
+def test_decode_hidden_then_unembed_equals_decode():
+  model = _model("qwen3")
+  tokens, mask = _left_padded_batch(length=6)
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  h, cache_h = model.decode_hidden(tokens, positions, model.init_cache(3, 8), 0,
+                                   jnp.pad(mask, ((0, 0), (0, 2))))
+  logits, cache = model.decode(tokens, positions, model.init_cache(3, 8), 0,
+                               jnp.pad(mask, ((0, 0), (0, 2))))
+  np.testing.assert_allclose(model.unembed(h[:, -1:])[:, 0], logits[:, -1], atol=1e-6)
+  for a, b in zip(jax.tree.leaves(cache_h), jax.tree.leaves(cache)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_cache_layout():
   model = _model()
   cache = model.init_cache(2, 16)

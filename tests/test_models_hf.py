@@ -25,6 +25,8 @@ FAMILIES = {
     "qwen2": lambda: transformers.Qwen2Config(**COMMON),
     "qwen2_tied": lambda: transformers.Qwen2Config(**COMMON, tie_word_embeddings=True),
     "qwen3": lambda: transformers.Qwen3Config(**COMMON, head_dim=32),
+    "qwen3_sliding": lambda: transformers.Qwen3Config(
+        **COMMON, head_dim=16, use_sliding_window=True, sliding_window=3, max_window_layers=1),
     "gemma": lambda: transformers.GemmaConfig(**COMMON, head_dim=16),
     "gemma2": lambda: transformers.Gemma2Config(
         **COMMON, head_dim=16, sliding_window=4, query_pre_attn_scalar=24,

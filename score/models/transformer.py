@@ -329,6 +329,20 @@ class Transformer(nnx.Module):
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
             for _ in range(c.num_layers)]
 
+  def decode_hidden(self, tokens_BxT: Array, positions_BxT: Array,
+                    cache: list[dict[str, Array]], cache_index: Array,
+                    kv_mask_BxS: Array) -> tuple[Array, list[dict[str, Array]]]:
+    """`decode` without the unembedding: (final-norm hidden states h_BxTxD, updated cache).
+
+    Prefill can unembed only the last position: `model.unembed(h_BxTxD[:, -1:])`.
+    """
+    t = tokens_BxT.shape[1]
+    cache_index = jnp.asarray(cache_index, jnp.int32)
+    slots = cache_index + jnp.arange(t, dtype=jnp.int32)
+    slots = jnp.broadcast_to(slots, tokens_BxT.shape)
+    masks = self._masks(kv_mask_BxS, slots)
+    return self._blocks(self.embed_tokens(tokens_BxT), positions_BxT, masks, cache, cache_index)
+
   def decode(self, tokens_BxT: Array, positions_BxT: Array, cache: list[dict[str, Array]],
              cache_index: Array, kv_mask_BxS: Array) -> tuple[Array, list[dict[str, Array]]]:
     """Runs T new tokens against the cache; returns (logits_BxTxV fp32, updated cache).
@@ -337,14 +351,9 @@ class Transformer(nnx.Module):
     cache_index + t) attends to slots s with kv_mask_BxS[b, s] = 1 and s <= cache_index + t
     (and, on sliding layers, cache_index + t - s < window). The caller marks the new slots of
     real tokens in kv_mask_BxS. Prefill is decode with T = prompt length and cache_index 0.
+    Positions (for RoPE) are the caller's: usually cumsum(kv_mask) - 1 at the new slots.
     """
-    t = tokens_BxT.shape[1]
-    cache_index = jnp.asarray(cache_index, jnp.int32)
-    slots = cache_index + jnp.arange(t, dtype=jnp.int32)
-    slots = jnp.broadcast_to(slots, tokens_BxT.shape)
-    masks = self._masks(kv_mask_BxS, slots)
-    h, cache = self._blocks(self.embed_tokens(tokens_BxT), positions_BxT, masks, cache,
-                            cache_index)
+    h, cache = self.decode_hidden(tokens_BxT, positions_BxT, cache, cache_index, kv_mask_BxS)
     return self.unembed(h), cache
 
 
