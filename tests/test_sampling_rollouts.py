@@ -10,7 +10,8 @@ from score.sampling import generate
 from score.sampling.rollouts import chat_instruction, chat_prompt, rollout
 
 PROMPTS = [[5, 17, 3, 9], [40, 2]]
-INSTRUCTION = [120, 121, 122]
+INSTRUCTION = [120, 121]
+# Sizes keep every turn in one compiled shape: batch 4 (2 prompts × 2), contexts ≤ 16, N ≤ 8.
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +27,13 @@ def _row_segments(ep, b):
 
 
 def test_masks_and_exact_splicing(model):
-    g, k = 3, 3
-    ep = rollout(model, PROMPTS, num_turns=k, max_new_tokens=[5, 6, 4], instruction=INSTRUCTION,
+    g, k = 2, 3
+    ep = rollout(model, PROMPTS, num_turns=k, max_new_tokens=[3, 4, 2], instruction=INSTRUCTION,
                  samples_per_prompt=g, temperature=1.0, seed=0)
     b_total = len(PROMPTS) * g
     assert ep.tokens_BxL.shape[0] == b_total and ep.tokens_BxL.shape[1] % 8 == 0
-    assert ep.prompt_index_B.tolist() == [0, 0, 0, 1, 1, 1]
-    assert ep.lengths_BxK.tolist() == [[5, 6, 4]] * b_total
+    assert ep.prompt_index_B.tolist() == [0, 0, 1, 1]
+    assert ep.lengths_BxK.tolist() == [[3, 4, 2]] * b_total
     assert ep.truncated_BxK.all()
     for b in range(b_total):
         x1 = PROMPTS[ep.prompt_index_B[b]]
@@ -40,15 +41,15 @@ def test_masks_and_exact_splicing(model):
         ids, turns = _row_segments(ep, b)
         # The episode is x1 ⊕ y1 ⊕ p ⊕ y2 ⊕ p ⊕ y3, turn marks on y_k only.
         assert ids == x1 + y[0] + INSTRUCTION + y[1] + INSTRUCTION + y[2]
-        assert turns == ([0] * len(x1) + [1] * 5 + [0] * 3 + [2] * 6 + [0] * 3 + [3] * 4)
+        assert turns == ([0] * len(x1) + [1] * 3 + [0] * 2 + [2] * 4 + [0] * 2 + [3] * 2)
         assert ep.context(b, 2, PROMPTS) == x1 + y[0] + INSTRUCTION
         # Left padding: padding is never marked as a turn and the row ends at the right edge.
         assert ep.turn_mask_BxL[b][ep.mask_BxL[b] == 0].sum() == 0 and ep.mask_BxL[b, -1] == 1
     # No prompt or instruction token is trainable.
     assert not np.any(ep.loss_mask_BxL & (ep.turn_mask_BxL == 0))
-    assert ep.loss_mask_BxL.sum() == b_total * 15
+    assert ep.loss_mask_BxL.sum() == b_total * 9
     # G samples of one prompt are different draws.
-    assert ep.responses[0][0] != ep.responses[1][0] or ep.responses[1][0] != ep.responses[2][0]
+    assert ep.responses[0] != ep.responses[1] and ep.responses[2] != ep.responses[3]
     # The trainer's recomputation on the packed episode gives the sampler's log-probs at every
     # generated position: each turn conditioned on exactly the earlier turns' tokens.
     logp_BxL = np.asarray(token_logprobs(model, jnp.asarray(ep.tokens_BxL), jnp.asarray(ep.mask_BxL)))
@@ -58,15 +59,16 @@ def test_masks_and_exact_splicing(model):
 
 
 def test_greedy_turn_two_equals_generate_on_spliced_context(model):
-    ep = rollout(model, PROMPTS, num_turns=2, max_new_tokens=6, instruction=INSTRUCTION,
-                 temperature=0.0)
-    x2 = [PROMPTS[i] + ep.responses[i][0] + INSTRUCTION for i in range(len(PROMPTS))]
-    direct = generate(model, x2, max_new_tokens=6)
+    ep = rollout(model, PROMPTS, num_turns=2, max_new_tokens=5, instruction=INSTRUCTION,
+                 samples_per_prompt=2, temperature=0.0)
+    x2 = [PROMPTS[ep.prompt_index_B[b]] + ep.responses[b][0] + INSTRUCTION for b in range(4)]
+    direct = generate(model, x2, max_new_tokens=5)
     assert [r[1] for r in ep.responses] == direct.tokens
 
 
 def test_callable_instruction_and_stop(model):
-    first = rollout(model, PROMPTS[:1], num_turns=1, max_new_tokens=6, temperature=0.0)
+    first = rollout(model, PROMPTS, num_turns=1, max_new_tokens=4, samples_per_prompt=2,
+                    temperature=0.0)
     stop = first.responses[0][0][2]
     calls = []
 
@@ -74,23 +76,23 @@ def test_callable_instruction_and_stop(model):
         calls.append((turn, list(context), list(response)))
         return [100 + turn]
 
-    ep = rollout(model, PROMPTS[:1], num_turns=3, max_new_tokens=6, instruction=instruction,
-                 temperature=0.0, eos_ids=(stop,))
+    ep = rollout(model, PROMPTS, num_turns=3, max_new_tokens=4, instruction=instruction,
+                 samples_per_prompt=2, temperature=0.0, eos_ids=(stop,))
     y = ep.responses[0]
     assert y[0] == first.responses[0][0][: first.responses[0][0].index(stop) + 1]
     assert ep.finish_reason[0][0] == "stop" and not ep.truncated_BxK[0, 0]
-    assert [c[0] for c in calls] == [1, 2]
+    assert [c[0] for c in calls] == [1] * 4 + [2] * 4  # Row by row, turn by turn.
     assert calls[0][1] == PROMPTS[0] and calls[0][2] == y[0]
-    assert calls[1][1] == PROMPTS[0] + y[0] + [101] and calls[1][2] == y[1]
+    assert calls[4][1] == PROMPTS[0] + y[0] + [101] and calls[4][2] == y[1]
     assert ep.instructions[0] == [[101], [102]]
 
 
 def test_max_len_caps_the_episode(model):
     ep = rollout(model, PROMPTS, num_turns=3, max_new_tokens=8, instruction=INSTRUCTION,
-                 temperature=1.0, max_len=20)
-    assert ep.tokens_BxL.shape[1] == 20
-    assert np.all(ep.mask_BxL.sum(-1) <= 20)
-    for b in range(len(PROMPTS)):
+                 samples_per_prompt=2, temperature=1.0, max_len=16)
+    assert ep.tokens_BxL.shape[1] == 16
+    assert np.all(ep.mask_BxL.sum(-1) <= 16)
+    for b in range(4):
         ids, _ = _row_segments(ep, b)
         assert ids == ep.context(b, len(ep.instructions[b]) + 1, PROMPTS) + ep.responses[b][
             len(ep.instructions[b])
