@@ -166,15 +166,16 @@ def test_top_k_top_p_frequencies_through_the_loop(tiny_model):
 
 
 def test_no_recompile_for_the_same_bucket(tiny_model):
-    generate(tiny_model, PROMPTS, max_new_tokens=8, temperature=1.0, seed=0)  # batch 4, len 16
+    generate(tiny_model, PROMPTS, max_new_tokens=16, temperature=1.0, seed=0)  # (4, 16, 16)
     before, size = compile_count(), sampler._generate_core._cache_size()
-    # Other prompts (batch 3-4, lengths ≤ 16, budgets 5-8), other temperatures and seeds.
+    # Other prompts (batch 3-4, lengths ≤ 16, budgets 9-16), greedy or sampled, other seeds,
+    # temperatures and stop ids: all in the same bucket.
     more = [[1, 2], [3, 4, 5, 6, 7, 8, 9, 10], [11], [12, 13]]
-    generate(tiny_model, more, max_new_tokens=[8, 5, 6, 7], temperature=0.5, seed=1)
-    generate(tiny_model, PROMPTS + [[1]], max_new_tokens=8, temperature=1.3, seed=2)
+    generate(tiny_model, more, max_new_tokens=[16, 9, 12, 10], temperature=0.5, seed=1)
+    generate(tiny_model, PROMPTS + [[1] * 16], max_new_tokens=12, temperature=0.0, eos_ids=(3, 4))
     assert compile_count() == before
     assert sampler._generate_core._cache_size() == size
-    generate(tiny_model, [[1] * 17] * 4, max_new_tokens=8, temperature=1.0)  # Length bucket 32.
+    generate(tiny_model, [[1] * 17] * 4, max_new_tokens=16, temperature=1.0)  # Length bucket 32.
     assert compile_count() == before + 1
 
 
