@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -71,6 +72,16 @@ def build_model(cfg, vocab_size: int | None = None, *, seed: int = 0) -> Transfo
   overrides = {k: v for k, v in cfg.items() if k in fields and k != "vocab_size"}
   config = ModelConfig.tiny(vocab_size=vocab_size, **overrides)
   return Transformer(config, rngs=nnx.Rngs(seed))
+
+
+def frozen(cfg, exclude=()) -> tuple:
+  """A hashable snapshot of a flat config section (to key caches of compiled steps)."""
+  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                      for k, v in cfg.to_dict().items() if k not in exclude))
+
+
+def unfrozen(items: tuple):
+  return ml_collections.ConfigDict(dict(items))
 
 
 def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:

@@ -95,6 +95,21 @@ def make_rl_step(policy, optimizer, rl):
   return step
 
 
+# Settings that do not change the compiled update (they act outside it).
+_NOT_IN_STEP = ("seed", "rounds", "stage1_steps", "stage2_steps", "prompts_per_step",
+                "temperature", "stage2_method", "checkpoint_every", "log_every")
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_steps(policy, rl_items, steps, star):
+  """One optimiser and jitted steps per (policy, hyper-parameters): phases with the same
+  settings (SCoRe and its ablations) share their compilations."""
+  rl = common.unfrozen(rl_items)
+  optimizer = common.make_optimizer(rl, steps)
+  return (optimizer, make_rl_step(policy, optimizer, rl),
+          sft_lib.make_sft_step(policy, optimizer) if star else None)
+
+
 def _star_batch(env, episodes, rewards, problems, pad_to):
   """STaR-style SFT batch from an RL batch: successful second attempts, loss on turn 2."""
   rows = []
@@ -124,10 +139,8 @@ def train_score(policy, params, ref_params, env, rl, *, workdir: str, name: str 
       if steps <= 0:
         continue
       phase = f"{name}/r{rnd}_stage{stage}"
-      optimizer = common.make_optimizer(rl, steps)
-      step_fn = make_rl_step(policy, optimizer, rl)
-      sft_step = (sft_lib.make_sft_step(policy, optimizer)
-                  if stage == 2 and rl.stage2_method == "star" else None)
+      optimizer, step_fn, sft_step = _compiled_steps(policy, common.frozen(rl, _NOT_IN_STEP), steps,
+                                                     stage == 2 and rl.stage2_method == "star")
       base_key = jax.random.fold_in(jax.random.key(rl.seed), stable_hash(phase))
 
       def update(step, state, stage=stage, phase=phase, step_fn=step_fn, sft_step=sft_step,

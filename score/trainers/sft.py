@@ -6,7 +6,7 @@ Self-Rewarding LMs. `train` is the launcher entry for `config.trainer = "sft"`.
 
 from __future__ import annotations
 
-import os
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,13 @@ def make_sft_step(policy: common.Policy, optimizer: optax.GradientTransformation
     return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
   return step
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_step(policy, cfg_items):
+  cfg = common.unfrozen(cfg_items)
+  optimizer = common.make_optimizer(cfg, cfg.steps)
+  return optimizer, make_sft_step(policy, optimizer)
 
 
 class ExampleBatches:
@@ -83,8 +90,7 @@ def train_sft(policy: common.Policy, params, batches, cfg, *, workdir: str, name
   Returns:
     The fine-tuned params.
   """
-  optimizer = common.make_optimizer(cfg, cfg.steps)
-  step_fn = make_sft_step(policy, optimizer)
+  optimizer, step_fn = _compiled_step(policy, common.frozen(cfg))
   state = {"params": params, "opt_state": optimizer.init(params)}
 
   def update(step, state):
