@@ -46,12 +46,13 @@ def rl_config(**overrides):
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, seed=0, steps=60, warmup_steps=300)
+  arg = config_lib.parse_arg(arg, runlocal=False, seed=0, steps=60, warmup_steps=300,
+                             num_digits=3)
   c = ml_collections.ConfigDict()
   c.trainer = "grpo"
   c.title = "GRPO on synthetic addition (greedy, held-out problems)"
   c.seed = arg.seed
-  c.task = sft_synthetic.task_config(num_digits=4)
+  c.task = sft_synthetic.task_config(num_digits=arg.num_digits)
   c.model = sft_synthetic.tiny_model_config(hidden_size=32 if arg.runlocal else 64)
   c.warmup = ml_collections.ConfigDict(dict(
       steps=10 if arg.runlocal else arg.warmup_steps, batch_size=16 if arg.runlocal else 128,

@@ -59,6 +59,7 @@ from score.trainers import envs
 from score.trainers import rewards_compose
 from score.trainers import sft as sft_lib
 from score.trainers.score import stable_hash
+from score.utils import config as config_lib
 from score.utils import metrics as metrics_lib
 from score.utils import run as run_lib
 
@@ -396,6 +397,10 @@ def write_results(workdir: str, results: dict[str, dict], *, config, title: str)
 
 def run_single_turn(config, workdir: str, train_fn, *, title: str):
   """Env, starting policy, `params = train_fn(policy, base, env, writer)`, greedy evals."""
+  if config.task.name in ("math", "code") and not config.model.get("model_dir"):
+    raise config_lib.ConfigError(
+        "config.model.model_dir is empty: point it at a local Hugging Face checkpoint, e.g. "
+        "--config configs/grpo_math.py:model_dir=/ckpt/qwen2.5-1.5b-instruct (or use :runlocal).")
   env = envs.make_env(config)
   writer = metrics_lib.MetricWriter(workdir)
   policy, base = init_policy(config, env, workdir=workdir, writer=writer)

@@ -1,0 +1,58 @@
+r"""DAPO on MATH (Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at
+Scale", arXiv 2503.14476).
+
+  python -m experiments.main --config configs/dapo_math.py:model_dir=/ckpt/qwen2.5-7b \
+      --workdir /tmp/dapo_math
+  python -m experiments.main --config configs/dapo_math.py:runlocal --workdir /tmp/dapo_local
+
+DAPO = GRPO with: clip-higher (ε_low 0.2, ε_high 0.28); dynamic sampling (groups whose
+rewards are all equal are dropped and refilled); token-level loss (sum over every token of the
+batch / number of tokens); overlong reward shaping (0 up to L_max − L_cache, then linearly to
+−1 at L_max; paper: L_max 20480, L_cache 4096); no KL term (β = 0). Paper settings: AdamW lr
+1e-6 with 20 warm-up rollout steps, 512 prompts × 16 responses per rollout step, mini-batches
+of 32 prompts (16 gradient updates per rollout step). Reward: ±1 in the paper (correct +1,
+wrong −1); here 1/0 from the MATH answer checker (a constant shift, which group advantages
+remove). The paper trains on DAPO-Math-17K; this config uses the 12k MATH split and MATH500.
+`:runlocal` runs the same options for a few steps on synthetic addition (tests).
+"""
+
+import ml_collections
+
+from configs import grpo_math
+from configs import grpo_synthetic
+from configs import score_common
+from score.utils import config as config_lib
+
+DAPO_RL = dict(advantage="grpo", eps_low=0.2, eps_high=0.28, beta=0.0, reduction="token",
+               dynamic_sampling=True)
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, runlocal=False, model_dir="", seed=0, format="chat",
+                             max_new_tokens=20480, cache_len=4096)
+  if arg.runlocal:
+    c = grpo_synthetic.get_config(f"runlocal,seed={arg.seed}")
+    with c.unlocked():
+      c.title = "DAPO (runlocal smoke run on synthetic addition)"
+      c.reward = grpo_synthetic.reward_config(verifiable=1.0, dapo_overlong=1.0, max_len=0,
+                                              cache_len=2)
+      c.rl.update(DAPO_RL)
+      c.rl.max_sampling_rounds = 3
+    return c
+  c = ml_collections.ConfigDict()
+  c.trainer = "grpo"
+  c.title = "DAPO on MATH500 (greedy)"
+  c.seed = arg.seed
+  c.task = grpo_math.math_task(arg, max_new_tokens=arg.max_new_tokens,
+                               max_len=arg.max_new_tokens + 1024)
+  c.model = score_common.model(arg.model_dir)
+  c.warmup = score_common.warmup(0)
+  c.eval = ml_collections.ConfigDict(dict(num_problems=0, seed=0, batch_size=64))
+  c.reward = grpo_synthetic.reward_config(verifiable=1.0, dapo_overlong=1.0,
+                                          max_len=arg.max_new_tokens, cache_len=arg.cache_len)
+  c.rl = grpo_synthetic.rl_config(
+      seed=arg.seed, steps=500, prompts_per_step=512, samples_per_prompt=16, temperature=1.0,
+      num_epochs=1, num_minibatches=16, max_sampling_rounds=8, lr=1e-6, warmup_steps=20 * 16,
+      weight_decay=0.1, checkpoint_every=20, log_every=1, **DAPO_RL)
+  c.lock()
+  return c

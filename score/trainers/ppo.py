@@ -1,0 +1,245 @@
+r"""PPO with a value model and GAE: the Tülu 3 RLVR recipe (Lambert et al. 2024, arXiv 2411.15124).
+
+Each step (SPEC §3–§4):
+
+1. Sample responses with the current policy (the sampler's raw-model log-probs are
+   `log π_old`), score them: reward = α·[answer verified] (α = 10) plus the −10 no-EOS penalty
+   (`rewards_compose`, from the config's `reward` section).
+2. Per-token rewards: `r_t = −β·k1(log π_old − log π_ref)` on every response token (KL in the
+   reward, `kl_placement="reward"`, k1), plus the sequence reward on the last response token.
+3. Values `V(s_t)` from the value model (a `ScalarModel`: a Transformer body with a scalar
+   head), aligned like the log-probs: the value of the state *before* token t is the head at
+   position t − 1. GAE over response tokens (γ = 1, λ = 0.95): δ_t = r_t + γV_{t+1} − V_t,
+   A_t = Σ_l (γλ)^l δ_{t+l}, returns R_t = A_t + V_t; advantages optionally whitened over the
+   batch's response tokens.
+4. `num_epochs` × `num_minibatches` updates of both models: clipped surrogate
+   (`eps_low`/`eps_high`) for the policy, `vf_coef` × clipped value loss for the value model
+   (each with its own optimiser; the two parameter sets are disjoint).
+
+The value model starts from the policy's body (`value.init="policy"`), from a reward model
+trained by `score.trainers.reward_model` (`"reward_model"`, Tülu 3 / InstructGPT; the RM run's
+workdir in `value.reward_model_dir`) or from scratch (`"scratch"`). Its head is zero-initialised
+when it does not come from a reward model, so V ≡ 0 at the start.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import ml_collections
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from score.losses import kl as kl_lib
+from score.losses import ppo as ppo_losses
+from score.losses import reduce as reduce_lib
+from score.models import token_logprobs
+from score.trainers import common
+from score.trainers import grpo as grpo_lib
+from score.trainers import reward_model as rm_lib
+from score.trainers.score import stable_hash
+
+
+def shift_values(scores_BxL):
+  """Head outputs at every position -> `values_BxL[b, t] = V(tokens[:t])` (position 0: 0)."""
+  return jnp.concatenate([jnp.zeros_like(scores_BxL[:, :1]), scores_BxL[:, :-1]], axis=1)
+
+
+@functools.lru_cache(maxsize=None)
+def values_fn(value_def):
+  """Jitted `(value_params, tokens_BxL, mask_BxL) -> values_BxL` (aligned with log-probs)."""
+  @jax.jit
+  def fn(params, tokens_BxL, mask_BxL):
+    return shift_values(value_def.model(params)(tokens_BxL, mask_BxL))
+  return fn
+
+
+def last_token_mask(loss_mask_BxL) -> np.ndarray:
+  """1 at the last response token of each row (nothing for an empty response)."""
+  m = np.asarray(loss_mask_BxL) > 0
+  length = m.shape[1]
+  last_B = length - 1 - np.argmax(m[:, ::-1], axis=1)
+  out = np.zeros(m.shape, np.float32)
+  has = m.any(axis=1)
+  out[np.flatnonzero(has), last_B[has]] = 1.0
+  return out
+
+
+def token_rewards(rewards_B, old_logp_BxL, ref_logp_BxL, loss_mask_BxL, *, beta, kl_estimator,
+                  kl_placement):
+  """Per-token rewards: the sequence reward on the last response token, minus
+  `β·k(log π_old − log π_ref)` on every response token when the KL is in the reward."""
+  rewards_BxL = jnp.asarray(last_token_mask(loss_mask_BxL)) * jnp.asarray(rewards_B)[:, None]
+  if beta > 0 and kl_placement == "reward":
+    delta_BxL, _ = kl_lib.penalty(jnp.asarray(old_logp_BxL), jnp.asarray(ref_logp_BxL),
+                                  jnp.asarray(loss_mask_BxL), beta=beta, kind=kl_estimator,
+                                  placement="reward")
+    rewards_BxL = rewards_BxL + delta_BxL
+  return rewards_BxL
+
+
+def whiten(x_BxL, mask_BxL, eps=1e-8):
+  """`(x − mean) / std` over the masked entries; 0 elsewhere."""
+  m = jnp.asarray(mask_BxL, jnp.float32)
+  n = jnp.maximum(jnp.sum(m), 1.0)
+  mean = jnp.sum(x_BxL * m) / n
+  var = jnp.sum(jnp.square(x_BxL - mean) * m) / n
+  return jnp.where(m > 0, (x_BxL - mean) / jnp.sqrt(var + eps), 0.0)
+
+
+def compute_advantages(rewards_B, old_logp_BxL, ref_logp_BxL, values_BxL, loss_mask_BxL, rl):
+  """`(advantages_BxL, returns_BxL, token_rewards_BxL)` of a rollout batch (steps 2–3 above)."""
+  r_BxL = token_rewards(rewards_B, old_logp_BxL, ref_logp_BxL, loss_mask_BxL, beta=rl.beta,
+                        kl_estimator=rl.kl_estimator, kl_placement=rl.kl_placement)
+  adv_BxL, returns_BxL = ppo_losses.gae(r_BxL, jnp.asarray(values_BxL), jnp.asarray(loss_mask_BxL),
+                                       gamma=rl.gamma, lam=rl.lam)
+  if rl.whiten_advantages:
+    adv_BxL = whiten(adv_BxL, loss_mask_BxL)
+  return adv_BxL, returns_BxL, r_BxL
+
+
+def ppo_loss(params, value_params, batch, *, policy, value_def, rl):
+  """`(total loss, (policy loss, value loss, metrics))` on a minibatch."""
+  loss_mask_BxL = batch["loss_mask"]
+  logp_BxL = token_logprobs(policy.model(params), batch["tokens"], batch["mask"])
+  pg_BxL, metrics = ppo_losses.clipped_surrogate(
+      logp_BxL, batch["old_logp"], batch["advantages"], loss_mask_BxL, eps_low=rl.eps_low,
+      eps_high=rl.eps_high, dual_clip=rl.dual_clip or None)
+  if rl.beta > 0 and rl.kl_placement == "loss":
+    _, kl_BxL = kl_lib.penalty(logp_BxL, batch["ref_logp"], loss_mask_BxL, beta=rl.beta,
+                               kind=rl.kl_estimator, placement="loss")
+    pg_BxL = pg_BxL + kl_BxL
+  pg_loss = reduce_lib.reduce(pg_BxL, loss_mask_BxL, rl.reduction)
+  values_BxL = shift_values(value_def.model(value_params)(batch["tokens"], batch["mask"]))
+  vf_BxL, vf_metrics = ppo_losses.clipped_value_loss(
+      values_BxL, batch["old_values"], batch["returns"], loss_mask_BxL,
+      clip=rl.value_clip or None)
+  vf_loss = reduce_lib.reduce(vf_BxL, loss_mask_BxL, rl.reduction)
+  dev_BxL = jnp.abs(jnp.exp(logp_BxL - batch["old_logp"]) - 1.0)
+  metrics = dict(metrics, **vf_metrics, pg_loss=pg_loss, value_loss=vf_loss,
+                 ratio_max_dev=jnp.max(jnp.where(loss_mask_BxL > 0, dev_BxL, 0.0)))
+  return pg_loss + rl.vf_coef * vf_loss, jax.lax.stop_gradient(metrics)
+
+
+def make_update(policy, value_def, policy_opt, value_opt, rl):
+  """Jitted update of both models on one minibatch."""
+  loss_fn = functools.partial(ppo_loss, policy=policy, value_def=value_def, rl=rl)
+
+  @jax.jit
+  def update(params, opt_state, value_params, value_opt_state, batch):
+    (loss, metrics), (g_pi, g_v) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+        params, value_params, batch)
+    updates, opt_state = policy_opt.update(g_pi, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    v_updates, value_opt_state = value_opt.update(g_v, value_opt_state, value_params)
+    value_params = optax.apply_updates(value_params, v_updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(g_pi),
+                   value_grad_norm=optax.global_norm(g_v))
+    return params, opt_state, value_params, value_opt_state, metrics
+
+  return update
+
+
+def init_value_model(value_cfg, model_cfg, policy_params, policy, *, vocab_size, seed):
+  """`(value_def, value_params)` per `value_cfg.init` ("policy", "reward_model", "scratch")."""
+  body = common.build_model(model_cfg, vocab_size, seed=seed + 17)
+  model = rm_lib.ScalarModel(body, rngs=nnx.Rngs(seed + 18))
+  value_def, value_params = common.Policy.split(model)
+  if value_cfg.init == "policy":
+    prefix = "['backbone']"
+    copied = 0
+    for key in value_params:
+      if key.startswith(prefix) and key[len(prefix):] in policy_params:
+        value_params[key] = policy_params[key[len(prefix):]]
+        copied += 1
+    if not copied:
+      raise ValueError("value.init='policy': no parameter of the policy matches the value "
+                       "model's body; are config.model and the policy the same architecture?")
+  elif value_cfg.init == "reward_model":
+    value_params = rm_lib.load_params(value_cfg.reward_model_dir, value_params)
+  elif value_cfg.init != "scratch":
+    raise ValueError(f"value.init={value_cfg.init!r}; expected 'policy', 'reward_model' or "
+                     "'scratch'.")
+  del policy
+  return value_def, value_params
+
+
+def _check_rl(rl):
+  if rl.kl_placement not in kl_lib.PLACEMENTS:
+    raise ValueError(f"rl.kl_placement={rl.kl_placement!r}; known: {sorted(kl_lib.PLACEMENTS)}")
+  if rl.kl_estimator not in kl_lib.ESTIMATORS:
+    raise ValueError(f"rl.kl_estimator={rl.kl_estimator!r}; known: {sorted(kl_lib.ESTIMATORS)}")
+  if rl.reduction not in reduce_lib.MODES:
+    raise ValueError(f"rl.reduction={rl.reduction!r}; known: {reduce_lib.MODES}")
+
+
+def train_ppo(policy, params, ref_params, value_def, value_params, env, rl, reward_cfg, *,
+              workdir: str, name: str = "ppo", writer=None):
+  """Runs `rl.steps` PPO steps; resumable; returns `(params, value_params)`."""
+  _check_rl(rl)
+  updates_per_step = rl.num_epochs * rl.num_minibatches
+  policy_opt = common.make_optimizer(rl, rl.steps * updates_per_step)
+  value_opt = common.make_optimizer(ml_collections.ConfigDict(dict(rl.to_dict(), lr=rl.value_lr)),
+                                    rl.steps * updates_per_step)
+  update_fn = make_update(policy, value_def, policy_opt, value_opt, rl)
+  ref_fn = grpo_lib.logprobs_fn(policy)
+  v_fn = values_fn(value_def)
+  base_key = jax.random.fold_in(jax.random.key(rl.seed), stable_hash(name))
+
+  def update(step, state):
+    t0 = time.perf_counter()
+    problems = env.train_problems(stable_hash(f"{name}/{step}"), rl.prompts_per_step)
+    batch, metrics = grpo_lib.sample_batch(
+        policy, state["params"], env, problems, group_size=rl.samples_per_prompt,
+        temperature=rl.temperature, reward_cfg=reward_cfg, seed=jax.random.fold_in(base_key, step))
+    t_sample = time.perf_counter() - t0
+    tokens, mask = jnp.asarray(batch.tokens_NxL), jnp.asarray(batch.mask_NxL)
+    ref_logp = (ref_fn(ref_params, tokens, mask) if rl.beta > 0
+                else jnp.zeros(tokens.shape, jnp.float32))
+    old_values = v_fn(state["value_params"], tokens, mask)
+    adv, returns, r_tok = compute_advantages(batch.rewards_N, batch.old_logp_NxL, ref_logp,
+                                             old_values, batch.loss_mask_NxL, rl)
+    arrays = {"tokens": tokens, "mask": mask, "loss_mask": jnp.asarray(batch.loss_mask_NxL),
+              "old_logp": jnp.asarray(batch.old_logp_NxL), "ref_logp": ref_logp,
+              "advantages": adv, "returns": returns, "old_values": old_values}
+    p, o = state["params"], state["opt_state"]
+    vp, vo = state["value_params"], state["value_opt_state"]
+    history = []
+    for epoch in range(rl.num_epochs):
+      for idx in grpo_lib.minibatches(len(batch), rl.num_minibatches, [rl.seed, step, epoch]):
+        p, o, vp, vo, m = update_fn(p, o, vp, vo, {k: v[idx] for k, v in arrays.items()})
+        history.append(m)
+    history = jax.device_get(history)
+    out = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+    out["ratio_max_dev_first"] = float(history[0]["ratio_max_dev"])
+    lm = np.asarray(batch.loss_mask_NxL, np.float32)
+    out["token_reward_sum"] = float(np.sum(np.asarray(r_tok) * lm) / max(len(batch), 1))
+    out["value_mean"] = float(np.sum(np.asarray(old_values) * lm) / max(lm.sum(), 1.0))
+    out.update(metrics)
+    out["time/sample_s"] = t_sample
+    out["time/step_s"] = time.perf_counter() - t0
+    return {"params": p, "opt_state": o, "value_params": vp, "value_opt_state": vo}, out
+
+  state = {"params": params, "opt_state": policy_opt.init(params),
+           "value_params": value_params, "value_opt_state": value_opt.init(value_params)}
+  state = common.train_loop(workdir=workdir, name=name, state=state, update=update,
+                            num_steps=rl.steps, checkpoint_every=rl.checkpoint_every,
+                            writer=writer, log_every=rl.log_every)
+  return state["params"], state["value_params"]
+
+
+def train(config, workdir: str):
+  """`config.trainer = "ppo"` (configs/rlvr_math.py; runlocal on synthetic addition)."""
+  def train_fn(policy, base, env, writer):
+    vocab = getattr(getattr(env, "tokenizer", None), "vocab_size", None)
+    value_def, value_params = init_value_model(config.value, config.model, base, policy,
+                                               vocab_size=vocab, seed=config.seed)
+    params, _ = train_ppo(policy, base, base, value_def, value_params, env, config.rl,
+                          config.reward, workdir=workdir, writer=writer)
+    return params
+  return grpo_lib.run_single_turn(config, workdir, train_fn,
+                                  title=config.get("title", "PPO (RLVR), greedy held-out accuracy"))
