@@ -33,7 +33,7 @@ def get_config(arg=None):
   c.warmup = score_common.warmup(0)
   c.eval = ml_collections.ConfigDict(dict(num_problems=4 if local else 0, seed=0,
                                           batch_size=4 if local else 64))
-  c.methods = ("base", "pair_sft", "score")
+  c.methods = ("base", "self_refine", "pair_sft", "score")
   c.ablations = ("no_stage1", "no_shaping") if arg.ablations else ()
   sft = dict(num_problems=4, steps=2, batch_size=2) if local else dict(
       num_problems=374, steps=200, batch_size=32)

@@ -36,7 +36,7 @@ def get_config(arg=None):
   c.warmup = score_common.warmup(0)
   c.eval = ml_collections.ConfigDict(dict(num_problems=8 if local else 0, seed=0,
                                           batch_size=8 if local else 64))
-  c.methods = ("base", "star", "pair_sft", "score")
+  c.methods = ("base", "self_refine", "star", "pair_sft", "score")
   c.ablations = (("no_multi_turn", "no_stage1", "no_shaping", "star_stage2")
                  if arg.ablations else ())
   sft = dict(num_problems=4, steps=2, batch_size=2) if local else dict(

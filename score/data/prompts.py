@@ -37,6 +37,8 @@ __all__ = [
     "second_turn_prompt",
     "plain_correction_suffix",
     "self_correction_instruction",
+    "SELF_REFINE_FEEDBACK",
+    "self_refine_instruction",
 ]
 
 Task = Literal["math", "code"]
@@ -63,6 +65,20 @@ CODE_SELF_CORRECTION = (
 # MBPP task format (Austin et al., 2021).
 CODE_FIRST_TURN = "You are an expert Python programmer, and here is your task: {text} " \
     "Your code should pass these tests:\n\n{tests}"
+
+
+# --- Self-Refine (Madaan et al., 2023) as the SCoRe paper's prompting baseline: the model first
+# critiques its attempt, then rewrites it. The wording is ours, in the style of Self-Refine.
+SELF_REFINE_FEEDBACK = (
+    "Review your previous answer and find problems with it. Do not rewrite the answer yet: "
+    "only list the problems, if any."
+)
+
+
+def self_refine_instruction(task: Task) -> str:
+    """The refine turn of Self-Refine: rewrite the attempt given the model's own feedback."""
+    return ("Based on the problems you found, improve your answer. "
+            + self_correction_instruction(task).split(". ", 1)[1])
 
 
 def task_of(problem: Problem) -> Task:

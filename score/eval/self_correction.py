@@ -13,22 +13,28 @@ from score.utils import progress
 
 
 def two_attempts(model, env, problems, *, batch_size: int = 256, temperature: float = 0.0,
-                 seed: int = 0) -> dict:
-  """Per-problem correctness of both attempts (greedy by default) and the decoded attempts."""
+                 seed: int = 0, self_refine: bool = False) -> dict:
+  """Per-problem correctness of both attempts (greedy by default) and the decoded turns.
+
+  With `self_refine`, the episode has three turns — attempt, the model's own feedback,
+  refined attempt (Self-Refine) — and the refined attempt is scored as the second attempt.
+  """
+  num_turns = 3 if self_refine else 2
+  instruction = env.self_refine_instruction if self_refine else env.instruction
   c1, c2, texts = [], [], []
   for start in progress.bar(range(0, len(problems), batch_size), desc="eval"):
     chunk = problems[start:start + batch_size]
     episodes = rollouts.rollout(
-        model, [env.prompt_tokens(p) for p in chunk], num_turns=2,
-        max_new_tokens=env.max_new_tokens, instruction=env.instruction, samples_per_prompt=1,
+        model, [env.prompt_tokens(p) for p in chunk], num_turns=num_turns,
+        max_new_tokens=env.max_new_tokens, instruction=instruction, samples_per_prompt=1,
         temperature=temperature, eos_ids=env.eos_ids, max_len=env.max_len, pad_id=env.pad_id,
         seed=seed + start)
-    attempts = [list(r) + [[]] * (2 - len(r)) for r in episodes.responses]
+    turns = [list(r) + [[]] * (num_turns - len(r)) for r in episodes.responses]
     ps = [chunk[int(i)] for i in episodes.prompt_index_B]
-    c1 += env.rewards(ps, [a[0] for a in attempts])
-    c2 += env.rewards(ps, [a[1] for a in attempts])
-    texts += [{"id": p.id, "t1": env.decode(a[0]), "t2": env.decode(a[1])}
-              for p, a in zip(ps, attempts)]
+    c1 += env.rewards(ps, [t[0] for t in turns])
+    c2 += env.rewards(ps, [t[-1] for t in turns])
+    texts += [{"id": p.id, **{f"t{k + 1}": env.decode(y) for k, y in enumerate(t)}}
+              for p, t in zip(ps, turns)]
   return {"correct_t1": c1, "correct_t2": c2, "attempts": texts}
 
 

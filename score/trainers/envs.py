@@ -87,7 +87,6 @@ class TextEnv:
   def __init__(self, *, tokenizer, train, heldout, task: str, prompt_format: str, seed: int,
                max_new_tokens: int, max_len: int, reward_timeout_s: float = 10.0):
     from score.data import prompts  # pylint: disable=g-import-not-at-top
-    from score.sampling import rollouts  # pylint: disable=g-import-not-at-top
     if task not in ("math", "code"):
       raise ValueError(f"task must be 'math' or 'code', got {task!r}")
     self.tokenizer, self.train, self.heldout = tokenizer, list(train), list(heldout)
@@ -98,11 +97,22 @@ class TextEnv:
     eos = tokenizer.eos_token_id
     self.eos_ids = tuple(eos if isinstance(eos, (list, tuple)) else [eos])
     self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-    text = prompts.self_correction_instruction(task)
-    if prompt_format == "chat":
-      self.instruction = rollouts.chat_instruction(tokenizer, text, eos_ids=self.eos_ids)
-    else:
-      self.instruction = self._encode(prompts.plain_correction_suffix(task))
+    self.instruction = self._instruction_fn(prompts.self_correction_instruction(task))
+    # Self-Refine: attempt -> feedback -> refined attempt (a 3-turn episode, prompting only).
+    feedback = self._instruction_fn(prompts.SELF_REFINE_FEEDBACK)
+    refine = self._instruction_fn(prompts.self_refine_instruction(task))
+    self.self_refine_instruction = (
+        lambda turn, context, response: (feedback if turn == 1 else refine)(
+            turn, context, response))
+
+  def _instruction_fn(self, text: str):
+    """Tokens of the instruction `text` after a response, for the prompt format."""
+    if self.format == "chat":
+      from score.sampling import rollouts  # pylint: disable=g-import-not-at-top
+      return rollouts.chat_instruction(self.tokenizer, text, eos_ids=self.eos_ids)
+    cue = self._prompts.plain_correction_suffix(self.task).rsplit("\n\n", 1)[1]
+    ids = self._encode(f"\n\n{text}\n\n{cue}")
+    return lambda turn, context, response: list(ids)
 
   def _encode(self, text: str) -> list[int]:
     return list(self.tokenizer.encode(text, add_special_tokens=False))

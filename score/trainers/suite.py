@@ -5,7 +5,8 @@ synthetic task):
 
 1. SFT warm-up of a fresh tiny model -> the base model (`warmup` phase).
 2. Each method of `config.methods` starts from the same base model:
-   `base` (no training), `star` (SFT on the base model's successful revisions, D+),
+   `base` (no training), `self_refine` (prompting only: attempt, own feedback, refined
+   attempt; natural-language tasks), `star` (SFT on the base model's successful revisions, D+),
    `pair_sft` (SFT on pairs of a wrong first attempt and a correct attempt, both sampled from
    the base model), `score` (Stage I + Stage II RL), and every ablation of
    `config.ablations` (a SCoRe run with config overrides, see `ABLATIONS`).
@@ -143,7 +144,7 @@ def train(config, workdir: str):
   policy, base = _base_model(config, env, workdir, writer)
 
   def trained(method):
-    if method == "base":
+    if method in ("base", "self_refine"):
       return base
     if method in ("star", "pair_sft"):
       return _sampled_sft(method, policy, base, env, config[method], workdir=workdir,
@@ -157,9 +158,13 @@ def train(config, workdir: str):
 
   results = {}
   for method in tuple(config.methods) + tuple(config.ablations):
+    if method == "self_refine" and not hasattr(env, "self_refine_instruction"):
+      raise config_lib.ConfigError(
+          "self_refine needs a natural-language task (math/code): the model critiques its "
+          "own attempt in words.")
     out = self_correction.evaluate_cached(
         workdir, method, lambda m=method: policy.model(trained(m)), env, env.heldout,
-        batch_size=config.eval.batch_size)
+        batch_size=config.eval.batch_size, self_refine=method == "self_refine")
     results[method] = out["metrics"]
     writer.write_scalars(0, {f"eval/{method}/{k}": v["value"]
                              for k, v in out["metrics"].items() if k != "n"})

@@ -1,0 +1,72 @@
+"""MATH / code environments over a tiny offline checkpoint: prompts, instructions, rewards."""
+
+import dataclasses
+
+import pytest
+
+from score.data import loaders
+from score.data import prompts
+from score.eval import self_correction
+from score.trainers import envs
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  from score.utils import tiny_checkpoint  # pylint: disable=g-import-not-at-top
+  problems = loaders.load("math500")[:100]
+  return tiny_checkpoint.make_tiny_checkpoint(
+      str(tmp_path_factory.mktemp("tiny")), [p.problem + p.solution for p in problems])
+
+
+def _env(checkpoint, task, fmt, train, heldout):
+  from score.models import hf  # pylint: disable=g-import-not-at-top
+  return envs.TextEnv(tokenizer=hf.load_tokenizer(checkpoint), train=train, heldout=heldout,
+                      task=task, prompt_format=fmt, seed=0, max_new_tokens=4, max_len=2048)
+
+
+@pytest.mark.parametrize("fmt", ["plain", "chat"])
+def test_math_env_prompts_and_rewards(checkpoint, fmt):
+  problems = loaders.load("math500")[:3]
+  env = _env(checkpoint, "math", fmt, problems, problems)
+  p = problems[0]
+  text = env.decode(env.prompt_tokens(p))
+  assert p.problem.strip() in text and prompts.MATH_FIRST_TURN in text
+  good = env.tokenizer.encode(
+      f"Final Answer: The final answer is ${p.answer}$. I hope it is correct.",
+      add_special_tokens=False)
+  bad = env.tokenizer.encode("Final Answer: The final answer is $-12345$. I hope it is correct.",
+                             add_special_tokens=False)
+  assert env.rewards([p, p], [good, bad]) == [1.0, 0.0]
+  tokens, turn = env.episode_tokens(p, [bad, good])
+  assert tokens[:len(env.prompt_tokens(p))] == env.prompt_tokens(p)
+  assert [t for t, m in zip(tokens, turn) if m == 2] == good
+  assert prompts.MATH_SELF_CORRECTION in env.decode(tokens)
+  # Exactly the attempts' tokens are trainable.
+  assert sum(1 for m in turn if m) == len(good) + len(bad)
+
+
+def test_code_env_runs_tests_in_the_sandbox(checkpoint):
+  mbpp = loaders.load("mbpp", split="train")[:2]
+  env = _env(checkpoint, "code", "plain", mbpp, mbpp)
+  p = mbpp[0]
+  right = env.tokenizer.encode(f"```python\n{p.solution}\n```", add_special_tokens=False)
+  wrong = env.tokenizer.encode("```python\nimport os\nos._exit(0)\n```", add_special_tokens=False)
+  assert env.rewards([p, p], [right, wrong]) == [1.0, 0.0]
+
+
+def test_self_refine_scores_the_third_turn(checkpoint):
+  from score.models import hf  # pylint: disable=g-import-not-at-top
+  problems = loaders.load("math500")[:2]
+  env = _env(checkpoint, "math", "chat", problems, problems)
+  out = self_correction.two_attempts(hf.from_pretrained(checkpoint), env, problems,
+                                     self_refine=True, batch_size=2)
+  assert len(out["correct_t1"]) == 2 and set(out["attempts"][0]) == {"id", "t1", "t2", "t3"}
+
+
+def test_train_problems_are_deterministic(checkpoint):
+  problems = loaders.load("math500")[:50]
+  env = _env(checkpoint, "math", "plain", problems, problems[:2])
+  a = [p.id for p in env.train_problems(3, 5)]
+  assert a == [p.id for p in env.train_problems(3, 5)]
+  assert a != [p.id for p in env.train_problems(4, 5)]
+  assert all(dataclasses.is_dataclass(p) for p in env.train_problems(0, 2))
