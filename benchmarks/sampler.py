@@ -5,9 +5,11 @@ directory and loaded with `score.models.hf.from_pretrained`), greedily, with a K
 the same left-padded batch of prompts of different lengths and the same number of new tokens
 (no early stop). Prints one JSON line:
 
-    jax_tokens_per_s / torch_tokens_per_s  steady state (median of --repeats timed calls,
-                                           after one warm-up call), generated tokens / s
+    jax_tokens_per_s / torch_tokens_per_s  steady state (median of --repeats interleaved timed
+                                           calls, after one warm-up call), generated tokens / s
     ratio                                  jax / torch
+    jax_cpu_s / torch_cpu_s, cpu_time_ratio  process CPU time (all threads) per call: steadier
+                                           than wall time on a machine shared with other jobs
     jax_first_call_s                       the first call, compilation included
     tokens_identical                       greedy outputs agree token for token
 
@@ -44,13 +46,11 @@ def _parse():
     return p.parse_args()
 
 
-def _timed(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return out, statistics.median(times)
+def _timed(fn):
+    """(output, wall seconds, CPU seconds of this process, all threads)."""
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t, time.process_time() - c
 
 
 def main():
@@ -89,7 +89,6 @@ def main():
     t = time.perf_counter()
     jax_out = run_jax()
     jax_first = time.perf_counter() - t
-    jax_out, jax_time = _timed(run_jax, args.repeats)
 
     # --- PyTorch / transformers ---------------------------------------------------------------
     tokens_BxP, mask_BxP = left_pad(prompts)
@@ -104,7 +103,17 @@ def main():
             )
 
     run_torch()  # Warm-up.
-    torch_out, torch_time = _timed(run_torch, args.repeats)
+    # Interleaved repeats, so load changes on a shared machine hit both sides alike.
+    jax_wall, jax_cpu, torch_wall, torch_cpu = [], [], [], []
+    for _ in range(args.repeats):
+        jax_out, wall, cpu = _timed(run_jax)
+        jax_wall.append(wall)
+        jax_cpu.append(cpu)
+        torch_out, wall, cpu = _timed(run_torch)
+        torch_wall.append(wall)
+        torch_cpu.append(cpu)
+    jax_time, torch_time = statistics.median(jax_wall), statistics.median(torch_wall)
+    jax_cpu, torch_cpu = statistics.median(jax_cpu), statistics.median(torch_cpu)
     torch_tokens = torch_out[:, tokens_BxP.shape[1]:].tolist()
 
     generated = args.batch * n
@@ -122,6 +131,9 @@ def main():
         "ratio": round(torch_time / jax_time, 2),
         "jax_s": round(jax_time, 4),
         "torch_s": round(torch_time, 4),
+        "jax_cpu_s": round(jax_cpu, 4),
+        "torch_cpu_s": round(torch_cpu, 4),
+        "cpu_time_ratio": round(torch_cpu / jax_cpu, 2),
         "jax_first_call_s": round(jax_first, 2),
         "tokens_identical": jax_out.tokens == torch_tokens,
         "batch": args.batch,

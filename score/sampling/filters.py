@@ -90,18 +90,24 @@ def sample_token(
     decoding (a point mass). Ties in greedy decoding go to the lowest id, like `torch.argmax`.
 
     `greedy` may be a Python bool (the other branch is not traced) or a traced boolean
-    scalar (both branches are computed and one is selected, so greedy and sampled calls share
-    one compilation; `temperature` must then be > 0 even when greedy, e.g. 1).
+    scalar (both branches are compiled, `lax.cond` runs one, so greedy and sampled calls
+    share one compilation; `temperature` must then be > 0 even when greedy, e.g. 1).
     """
     logits_BxV = logits_BxV.astype(jnp.float32)
-    argmax_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    if greedy is True:
-        return argmax_B, jnp.zeros(argmax_B.shape, jnp.float32)
-    filtered_BxV = filter_logits(logits_BxV, temperature=temperature, top_k=top_k, top_p=top_p)
-    token_B = jax.random.categorical(rng, filtered_BxV, axis=-1).astype(jnp.int32)
-    logp_BxV = jax.nn.log_softmax(filtered_BxV, axis=-1)
-    sample_logp_B = jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
-    if greedy is False:
-        return token_B, sample_logp_B
-    greedy = jnp.asarray(greedy)
-    return jnp.where(greedy, argmax_B, token_B), jnp.where(greedy, 0.0, sample_logp_B)
+
+    def greedy_fn(logits_BxV):
+        token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+        return token_B, jnp.zeros(token_B.shape, jnp.float32)
+
+    def sample_fn(logits_BxV):
+        filtered_BxV = filter_logits(
+            logits_BxV, temperature=temperature, top_k=top_k, top_p=top_p
+        )
+        token_B = jax.random.categorical(rng, filtered_BxV, axis=-1).astype(jnp.int32)
+        logp_BxV = jax.nn.log_softmax(filtered_BxV, axis=-1)
+        return token_B, jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
+
+    if isinstance(greedy, bool):
+        return greedy_fn(logits_BxV) if greedy else sample_fn(logits_BxV)
+    # Traced flag: `lax.cond` runs only the selected branch.
+    return jax.lax.cond(jnp.asarray(greedy), greedy_fn, sample_fn, logits_BxV)
