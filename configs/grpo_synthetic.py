@@ -46,17 +46,18 @@ def rl_config(**overrides):
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, seed=0, steps=60, warmup_steps=300,
-                             num_digits=3)
+  arg = config_lib.parse_arg(arg, runlocal=False, seed=0, steps=60, warmup_steps=400,
+                             num_digits=2, p_wrong_first=0.5, lr=3e-4)
   c = ml_collections.ConfigDict()
   c.trainer = "grpo"
   c.title = "GRPO on synthetic addition (greedy, held-out problems)"
   c.seed = arg.seed
   c.task = sft_synthetic.task_config(num_digits=arg.num_digits)
+  c.task.p_wrong_first = arg.p_wrong_first
   c.model = sft_synthetic.tiny_model_config(hidden_size=32 if arg.runlocal else 64)
   c.warmup = ml_collections.ConfigDict(dict(
       steps=10 if arg.runlocal else arg.warmup_steps, batch_size=16 if arg.runlocal else 128,
-      lr=1e-3, warmup_steps=0, schedule="constant", grad_clip=1.0, weight_decay=0.0,
+      lr=2e-3, warmup_steps=0, schedule="constant", grad_clip=1.0, weight_decay=0.0,
       checkpoint_every=5 if arg.runlocal else 100))
   c.eval = ml_collections.ConfigDict(dict(
       num_problems=16 if arg.runlocal else 500, seed=12345, batch_size=256))
@@ -64,7 +65,7 @@ def get_config(arg=None):
   c.rl = rl_config(
       seed=arg.seed, steps=2 if arg.runlocal else arg.steps,
       prompts_per_step=4 if arg.runlocal else 32, samples_per_prompt=4 if arg.runlocal else 8,
-      num_epochs=2 if arg.runlocal else 1, num_minibatches=2 if arg.runlocal else 1,
+      num_epochs=2 if arg.runlocal else 1, num_minibatches=2 if arg.runlocal else 1, lr=arg.lr,
       checkpoint_every=1 if arg.runlocal else 20, log_every=1 if arg.runlocal else 5)
   c.lock()
   return c
