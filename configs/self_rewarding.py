@@ -37,7 +37,7 @@ def get_config(arg=None):
   c.seed = arg.seed
   c.iterations = arg.iterations
   c.prompt_format = "chat"
-  c.max_len = 640 if local else 4096  # prompt + response tokens (ours)
+  c.max_len = 256 if local else 4096  # prompt + response tokens (ours)
   c.sample_batch_size = 64 if local else 256  # ours
   c.save_models = True  # HF checkpoints of M1, M2, ... under <workdir>/models
 
@@ -49,12 +49,13 @@ def get_config(arg=None):
 
   c.data = ml_collections.ConfigDict(dict(
       ift_path=arg.ift_path, eft_path=arg.eft_path,
-      ift_size=3200, eft_train_size=1630, eft_eval_size=541, eft_require_agreement=True,
+      ift_size=3200, eft_train_size=400 if local else 1630, eft_eval_size=64 if local else 541,
+      eft_require_agreement=True,
       # Synthetic ranked prompts when `eft_path` is empty (runlocal).
       synthetic_prompts=160 if local else 4000))
 
   c.sft = ml_collections.ConfigDict(dict(
-      steps=300 if local else 2000, batch_size=16, lr=1e-3 if local else 5.5e-6,
+      steps=200 if local else 2000, batch_size=16, lr=1e-3 if local else 5.5e-6,
       schedule="cosine", end_lr_factor=0.2, warmup_steps=0, grad_clip=1.0, weight_decay=0.0,
       checkpoint_every=100 if local else 200))
 

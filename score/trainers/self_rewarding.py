@@ -370,7 +370,7 @@ def synthetic_prompts(ctx: "Loop", t: int, seen: Sequence[str]) -> list[dict]:
   stand-in for a capable prompt generator in the tiny runlocal demo, where a random model
   cannot write tasks. Filtered like generated ones."""
   cfg = ctx.config.self_instruct
-  ranked = data_lib.synthetic_ranked(cfg.num_prompts * 2 + 8,
+  ranked = data_lib.synthetic_ranked(cfg.num_prompts * 8 + 8,
                                      seed=stable_seed(ctx.config.seed, t, "synthetic"))
   texts = [r.prompt for r in ranked]
   fates = data_lib.filter_prompts(texts, seen=seen, min_chars=cfg.min_chars,
@@ -404,7 +404,9 @@ def make_tiny_checkpoint(path: str, corpus: Sequence[str], model_cfg, *, vocab_s
   from score.models import hf  # pylint: disable=g-import-not-at-top
 
   tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  # No word splitting: merges may span spaces, so the fixed judge and few-shot texts become
+  # a few dozen tokens (short sequences keep the CPU demo fast).
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
       vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "<|end|>"], show_progress=False,
@@ -485,7 +487,7 @@ class Loop:
     self.ift = [data_lib.IFTExample(**r) for r in data_lib.read_jsonl(self.path("data", "ift.jsonl"))]
     self.eft_train = [data_lib.EFTExample(**r)
                       for r in data_lib.read_jsonl(self.path("data", "eft_train.jsonl"))]
-    self.judge_eval = data_lib.load_ranked(self.path("data", "judge_eval.jsonl"))
+    self.judge_eval_prompts = data_lib.load_ranked(self.path("data", "judge_eval.jsonl"))
     if not self.ift:
       raise ValueError("no IFT examples: set data.ift_path or give ranked data")
 
@@ -497,11 +499,11 @@ class Loop:
     if not model_dir:
       model_dir = self.path("m0")
       if not os.path.exists(os.path.join(model_dir, "config.json")):
-        corpus = ([judge_lib.JUDGE_PROMPT, data_lib.FEW_SHOT_TEMPLATE, CHAT_TEMPLATE]
+        corpus = ([data_lib.FEW_SHOT_TEMPLATE, CHAT_TEMPLATE]
                   + [x.instruction + "\n" + x.response for x in self.ift]
-                  + [x.response + "\n" + x.target for x in self.eft_train]
-                  + [r.prompt + "\n" + "\n".join(r.responses) for r in self.judge_eval])
-        make_tiny_checkpoint(model_dir, corpus * 4, self.config.model,
+                  + [judge_lib.judge_prompt(x.instruction, x.response) + "\n" + x.target
+                     for x in self.eft_train])
+        make_tiny_checkpoint(model_dir, corpus, self.config.model,
                              vocab_size=self.config.model.vocab_size, seed=self.config.seed)
     elif not os.path.isdir(model_dir):
       raise FileNotFoundError(f"model.model_dir {model_dir!r} is not a directory; point it at a "
@@ -554,7 +556,7 @@ class Loop:
   def prompts_phase(self, t: int) -> list[dict]:
     path = self.path(f"iter{t}", "prompts.jsonl")
     if not os.path.exists(path):
-      seen = [x.instruction for x in self.ift] + [r.prompt for r in self.judge_eval]
+      seen = [x.instruction for x in self.ift] + [r.prompt for r in self.judge_eval_prompts]
       for s in range(1, t):
         seen += [r["prompt"] for r in data_lib.read_jsonl(self.path(f"iter{s}", "prompts.jsonl"))]
       source = self.config.self_instruct.source
@@ -652,7 +654,7 @@ class Loop:
     path = self.path("eval", f"judge_{name}.json")
     if not os.path.exists(path):
       items, where = [], []
-      for r in self.judge_eval:
+      for r in self.judge_eval_prompts:
         for i, resp in enumerate(r.responses):
           items.append((r.prompt, resp))
           where.append((r.id, i, r.ranks[i]))
@@ -666,8 +668,8 @@ class Loop:
       by_prompt = collections.defaultdict(dict)
       for (pid, i, _), j in zip(where, judged):
         by_prompt[pid][i] = j["score"]
-      scores = [[by_prompt[r.id][i] for i in range(len(r.responses))] for r in self.judge_eval]
-      metrics = judge_quality(scores, [list(r.ranks) for r in self.judge_eval])
+      scores = [[by_prompt[r.id][i] for i in range(len(r.responses))] for r in self.judge_eval_prompts]
+      metrics = judge_quality(scores, [list(r.ranks) for r in self.judge_eval_prompts])
       reasons = collections.Counter(x["reason"] for j in judged for x in j["judgments"])
       num = sum(reasons.values())
       metrics["malformed_pct"] = 100.0 * (num - reasons.get("ok", 0)) / num if num else 0.0
