@@ -129,7 +129,7 @@ def rollout(
     if len(budgets) != num_turns:
         raise ValueError(f"rollout: {len(budgets)} max_new_tokens for {num_turns} turns")
     instruction_fn = _as_instruction_fn(instruction)
-    key = jax.random.key(seed) if isinstance(seed, int) else seed
+    key = jax.random.key(int(seed)) if isinstance(seed, (int, np.integer)) else seed
 
     prompt_index_B = np.repeat(np.arange(len(prompts)), samples_per_prompt)
     batch = len(prompt_index_B)

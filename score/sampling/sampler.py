@@ -414,7 +414,7 @@ def generate(
     tokens_BxP, mask_BxP = left_pad(prompts, length=length, batch_size=batch, pad_id=pad_id)
     max_new_B = np.zeros((batch,), np.int32)
     max_new_B[: len(prompts)] = limits
-    rng = jax.random.key(seed) if isinstance(seed, int) else seed
+    rng = jax.random.key(int(seed)) if isinstance(seed, (int, np.integer)) else seed
     out = generate_arrays(
         model,
         tokens_BxP,
