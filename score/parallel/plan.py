@@ -1,0 +1,295 @@
+r"""Memory planning: per-device bytes of a training step and of sampling on a given mesh.
+
+  python -m score.parallel.plan --preset qwen2.5-0.5b --mesh data=1,fsdp=8,tensor=1 \
+      --batch 64 --seq 2048
+  python -m score.parallel.plan --preset qwen2.5-0.5b,qwen2.5-1.5b,qwen2.5-7b \
+      --mesh fsdp=1 --mesh fsdp=8 --mesh fsdp=64 --no-compile
+  python -m score.parallel.plan --model-dir /ckpt/Qwen2.5-1.5B-Instruct --mesh fsdp=-1
+  python -m score.parallel.plan --config configs/score_math.py --mesh fsdp=8
+
+Rows (per device, bytes of the shards the logical-axis rules give that device):
+  params       parameter shards (`param_dtype`), from `nnx.eval_shape` of the model;
+  grads        gradient shards (same sharding and dtype as the params);
+  optimizer    Adam's `mu` and `nu` in fp32: 2 × params × 4 bytes / param element;
+  activations  an *estimate* of what the backward pass keeps: per layer and token
+               (compute dtype `a` bytes) a·(4D + 3NH + 4KH + 4F) for the projections plus
+               (4 + a)·N·T for the attention scores (fp32) and probabilities, with N, K, F
+               divided by `tensor` when it divides them; with `--remat block` only each
+               block's input a·D is kept per layer, plus one layer's full set; plus the
+               chunked log-softmax (B × 128 × V fp32, three copies). Batch rows per device
+               = ceil(B / (data × fsdp)).
+  kv cache     sampling cache for the same B × T: 2 · layers · B · T · K · H · a;
+  compiled     `memory_analysis()` of the compiled SFT-style train step (arguments, outputs,
+               temporaries, per device) when the mesh fits the local devices and
+               `--no-compile` is not given. CPU compiles of billion-parameter models are slow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from score.models import ModelConfig, Transformer
+from score.parallel import mesh as mesh_lib
+
+_LOGP_CHUNK = 128  # token_logprobs' default chunk
+
+
+@dataclasses.dataclass
+class MemoryPlan:
+  """Per-device bytes; `compiled` holds `memory_analysis()` fields when a compile ran."""
+  model: str
+  mesh: dict[str, int]
+  batch: int
+  seq: int
+  num_params: int
+  params: int
+  grads: int
+  optimizer: int
+  activations: int
+  kv_cache: int
+  compiled: dict[str, int] | None = None
+
+  @property
+  def devices(self) -> int:
+    return math.prod(self.mesh.values())
+
+  @property
+  def train_total(self) -> int:
+    return self.params + self.grads + self.optimizer + self.activations
+
+
+def abstract_params(config: ModelConfig):
+  """`(flat {key: ShapeDtypeStruct}, {key: logical names})` without allocating anything."""
+  state = nnx.state(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+  axes = mesh_lib.logical_axes(state)
+  leaves = jax.tree_util.tree_leaves(state)
+  return dict(zip(axes, leaves)), axes
+
+
+def shard_shape(shape: Sequence[int], spec, sizes: dict[str, int]) -> tuple[int, ...]:
+  """The per-device block of an array of `shape` split by `spec` (ceil for uneven splits)."""
+  out = []
+  for i, dim in enumerate(shape):
+    entry = spec[i] if i < len(spec) else None
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    out.append(-(-dim // math.prod(sizes[a] for a in axes)))
+  return tuple(out)
+
+
+def _split(n: int, ways: int) -> float:
+  return n / ways if ways > 1 and n % ways == 0 else n
+
+
+def activation_bytes(c: ModelConfig, sizes: dict[str, int], batch: int, seq: int,
+                     remat: bool) -> int:
+  """Estimate of the activations a train step keeps for its backward pass (see module doc)."""
+  a = jnp.dtype(c.dtype).itemsize
+  t = sizes.get("tensor", 1)
+  b = -(-batch // mesh_lib.batch_divisor(sizes))
+  d, h, f = c.hidden_size, c.head_dim, c.intermediate_size
+  n, k = _split(c.num_heads, t), _split(c.num_kv_heads, t)
+  ff = _split(f, t)
+  per_token_layer = a * (4 * d + 3 * n * h + 4 * k * h + 4 * ff) + (4 + a) * n * seq
+  full_layer = b * seq * per_token_layer
+  if remat:
+    layers = c.num_layers * b * seq * d * a + full_layer
+  else:
+    layers = c.num_layers * full_layer
+  logits = 3 * b * min(_LOGP_CHUNK, seq) * _split(c.vocab_size, t) * 4
+  hidden = 2 * b * seq * d * a  # embeddings and final hidden states
+  return int(layers + logits + hidden)
+
+
+def kv_cache_bytes(c: ModelConfig, sizes: dict[str, int], batch: int, seq: int) -> int:
+  b = -(-batch // mesh_lib.batch_divisor(sizes))
+  k = _split(c.num_kv_heads, sizes.get("tensor", 1))
+  return int(2 * c.num_layers * b * seq * k * c.head_dim * jnp.dtype(c.dtype).itemsize)
+
+
+def compiled_memory(config: ModelConfig, mesh, batch: int, seq: int) -> dict[str, int]:
+  """`memory_analysis()` of the compiled train step on `mesh` (abstract inputs only)."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from score.models import token_logprobs  # pylint: disable=g-import-not-at-top
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+  leaves, treedef = jax.tree_util.tree_flatten(state)
+  axes = mesh_lib.logical_axes(state)
+  keys = list(axes)
+  shardings = [mesh_lib.named_sharding(mesh, axes[k], x.shape) for k, x in zip(keys, leaves)]
+  params = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+            for k, x, s in zip(keys, leaves, shardings)}
+  optimizer = optax.adam(1e-5)
+
+  def step(params, opt_state, tokens_BxL):
+    def nll(p):
+      model = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, [p[k] for k in keys]))
+      return -jnp.mean(token_logprobs(model, tokens_BxL))
+
+    loss, grads = jax.value_and_grad(nll)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  opt_shape = jax.eval_shape(optimizer.init, params)
+  param_shardings = {k: s for k, s in zip(keys, shardings)}
+  opt_shardings = mesh_lib.opt_state_shardings(opt_shape, param_shardings, mesh)
+  opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                           opt_shape, opt_shardings)
+  tokens = jax.ShapeDtypeStruct((batch, seq), jnp.int32,
+                                sharding=mesh_lib.batch_sharding(mesh))
+  compiled = jax.jit(step, out_shardings=(param_shardings, opt_shardings,
+                                          mesh_lib.replicated(mesh)),
+                     donate_argnums=(0, 1)).lower(params, opt_state, tokens).compile()
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return {}
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "temp_size_in_bytes", "generated_code_size_in_bytes")
+  return {f.replace("_size_in_bytes", ""): int(getattr(stats, f, 0) or 0) for f in fields}
+
+
+def plan(config: ModelConfig, mesh_shape: mesh_lib.MeshShape | str, *, batch: int, seq: int,
+         name: str = "", num_devices: int | None = None, remat: bool | None = None,
+         compile: bool = False) -> MemoryPlan:  # pylint: disable=redefined-builtin
+  """The `MemoryPlan` of `config` on a mesh; `num_devices` (default: all devices) only
+  resolves a -1 axis."""
+  shape = mesh_lib.mesh_shape(mesh_shape)
+  fixed = [s for s in (shape.data, shape.fsdp, shape.tensor) if s != -1]
+  if len(fixed) == 3:
+    num_devices = math.prod(fixed)
+  elif num_devices is None:
+    num_devices = jax.device_count()
+  sizes = dict(zip(mesh_lib.AXES, shape.resolve(num_devices)))
+  remat = config.remat if remat is None else remat
+  params, axes = abstract_params(config)
+  n_params = param_bytes = shard_elems = 0
+  for key, x in params.items():
+    spec = mesh_lib.logical_to_spec(axes[key], x.shape, sizes)
+    elems = math.prod(shard_shape(x.shape, spec, sizes))
+    n_params += math.prod(x.shape)
+    shard_elems += elems
+    param_bytes += elems * jnp.dtype(x.dtype).itemsize
+  compiled = None
+  if compile:
+    if math.prod(sizes.values()) <= jax.device_count():
+      devices = jax.devices()[:math.prod(sizes.values())]
+      mesh = mesh_lib.make_mesh(sizes["data"], sizes["fsdp"], sizes["tensor"], devices=devices)
+      compiled = compiled_memory(config.replace(remat=remat), mesh, batch, seq)
+  return MemoryPlan(
+      model=name or f"D={config.hidden_size},L={config.num_layers}", mesh=sizes, batch=batch,
+      seq=seq, num_params=n_params, params=param_bytes, grads=param_bytes,
+      optimizer=2 * shard_elems * 4,
+      activations=activation_bytes(config, sizes, batch, seq, remat),
+      kv_cache=kv_cache_bytes(config, sizes, batch, seq), compiled=compiled)
+
+
+def format_bytes(n: float) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if abs(n) < 1024 or unit == "TiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+    n /= 1024
+  return str(n)
+
+
+def format_table(plans: Sequence[MemoryPlan]) -> str:
+  """A Markdown table, one row per plan."""
+  head = ("| model | params | mesh (data,fsdp,tensor) | B×T | params/dev | grads/dev | "
+          "Adam/dev | activations/dev (est.) | train total/dev | KV cache/dev | "
+          "compiled args+temp/dev |")
+  rows = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+  for p in plans:
+    comp = "—"
+    if p.compiled:
+      comp = format_bytes(p.compiled.get("argument", 0) + p.compiled.get("temp", 0))
+    rows.append(
+        f"| {p.model} | {p.num_params / 1e9:.2f}B | {p.mesh['data']},{p.mesh['fsdp']},"
+        f"{p.mesh['tensor']} ({p.devices}) | {p.batch}×{p.seq} | {format_bytes(p.params)} | "
+        f"{format_bytes(p.grads)} | {format_bytes(p.optimizer)} | "
+        f"{format_bytes(p.activations)} | {format_bytes(p.train_total)} | "
+        f"{format_bytes(p.kv_cache)} | {comp} |")
+  return "\n".join(rows)
+
+
+def _config_from_file(spec: str) -> tuple[str, ModelConfig, Any]:
+  """(name, ModelConfig, mesh section or None) from `configs/x.py[:arg]`."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_plan_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  cfg = module.get_config(arg or None)
+  model = cfg.model
+  if model.get("model_dir"):
+    from score.models import hf  # pylint: disable=g-import-not-at-top
+    config = hf.load_config(model.model_dir)
+  elif model.get("preset"):
+    config = ModelConfig.preset(model.preset)
+  else:
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    overrides = {k: v for k, v in model.items() if k in fields and k != "vocab_size"}
+    config = ModelConfig.tiny(vocab_size=model.get("vocab_size", 128), **overrides)
+  return path, config, cfg.get("mesh")
+
+
+def main(argv: Sequence[str] | None = None) -> list[MemoryPlan]:
+  parser = argparse.ArgumentParser(
+      prog="python -m score.parallel.plan", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--preset", help="comma-separated ModelConfig presets, e.g. qwen2.5-1.5b")
+  source.add_argument("--model-dir", help="a Hugging Face checkpoint directory (config.json)")
+  source.add_argument("--config", help="an experiment config, path.py[:arg]")
+  parser.add_argument("--mesh", action="append",
+                      help="data=..,fsdp=..,tensor=.. (repeatable; default: the config's or "
+                           "fsdp over all local devices)")
+  parser.add_argument("--devices", type=int, default=None,
+                      help="device count for a mesh with a -1 axis (default: local devices)")
+  parser.add_argument("--batch", type=int, default=64, help="global batch (rows)")
+  parser.add_argument("--seq", type=int, default=2048, help="sequence length (tokens)")
+  parser.add_argument("--remat", choices=("none", "block"), default="none")
+  parser.add_argument("--dtype", default=None,
+                      help="compute dtype (activations, KV cache), e.g. bfloat16")
+  parser.add_argument("--no-compile", action="store_true",
+                      help="skip the compiled step's memory_analysis()")
+  args = parser.parse_args(argv)
+
+  models: list[tuple[str, ModelConfig]] = []
+  meshes = args.mesh
+  if args.preset:
+    models = [(n, ModelConfig.preset(n)) for n in args.preset.split(",")]
+  elif args.model_dir:
+    from score.models import hf  # pylint: disable=g-import-not-at-top
+    models = [(args.model_dir, hf.load_config(args.model_dir))]
+  else:
+    name, config, mesh_cfg = _config_from_file(args.config)
+    models = [(name, config)]
+    if not meshes and mesh_cfg is not None:
+      s = mesh_lib.mesh_shape(mesh_cfg)
+      meshes = [f"data={s.data},fsdp={s.fsdp},tensor={s.tensor}"]
+      if args.remat == "none" and mesh_cfg.get("remat"):
+        args.remat = mesh_cfg.remat
+  meshes = meshes or ["data=1,fsdp=-1,tensor=1"]
+  plans = []
+  for name, config in models:
+    if args.dtype:
+      config = config.replace(dtype=jnp.dtype(args.dtype))
+    for m in meshes:
+      plans.append(plan(config, m, batch=args.batch, seq=args.seq, name=name,
+                        num_devices=args.devices, remat=args.remat == "block",
+                        compile=not args.no_compile))
+  print(format_table(plans))
+  if not args.no_compile and any(p.compiled is None for p in plans):
+    print(f"(compiled column only for meshes of ≤ {jax.device_count()} devices here)")
+  return plans
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

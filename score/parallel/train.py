@@ -1,0 +1,129 @@
+"""Sharded train steps, gradient accumulation over micro-batches, and remat from config.
+
+A trainer's step is a pure function `step(params, opt_state, *batch) -> (params, opt_state,
+metrics)` (e.g. `score.trainers.sft.make_sft_step`). `shard_step` compiles it with
+`jax.jit(in_shardings=..., out_shardings=...)`: params and optimizer state stay where the
+rules put them, batch arrays arrive split over `data × fsdp`, and XLA's partitioner inserts
+the collectives (all-gathers of fsdp-split weights, reduce-scatters of their gradients,
+all-reduces over `data`). The same code runs on one device with a 1×1×1 mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from score.parallel import mesh as mesh_lib
+
+REMAT_MODES = ("none", "block")
+
+
+def shard_step(step_fn: Callable, shardings: mesh_lib.TrainShardings, *, num_batch_args: int,
+               donate: bool = False, rules=mesh_lib.RULES) -> Callable:
+  """`jax.jit(step_fn)` with params / opt state per `shardings` and batch args over data×fsdp.
+
+  Args:
+    step_fn: `(params, opt_state, *batch) -> (params, opt_state, metrics)`; may already be
+      jitted (the inner jit is inlined).
+    shardings: from `shard_train_state`.
+    num_batch_args: how many `[B, ...]` arrays follow `opt_state`.
+    donate: donate the params and optimizer-state buffers (halves peak memory of the update;
+      the caller must not reuse the arrays it passed in).
+    rules: logical-axis rules (for the batch sharding).
+
+  Returns:
+    The compiled-on-first-call step. Metrics come back replicated.
+  """
+  mesh = shardings.mesh
+  batch = mesh_lib.batch_sharding(mesh, rules)
+  fn = getattr(step_fn, "__wrapped__", step_fn)
+  return jax.jit(
+      fn,
+      in_shardings=(shardings.params, shardings.opt_state) + (batch,) * num_batch_args,
+      out_shardings=(shardings.params, shardings.opt_state, mesh_lib.replicated(mesh)),
+      donate_argnums=(0, 1) if donate else ())
+
+
+def split_micro_batches(x_BxR: jax.Array, num_micro_batches: int) -> jax.Array:
+  """`[B, ...] -> [M, B/M, ...]`, micro-batch m = rows m, m+M, m+2M, ...
+
+  Strided (not contiguous) rows, so with the batch split over devices in contiguous blocks
+  every micro-batch stays spread over all devices: no data moves.
+  """
+  b = x_BxR.shape[0]
+  if b % num_micro_batches:
+    raise ValueError(f"batch of {b} rows does not split into {num_micro_batches} micro-batches")
+  x = x_BxR.reshape((b // num_micro_batches, num_micro_batches) + x_BxR.shape[1:])
+  return jnp.swapaxes(x, 0, 1)
+
+
+def accumulate_gradients(loss_fn: Callable, num_micro_batches: int, *, has_aux: bool = False,
+                         mesh: Mesh | None = None, rules=mesh_lib.RULES) -> Callable:
+  """`jax.value_and_grad(loss_fn)` over micro-batches, accumulated with `lax.scan`.
+
+  `loss_fn(params, *batch)` with `[B, ...]` batch arrays. Returns a function with the same
+  arguments giving `(loss, grads)` (or `((loss, aux), grads)`), where loss, grads and aux
+  are the *means* over the M micro-batches. That equals the full-batch value when the loss is
+  a mean over rows of equal weight (sequence- or constant-normalised losses); a token-level
+  mean over micro-batches of unequal token counts weights tokens slightly differently.
+  Peak activation memory is that of one micro-batch of B/M rows.
+
+  Args:
+    loss_fn: the per-batch loss.
+    num_micro_batches: M; 1 is plain `value_and_grad`.
+    has_aux: `loss_fn` returns `(loss, aux)`.
+    mesh: if given, each micro-batch is constrained to the batch sharding.
+    rules: logical-axis rules (with `mesh`).
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
+  if num_micro_batches == 1:
+    return grad_fn
+
+  def accumulated(params, *batch):
+    micro = jax.tree.map(lambda x: split_micro_batches(x, num_micro_batches), batch)
+
+    def body(carry, mb):
+      if mesh is not None:
+        mb = jax.lax.with_sharding_constraint(mb, mesh_lib.batch_sharding(mesh, rules))
+      out, grads = grad_fn(params, *mb)
+      carry = jax.tree.map(jnp.add, carry, (out, grads))
+      return carry, None
+
+    zeros = jax.tree.map(jnp.zeros_like,
+                         jax.eval_shape(grad_fn, params, *jax.tree.map(lambda x: x[0], micro)))
+    total, _ = jax.lax.scan(body, zeros, micro)
+    return jax.tree.map(lambda t: t / num_micro_batches, total)
+
+  return accumulated
+
+
+def with_accumulation(optimizer: optax.GradientTransformation,
+                      num_micro_batches: int) -> optax.GradientTransformation:
+  """`optax.MultiSteps`: the alternative to `accumulate_gradients` when each micro-batch is
+  its own call of the step (params change only every M calls). Identity for M = 1."""
+  if num_micro_batches == 1:
+    return optimizer
+  return optax.MultiSteps(optimizer, every_k_schedule=num_micro_batches)
+
+
+def apply_remat(model_config, remat: str):
+  """`ModelConfig` with rematerialisation set from the config's `mesh.remat`.
+
+  "none": keep every activation for the backward pass; "block": keep only each Transformer
+  block's input and recompute the block in the backward pass (`nnx.remat` per layer;
+  activation memory drops from ~L × per-layer activations to ~L × B×T×D + one layer's).
+  """
+  if remat not in REMAT_MODES:
+    raise ValueError(f"remat={remat!r}; expected one of {REMAT_MODES}")
+  return model_config.replace(remat=remat == "block")
+
+
+def set_remat(model: nnx.Module, remat: str) -> nnx.Module:
+  """Switches remat on an existing `Transformer` (before `Policy.split`, which freezes it)."""
+  model.config = apply_remat(model.config, remat)
+  return model
