@@ -1,0 +1,141 @@
+"""Two JAX processes on localhost (`jax.distributed`, coordinator on 127.0.0.1), 4 CPU devices
+each, run one sharded SFT step on a (data=2, fsdp=4) mesh over all 8 devices, save and
+restore a sharded orbax checkpoint together, and must agree with each other and with the
+same step run by one process on 8 devices.
+
+This file is also the worker: `python tests/test_parallel_multiprocess.py PORT ID OUT CKPT`.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+_WORKER_DEVICES = 4
+_GLOBAL_BATCH = 8
+
+
+def _problem():
+  """Model, policy, params, optimizer, SFT step and the global batch (same in every process)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from score.models import ModelConfig, Transformer  # pylint: disable=g-import-not-at-top
+  from score.trainers.common import Policy, make_optimizer  # pylint: disable=g-import-not-at-top
+  from score.trainers.sft import make_sft_step  # pylint: disable=g-import-not-at-top
+
+  config = ModelConfig.tiny(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4,
+                            num_kv_heads=2, head_dim=8, intermediate_size=64)
+  model = Transformer(config, rngs=nnx.Rngs(0))
+  policy, params = Policy.split(model)
+  optimizer = make_optimizer(ml_collections.ConfigDict(dict(lr=1e-3)), 10)
+  tokens = np.random.default_rng(0).integers(1, 64, (_GLOBAL_BATCH, 10)).astype(np.int32)
+  mask = np.ones_like(tokens)
+  loss_mask = mask.copy()
+  loss_mask[:, :3] = 0
+  return model, params, optimizer, make_sft_step(policy, optimizer), (tokens, mask, loss_mask)
+
+
+def _summary(params, metrics):
+  return {"loss": float(metrics["loss"]),
+          "sums": {k: float(np.asarray(v, np.float64).sum()) for k, v in params.items()}}
+
+
+def _worker(port: int, process_id: int, out_path: str, ckpt_dir: str):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from score import parallel  # pylint: disable=g-import-not-at-top
+
+  started = parallel.initialize_distributed(parallel.distributed_config(
+      enabled=True, coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+      process_id=process_id))
+  assert started and jax.process_count() == 2 and jax.device_count() == 2 * _WORKER_DEVICES
+  model, params, optimizer, step, batch = _problem()
+  mesh = parallel.make_mesh(2, 4, 1)
+  p, o, shardings = parallel.shard_train_state(params, optimizer.init(params), mesh,
+                                               parallel.logical_axes(model))
+  assert not p["['embed'].value"].is_fully_addressable  # really spans both processes
+  rows = parallel.process_batch_slice(_GLOBAL_BATCH)
+  local = tuple(x[rows] for x in batch)
+  sharded_step = parallel.shard_step(step, shardings, num_batch_args=3)
+  new_p, new_o, metrics = sharded_step(p, o, *parallel.shard_batch(local, mesh))
+  ckpt = parallel.ShardedCheckpointer(ckpt_dir)
+  ckpt.save(1, {"params": new_p, "opt_state": new_o}, {"step": 1}, force=True)
+  ckpt.close()
+  _, restored, extra = parallel.ShardedCheckpointer(ckpt_dir).restore(
+      parallel.abstract_like({"params": new_p, "opt_state": new_o}))
+  gathered = parallel.gather(new_p)
+  restored_gathered = parallel.gather(restored["params"])
+  result = _summary(gathered, jax.device_get(metrics))
+  result["restored_equal"] = all(
+      np.array_equal(restored_gathered[k], gathered[k]) for k in gathered)
+  result["extra"] = extra
+  result["process_index"] = jax.process_index()
+  with open(out_path, "w") as f:
+    json.dump(result, f)
+  parallel.sync("done")
+  jax.distributed.shutdown()
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_one(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from score import parallel  # pylint: disable=g-import-not-at-top
+
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices for the single-process reference")
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={_WORKER_DEVICES}",
+             PYTHONPATH=os.pathsep.join(filter(None, [
+                 os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                 os.environ.get("PYTHONPATH")])))
+  for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    env.pop(var, None)
+  outs = [tmp_path / f"out{i}.json" for i in range(2)]
+  procs = [subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), str(port), str(i), str(outs[i]),
+       str(tmp_path / "ckpt")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for i in range(2)]
+  logs = []
+  try:
+    for p in procs:
+      logs.append(p.communicate(timeout=420)[0])
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-4000:]
+  results = [json.loads(o.read_text()) for o in outs]
+  assert [r["process_index"] for r in results] == [0, 1]
+  assert results[0]["loss"] == results[1]["loss"]
+  assert results[0]["sums"] == results[1]["sums"]
+  assert all(r["restored_equal"] and r["extra"] == {"step": 1} for r in results)
+
+  # The same step in this process on 8 devices with the same mesh.
+  model, params, optimizer, step, batch = _problem()
+  mesh = parallel.make_mesh(2, 4, 1)
+  p, o, shardings = parallel.shard_train_state(params, optimizer.init(params), mesh,
+                                               parallel.logical_axes(model))
+  new_p, _, metrics = parallel.shard_step(step, shardings, num_batch_args=3)(
+      p, o, *parallel.shard_batch(batch, mesh))
+  ref = _summary(jax.device_get(new_p), jax.device_get(metrics))
+  np.testing.assert_allclose(results[0]["loss"], ref["loss"], rtol=1e-5)
+  for k, v in ref["sums"].items():
+    np.testing.assert_allclose(results[0]["sums"][k], v, rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+if __name__ == "__main__":
+  _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
