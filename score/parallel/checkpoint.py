@@ -19,7 +19,6 @@ import os
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
 
 
 def abstract_like(tree, shardings=None):
@@ -38,6 +37,8 @@ class ShardedCheckpointer:
   def __init__(self, directory: str, *, every: int = 1, keep: int = 2):
     self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.every = max(1, int(every))
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    self._ocp = ocp
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
@@ -53,6 +54,7 @@ class ShardedCheckpointer:
       return False
     if self._manager.latest_step() == step:
       return False
+    ocp = self._ocp
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra or {})), force=True)
     self._manager.wait_until_finished()
@@ -66,6 +68,7 @@ class ShardedCheckpointer:
     abstract = jax.tree.map(
         lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(
             x.shape, x.dtype, sharding=getattr(x, "sharding", None)), template)
+    ocp = self._ocp
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
     return step, restored["state"], dict(restored["extra"] or {})
