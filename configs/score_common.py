@@ -10,12 +10,14 @@ def warmup(steps=0, *, batch_size=256, lr=1e-3, checkpoint_every=100):
       grad_clip=1.0, weight_decay=0.0, checkpoint_every=checkpoint_every))
 
 
-def sampled_sft(*, num_problems, samples_per_prompt=4, steps, batch_size, lr,
+def sampled_sft(*, num_problems, samples_per_prompt=4, epochs=2, max_steps, batch_size, lr,
                 checkpoint_every=50):
-  """STaR / Pair-SFT: sample the base model at temperature 1, build the SFT set, fine-tune."""
+  """STaR / Pair-SFT: sample the base model at temperature 1, build the SFT set, fine-tune
+  for `epochs` passes over it (at most `max_steps` steps)."""
   return ml_collections.ConfigDict(dict(
       num_problems=num_problems, samples_per_prompt=samples_per_prompt, temperature=1.0,
-      steps=steps, batch_size=batch_size, lr=lr, warmup_steps=0, schedule="constant",
+      epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_steps=0,
+      schedule="constant",
       grad_clip=1.0, weight_decay=0.0, checkpoint_every=checkpoint_every))
 
 

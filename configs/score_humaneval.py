@@ -35,8 +35,8 @@ def get_config(arg=None):
                                           batch_size=4 if local else 64))
   c.methods = ("base", "self_refine", "pair_sft", "score")
   c.ablations = ("no_stage1", "no_shaping") if arg.ablations else ()
-  sft = dict(num_problems=4, steps=2, batch_size=2) if local else dict(
-      num_problems=374, steps=200, batch_size=32)
+  sft = dict(num_problems=4, max_steps=2, batch_size=2) if local else dict(
+      num_problems=374, max_steps=200, batch_size=32)
   c.star = score_common.sampled_sft(lr=1e-5, **sft)
   c.pair_sft = score_common.sampled_sft(lr=1e-5, **sft)
   c.rl = score_common.rl(

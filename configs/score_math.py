@@ -39,8 +39,8 @@ def get_config(arg=None):
   c.methods = ("base", "self_refine", "star", "pair_sft", "score")
   c.ablations = (("no_multi_turn", "no_stage1", "no_shaping", "star_stage2")
                  if arg.ablations else ())
-  sft = dict(num_problems=4, steps=2, batch_size=2) if local else dict(
-      num_problems=4096, steps=500, batch_size=64)
+  sft = dict(num_problems=4, max_steps=2, batch_size=2) if local else dict(
+      num_problems=4096, max_steps=500, batch_size=64)
   c.star = score_common.sampled_sft(lr=5e-6, **sft)
   c.pair_sft = score_common.sampled_sft(lr=5e-6, **sft)
   c.rl = score_common.rl(

@@ -32,8 +32,8 @@ def get_config(arg=None):
       num_problems=16 if arg.runlocal else 1000, seed=12345, batch_size=256))
   c.methods = ("base", "star", "pair_sft", "score")
   c.ablations = (("no_stage1", "no_shaping", "no_multi_turn") if arg.ablations else ())
-  sft = (dict(num_problems=8, steps=4, batch_size=8, checkpoint_every=2) if arg.runlocal
-         else dict(num_problems=512, steps=100, batch_size=128))
+  sft = (dict(num_problems=8, max_steps=4, batch_size=8, checkpoint_every=2) if arg.runlocal
+         else dict(num_problems=512, max_steps=100, batch_size=128))
   c.star = score_common.sampled_sft(lr=3e-4, **sft)
   c.pair_sft = score_common.sampled_sft(lr=3e-4, **sft)
   c.rl = score_common.rl(

@@ -91,8 +91,11 @@ def _sampled_sft(method, policy, base, env, cfg, *, workdir, writer, seed):
     writer.write_scalars(0, {f"{method}/num_examples": len(examples)})
   if not examples:
     return base
+  # `epochs` passes over the (often small) set, at most `max_steps` steps.
+  sft_cfg = common.unfrozen(common.frozen(cfg))
+  sft_cfg.steps = max(1, min(cfg.max_steps, -(-cfg.epochs * len(examples) // cfg.batch_size)))
   batches = sft_lib.ExampleBatches(examples, cfg.batch_size, seed=seed, pad_id=env.pad_id)
-  return sft_lib.train_sft(policy, base, batches, cfg, workdir=workdir, name=method,
+  return sft_lib.train_sft(policy, base, batches, sft_cfg, workdir=workdir, name=method,
                            writer=writer)
 
 
