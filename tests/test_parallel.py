@@ -162,7 +162,7 @@ def test_sharded_sft_step_matches_single_device(shape, sft_setup):
   mesh = parallel.make_mesh(*shape)
   p, o, shardings = parallel.shard_train_state(params, optimizer.init(params), mesh,
                                                parallel.logical_axes(model))
-  sharded_step = parallel.shard_step(step, shardings, num_batch_args=3)
+  sharded_step = parallel.shard_step(step, shardings)
   new_p, new_o, metrics = sharded_step(p, o, *parallel.shard_batch(batch, mesh))
   np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5)
   np.testing.assert_allclose(metrics["grad_norm"], ref_metrics["grad_norm"], rtol=1e-4)
@@ -173,6 +173,43 @@ def test_sharded_sft_step_matches_single_device(shape, sft_setup):
     np.testing.assert_allclose(adam_state(new_o).mu[k], adam_state(ref_opt).mu[k], atol=1e-7, rtol=1e-4,
                                err_msg=k)
   assert not np.allclose(ref_params["['embed'].value"], params["['embed'].value"])
+
+
+def test_shard_step_takes_dict_batches_static_args_and_two_models():
+  """GRPO/SCoRe/PPO-shaped steps: dict batch with a scalar, a static kwarg, 4 state args."""
+  require_devices()
+  mesh = parallel.make_mesh(2, 2, 2)
+  axes = {"w": ("embed", "mlp"), "b": ("mlp",)}
+  rng = np.random.default_rng(4)
+  params = {"w": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32), "b": jnp.zeros(4)}
+  value_params = {"w": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32), "b": jnp.ones(4)}
+  opt = optax.sgd(0.1)
+
+  def loss(p, batch, power):
+    y = batch["x"] @ p["w"] + p["b"]
+    return batch["scale"] * jnp.mean(jnp.sum(y * batch["t"][:, None], -1) ** power)
+
+  def step(params, opt_state, vparams, vopt_state, batch, *, power):
+    g, gv = jax.grad(lambda p, v: loss(p, batch, power) + loss(v, batch, 2), (0, 1))(
+        params, vparams)
+    u, opt_state = opt.update(g, opt_state)
+    uv, vopt_state = opt.update(gv, vopt_state)
+    return (optax.apply_updates(params, u), opt_state, optax.apply_updates(vparams, uv),
+            vopt_state, {"loss": loss(params, batch, power)})
+
+  batch = {"x": rng.normal(size=(8, 8)).astype(np.float32),
+           "t": rng.normal(size=(8,)).astype(np.float32), "scale": np.float32(0.5)}
+  ref = step(params, opt.init(params), value_params, opt.init(value_params), batch, power=2)
+  p, o, sh = parallel.shard_train_state(params, opt.init(params), mesh, axes)
+  v, vo, vsh = parallel.shard_train_state(value_params, opt.init(value_params), mesh, axes)
+  sharded = parallel.shard_step(step, (*sh, *vsh), mesh=mesh, static_argnames=("power",))
+  out = sharded(p, o, v, vo, parallel.shard_batch(batch, mesh), power=2)
+  assert out[0]["w"].sharding.spec == P("fsdp", "tensor")
+  assert out[2]["b"].sharding.spec == P("tensor")
+  for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(TypeError, match="static_argnames"):
+    sharded(p, o, v, vo, batch, exponent=2)
 
 
 @pytest.mark.parametrize("shape", MESHES)

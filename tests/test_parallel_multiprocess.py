@@ -61,7 +61,7 @@ def _worker(port: int, process_id: int, out_path: str, ckpt_dir: str):
   assert not p["['embed'].value"].is_fully_addressable  # really spans both processes
   rows = parallel.process_batch_slice(_GLOBAL_BATCH)
   local = tuple(x[rows] for x in batch)
-  sharded_step = parallel.shard_step(step, shardings, num_batch_args=3)
+  sharded_step = parallel.shard_step(step, shardings)
   new_p, new_o, metrics = sharded_step(p, o, *parallel.shard_batch(local, mesh))
   ckpt = parallel.ShardedCheckpointer(ckpt_dir)
   ckpt.save(1, {"params": new_p, "opt_state": new_o}, {"step": 1}, force=True)
@@ -129,7 +129,7 @@ def test_two_processes_agree_with_one(tmp_path):
   mesh = parallel.make_mesh(2, 4, 1)
   p, o, shardings = parallel.shard_train_state(params, optimizer.init(params), mesh,
                                                parallel.logical_axes(model))
-  new_p, _, metrics = parallel.shard_step(step, shardings, num_batch_args=3)(
+  new_p, _, metrics = parallel.shard_step(step, shardings)(
       p, o, *parallel.shard_batch(batch, mesh))
   ref = _summary(jax.device_get(new_p), jax.device_get(metrics))
   np.testing.assert_allclose(results[0]["loss"], ref["loss"], rtol=1e-5)

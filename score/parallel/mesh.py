@@ -336,7 +336,8 @@ def shard_train_state(params: Mapping[str, Any], opt_state, mesh: Mesh,
 
 
 def shard_batch(arrays, mesh: Mesh, rules: Sequence[tuple[str, Any]] = RULES):
-  """Puts a pytree of `[B, ...]` arrays on the mesh, batch over `data × fsdp`.
+  """Puts a pytree of `[B, ...]` arrays on the mesh, batch over `data × fsdp` (0-d leaves,
+  e.g. a scalar coefficient, replicated).
 
   Single process: the arrays are the global batch. Several processes: each passes its own
   slice of the global batch (rows `process_batch_slice(B)`), and the global array is
@@ -347,6 +348,8 @@ def shard_batch(arrays, mesh: Mesh, rules: Sequence[tuple[str, Any]] = RULES):
 
   def put(x):
     x = np.asarray(x) if not isinstance(x, jax.Array) else x
+    if x.ndim == 0:
+      return jax.device_put(x, replicated(mesh))
     if jax.process_count() == 1:
       if x.shape[0] % div:
         raise ValueError(

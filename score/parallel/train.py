@@ -10,10 +10,13 @@ all-reduces over `data`). The same code runs on one device with a 1×1×1 mesh.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -23,30 +26,65 @@ from score.parallel import mesh as mesh_lib
 REMAT_MODES = ("none", "block")
 
 
-def shard_step(step_fn: Callable, shardings: mesh_lib.TrainShardings, *, num_batch_args: int,
-               donate: bool = False, rules=mesh_lib.RULES) -> Callable:
-  """`jax.jit(step_fn)` with params / opt state per `shardings` and batch args over data×fsdp.
+def shard_step(step_fn: Callable, state_shardings, *, mesh: Mesh | None = None,
+               static_argnames: Sequence[str] = (), donate: bool = False,
+               rules=mesh_lib.RULES) -> Callable:
+  """`jax.jit(step_fn)` with the train state per `state_shardings`, batches over data×fsdp.
+
+  `step_fn(*state, *batch, **static) -> (*state, metrics)`: the leading `len(state_shardings)`
+  positional arguments are train state (params, optimizer state, maybe a value model's params
+  and optimizer state) and come back updated with the same shardings; every later positional
+  argument is batch data (arrays or pytrees of arrays, e.g. a dict of `[B, ...]` arrays) split
+  over `data × fsdp` on its first dimension (0-d leaves replicated); metrics come back
+  replicated. This covers `sft.make_sft_step` (`state = params, opt_state`; three batch
+  arrays), GRPO's `update(params, opt_state, batch)`, SCoRe's `step(params, opt_state, batch,
+  stage=...)` (`static_argnames=("stage",)`) and PPO's `update(params, opt_state,
+  value_params, value_opt_state, batch)` (four state shardings).
 
   Args:
-    step_fn: `(params, opt_state, *batch) -> (params, opt_state, metrics)`; may already be
-      jitted (the inner jit is inlined).
-    shardings: from `shard_train_state`.
-    num_batch_args: how many `[B, ...]` arrays follow `opt_state`.
-    donate: donate the params and optimizer-state buffers (halves peak memory of the update;
-      the caller must not reuse the arrays it passed in).
+    step_fn: the step; may already be jitted (its `__wrapped__` function is used, so pass its
+      static argument names again as `static_argnames`).
+    state_shardings: a `TrainShardings` from `shard_train_state`, or a tuple of sharding
+      trees (one per state argument; concatenate `TrainShardings` for two models).
+    mesh: the mesh (default: `state_shardings.mesh`).
+    static_argnames: keyword arguments that are compile-time constants.
+    donate: donate the state buffers (lower peak memory; the caller must not reuse them).
     rules: logical-axis rules (for the batch sharding).
 
   Returns:
-    The compiled-on-first-call step. Metrics come back replicated.
+    `step(*state, *batch, **static)`; one compilation per batch structure and static values.
   """
-  mesh = shardings.mesh
-  batch = mesh_lib.batch_sharding(mesh, rules)
+  mesh = getattr(state_shardings, "mesh", None) if mesh is None else mesh
+  if mesh is None:
+    raise ValueError("shard_step: pass mesh= when state_shardings is not a TrainShardings")
+  state = tuple(state_shardings)
+  n = len(state)
   fn = getattr(step_fn, "__wrapped__", step_fn)
-  return jax.jit(
-      fn,
-      in_shardings=(shardings.params, shardings.opt_state) + (batch,) * num_batch_args,
-      out_shardings=(shardings.params, shardings.opt_state, mesh_lib.replicated(mesh)),
-      donate_argnums=(0, 1) if donate else ())
+  batch = mesh_lib.batch_sharding(mesh, rules)
+  rep = mesh_lib.replicated(mesh)
+  static_names = frozenset(static_argnames)
+  compiled: dict[Any, Callable] = {}
+
+  def call(*args, **kwargs):
+    if len(args) < n:
+      raise TypeError(f"shard_step: expected {n} state arguments, got {len(args)}")
+    unknown = set(kwargs) - static_names
+    if unknown:
+      raise TypeError(f"shard_step: keyword arguments {sorted(unknown)} are not static_argnames")
+    leaves, treedef = jax.tree.flatten(args[n:])
+    key = (treedef, tuple(np.ndim(x) for x in leaves), tuple(sorted(kwargs.items())))
+    jitted = compiled.get(key)
+    if jitted is None:
+      batch_shardings = jax.tree.unflatten(
+          treedef, [batch if np.ndim(x) else rep for x in leaves])
+      jitted = jax.jit(functools.partial(fn, **kwargs) if kwargs else fn,
+                       in_shardings=state + tuple(batch_shardings),
+                       out_shardings=state + (rep,),
+                       donate_argnums=tuple(range(n)) if donate else ())
+      compiled[key] = jitted
+    return jitted(*args)
+
+  return call
 
 
 def split_micro_batches(x_BxR: jax.Array, num_micro_batches: int) -> jax.Array:
