@@ -396,6 +396,19 @@ def episodes_markdown(env, problems: Sequence[Any], episodes, rewards_BxK, *,
   return table
 
 
+def write_rollout_samples(writer, step: int, name: str, env, problems: Sequence[Any], episodes,
+                          rewards_BxK, *, max_rows: int = 8) -> str:
+  """Logs `episodes_markdown(...)` as TensorBoard text `name` at `step`; returns the text.
+
+  `writer` is a `score.utils.metrics.MetricWriter` (or anything with `write_texts`). In a
+  trainer's update, after sampling:
+  `report.write_rollout_samples(writer, step, f"{phase}/samples", env, problems, episodes, r)`.
+  """
+  text = episodes_markdown(env, problems, episodes, rewards_BxK, max_rows=max_rows)
+  writer.write_texts(step, {name: text})
+  return text
+
+
 def eval_samples_markdown(evaluation: dict, *, max_rows: int = 5, max_chars: int = 200) -> str:
   """Sample attempts from an `evals/<method>.json`, those whose two attempts differ first."""
   attempts = evaluation.get("attempts") or []

@@ -162,9 +162,45 @@ def test_episodes_markdown_from_a_rollout():
       *(np.zeros((2, 1)),) * 5, prompt_index_B=np.array([1, 0]),
       lengths_BxK=np.zeros((2, 2)), truncated_BxK=np.zeros((2, 2), bool), responses=responses,
       instructions=[[[]], [[]]], finish_reason=[["stop"] * 2] * 2)
-  text = report.episodes_markdown(Env(), problems, episodes, np.array([[0, 1], [0, 0]]))
+  rewards = np.array([[0, 1], [0, 0]])
+  text = report.episodes_markdown(Env(), problems, episodes, rewards)
   assert f"| 0 | {problems[1].question} | 10 | 0 | r01 | 1 |" in text
   assert f"| 1 | {problems[0].question} | 99 | 0 | 99 | 0 |" in text
+
+  class Writer:
+    texts = []
+    def write_texts(self, step, texts):
+      self.texts.append((step, texts))
+
+  writer = Writer()
+  report.write_rollout_samples(writer, 7, "score/r0_stage1/samples", Env(), problems, episodes,
+                               rewards)
+  assert writer.texts == [(7, {"score/r0_stage1/samples": text})]
+
+
+def _tb_events(logdir):
+  """Events of tensorboardX's event files (TFRecord: length, crc, payload, crc)."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  events = []
+  for fn in sorted(os.listdir(logdir)):
+    data = open(os.path.join(logdir, fn), "rb").read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+      pos += 12 + length + 4
+  return events
+
+
+def test_rollout_samples_reach_tensorboard(tmp_path):
+  writer = metrics_io.MetricWriter(str(tmp_path))
+  text = report.samples_markdown(["1+2="], [["3.", "r3."]], np.array([[1.0, 1.0]]))
+  writer.write_texts(5, {"score/samples": text})
+  writer.close()
+  texts = [(e.step, v.tag, v.tensor.string_val[0].decode())
+           for e in _tb_events(str(tmp_path / "tensorboard")) for v in e.summary.value]
+  assert texts == [(5, "score/samples/text_summary", text)]
 
 
 @pytest.mark.slow
