@@ -35,7 +35,8 @@ def _hf_model(family: str, path):
     if family == "qwen2":  # Non-zero q/k/v biases so the bias path is exercised.
         with torch.no_grad():
             for layer in model.model.layers:
-                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                attn = layer.self_attn
+                for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
                     proj.bias.normal_(0, 0.1)
     model.eval()
     model.save_pretrained(path)
@@ -86,7 +87,8 @@ def _recomputed_logprobs(model, prompts, completions):
 def test_logprobs_equal_token_logprobs(tiny_model, options):
     options = dict(temperature=1.0) | options
     s = generate(tiny_model, PROMPTS, max_new_tokens=12, seed=3, **options)
-    for y, lp, ref in zip(s.tokens, s.logprobs, _recomputed_logprobs(tiny_model, PROMPTS, s.tokens)):
+    refs = _recomputed_logprobs(tiny_model, PROMPTS, s.tokens)
+    for y, lp, ref in zip(s.tokens, s.logprobs, refs):
         assert len(y) == len(lp) == 12
         np.testing.assert_allclose(lp, ref, atol=1e-4)
     # The sampling-distribution log-probs are a different quantity once filters are on.

@@ -29,7 +29,10 @@ def test_top_k_keeps_ties():
 # Mass before each sorted token: 0, .4, .65, .85, .95; token kept iff that mass < p.
 @pytest.mark.parametrize(
     "p, expected",
-    [(0.1, {1}), (0.39, {1}), (0.41, {1, 3}), (0.7, {1, 3, 4}), (0.9, {1, 3, 4, 2}), (1.0, set(range(5)))],
+    [
+        (0.1, {1}), (0.39, {1}), (0.41, {1, 3}), (0.7, {1, 3, 4}), (0.9, {1, 3, 4, 2}),
+        (1.0, set(range(5))),
+    ],
 )
 def test_top_p_smallest_set_reaching_p(p, expected):
     assert _kept(filters.top_p_filter(jnp.asarray(LOGITS), p)) == expected
@@ -64,7 +67,8 @@ def test_empirical_frequencies_chi_square(temperature, top_k, top_p, keep):
     expected = _renormalised(PROBS, keep, temperature)
     logits_BxV = jnp.broadcast_to(jnp.asarray(LOGITS), (n, 5))
     tokens_B, slogp_B = filters.sample_token(
-        jax.random.key(0), logits_BxV, greedy=False, temperature=temperature, top_k=top_k, top_p=top_p
+        jax.random.key(0), logits_BxV, greedy=False, temperature=temperature, top_k=top_k,
+        top_p=top_p,
     )
     counts = np.bincount(np.asarray(tokens_B), minlength=5)
     assert set(np.flatnonzero(counts).tolist()) == keep

@@ -52,7 +52,8 @@ def test_masks_and_exact_splicing(model):
     assert ep.responses[0] != ep.responses[1] and ep.responses[2] != ep.responses[3]
     # The trainer's recomputation on the packed episode gives the sampler's log-probs at every
     # generated position: each turn conditioned on exactly the earlier turns' tokens.
-    logp_BxL = np.asarray(token_logprobs(model, jnp.asarray(ep.tokens_BxL), jnp.asarray(ep.mask_BxL)))
+    logp_BxL = np.asarray(
+        token_logprobs(model, jnp.asarray(ep.tokens_BxL), jnp.asarray(ep.mask_BxL)))
     gen = ep.turn_mask_BxL > 0
     np.testing.assert_allclose(logp_BxL[gen], ep.logprobs_BxL[gen], atol=1e-4)
     assert np.all(ep.logprobs_BxL[~gen] == 0)

@@ -173,7 +173,8 @@ def rollout(
             segments[b].append((y, k + 1, lp, slp))
             contexts[b] = contexts[b] + y
             if k + 1 < num_turns and alive[b]:
-                p = [int(t) for t in instruction_fn(k + 1, contexts[b][: len(contexts[b]) - len(y)], y)]
+                x_k = contexts[b][: len(contexts[b]) - len(y)]
+                p = [int(t) for t in instruction_fn(k + 1, x_k, y)]
                 if max_len is not None and len(contexts[b]) + len(p) >= max_len:
                     alive[b] = False  # No room for another turn: stop the episode here.
                     continue

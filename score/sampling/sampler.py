@@ -6,11 +6,13 @@ Two levels:
   call. One jitted function of `(graphdef, state, arrays)`; only the graph definition, the
   shapes, `max_new_tokens`, `top_k` and whether top-p is on are static and key jax's
   compilation cache. Temperature (greedy included), top-p value, stop ids, per-row limits and
-  the key are data, so repeated calls with the same shapes never retrace. The KV cache is allocated *inside* the jitted
-  function and lives only in the loop carry, so XLA updates it in place: it is never copied
-  in or out (nothing to donate).
-* `generate(model, prompts, ...)` — lists in, lists out. Buckets the batch size and prompt
-  length to powers of two (so a handful of shapes cover all calls), handles stop strings.
+  the key are data, so repeated calls with the same shapes never retrace (`compile_count`).
+  The KV cache is allocated *inside* the jitted function and lives only in the loop carry,
+  so XLA updates it in place: it is never copied in or out (nothing to donate). The loop
+  exits as soon as every row has stopped.
+* `generate(model, prompts, ...)` — lists in, lists out. Buckets the batch size, prompt
+  length and `max_new_tokens` to powers of two (so a handful of shapes cover all calls),
+  handles stop strings.
 
 Log-probabilities. `logprobs` are `log softmax(logits)[token]` of the *raw* model at
 temperature 1, without top-k/top-p: exactly what the trainer recomputes with
