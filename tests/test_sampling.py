@@ -130,6 +130,12 @@ def test_early_exit_when_every_row_stopped(tiny_model):
     np.testing.assert_array_equal(out.valid_BxN, np.arange(16)[None] < out.lengths_B[:, None])
 
 
+def test_right_padding_is_rejected(tiny_model):
+    with pytest.raises(ValueError, match="left-padded"):
+        generate_arrays(tiny_model, np.array([[1, 2, 0]]), np.array([[1, 1, 0]]),
+                        jax.random.key(0), max_new_tokens=4)
+
+
 def test_stop_strings(tiny_model):
     decode_fn = lambda ids: "".join(chr(ord("a") + i % 26) for i in ids)  # noqa: E731
     free = generate(tiny_model, PROMPTS, max_new_tokens=10, temperature=1.0, seed=7)

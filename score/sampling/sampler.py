@@ -285,6 +285,13 @@ def generate_arrays(
             "generate_arrays: prompt_BxP and prompt_mask_BxP must be 2-D and the same shape, "
             f"got {prompt_BxP.shape} and {prompt_mask_BxP.shape}"
         )
+    if not isinstance(prompt_mask_BxP, jax.core.Tracer):
+        last_B = np.asarray(prompt_mask_BxP[:, -1])
+        if not last_B.all():
+            raise ValueError(
+                "generate_arrays: prompts must be left-padded with a real last token; rows "
+                f"{np.flatnonzero(last_B == 0).tolist()} have padding in the last column"
+            )
     batch = prompt_BxP.shape[0]
     if max_new_B is None:
         max_new_B = jnp.full((batch,), max_new_tokens, jnp.int32)
