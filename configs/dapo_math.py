@@ -13,7 +13,8 @@ batch / number of tokens); overlong reward shaping (0 up to L_max − L_cache, t
 of 32 prompts (16 gradient updates per rollout step). Reward: ±1 in the paper (correct +1,
 wrong −1); here 1/0 from the MATH answer checker (a constant shift, which group advantages
 remove). The paper trains on DAPO-Math-17K; this config uses the 12k MATH split and MATH500.
-`:runlocal` runs the same options for a few steps on synthetic addition (tests).
+`:runlocal` runs the same options for a few steps on synthetic addition (tests);
+`:math_local` one tiny step of the MATH path on a tiny random checkpoint (smoke run).
 """
 
 import ml_collections
@@ -28,7 +29,8 @@ DAPO_RL = dict(advantage="grpo", eps_low=0.2, eps_high=0.28, beta=0.0, reduction
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, model_dir="", seed=0, format="chat",
+  arg = config_lib.parse_arg(arg, runlocal=False, math_local=False, model_dir="", seed=0,
+                             format="chat",
                              max_new_tokens=20480, cache_len=4096)
   if arg.runlocal:
     c = grpo_synthetic.get_config(f"runlocal,seed={arg.seed}")
@@ -43,16 +45,22 @@ def get_config(arg=None):
   c.trainer = "grpo"
   c.title = "DAPO on MATH500 (greedy)"
   c.seed = arg.seed
-  c.task = grpo_math.math_task(arg, max_new_tokens=arg.max_new_tokens,
-                               max_len=arg.max_new_tokens + 1024)
+  local = arg.math_local
+  c.runlocal_model = local and not arg.model_dir
+  max_new, cache = (8, 4) if local else (arg.max_new_tokens, arg.cache_len)
+  c.task = grpo_math.math_task(arg, max_new_tokens=max_new, max_len=max_new + 1024)
   c.model = score_common.model(arg.model_dir)
   c.warmup = score_common.warmup(0)
-  c.eval = ml_collections.ConfigDict(dict(num_problems=0, seed=0, batch_size=64))
-  c.reward = grpo_synthetic.reward_config(verifiable=1.0, dapo_overlong=1.0,
-                                          max_len=arg.max_new_tokens, cache_len=arg.cache_len)
+  c.eval = ml_collections.ConfigDict(dict(num_problems=4 if local else 0, seed=0,
+                                          batch_size=4 if local else 64))
+  c.reward = grpo_synthetic.reward_config(verifiable=1.0, dapo_overlong=1.0, max_len=max_new,
+                                          cache_len=cache)
   c.rl = grpo_synthetic.rl_config(
       seed=arg.seed, steps=500, prompts_per_step=512, samples_per_prompt=16, temperature=1.0,
       num_epochs=1, num_minibatches=16, max_sampling_rounds=8, lr=1e-6, warmup_steps=20 * 16,
       weight_decay=0.1, checkpoint_every=20, log_every=1, **DAPO_RL)
+  if local:
+    c.rl.update(dict(steps=1, prompts_per_step=2, samples_per_prompt=2, num_minibatches=2,
+                     max_sampling_rounds=2, warmup_steps=0, checkpoint_every=1))
   c.lock()
   return c

@@ -46,7 +46,7 @@ def rl_config(**overrides):
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, seed=0, steps=60, warmup_steps=400,
+  arg = config_lib.parse_arg(arg, runlocal=False, seed=0, steps=200, warmup_steps=400,
                              num_digits=2, p_wrong_first=0.5, lr=3e-4)
   c = ml_collections.ConfigDict()
   c.trainer = "grpo"

@@ -12,7 +12,8 @@ here), temperature 1. The value model is initialised from a reward model
 (`rm_dir=` a workdir of the `reward_model` trainer with the same architecture); without one it
 starts from the policy's body with a zero head. Batch sizes and response length here are ours
 (64 prompts × 1 sample, 1024 new tokens), not the report's. `:runlocal` runs the same
-trainer for a few steps on synthetic addition (tests).
+trainer for a few steps on synthetic addition (tests); `:math_local` one tiny step of the MATH
+path on a tiny random checkpoint (a smoke run, not a result).
 """
 
 import ml_collections
@@ -43,8 +44,8 @@ def value_config(rm_dir=""):
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, model_dir="", rm_dir="", seed=0,
-                             format="chat")
+  arg = config_lib.parse_arg(arg, runlocal=False, math_local=False, model_dir="", rm_dir="",
+                             seed=0, format="chat")
   c = ml_collections.ConfigDict()
   c.trainer = "ppo"
   c.seed = arg.seed
@@ -59,11 +60,16 @@ def get_config(arg=None):
     c.rl = ppo_rl(seed=arg.seed, steps=2, prompts_per_step=8, num_epochs=2, num_minibatches=2,
                   lr=3e-4, value_lr=1e-3, schedule="constant", checkpoint_every=1)
   else:
+    local = arg.math_local
     c.title = "PPO / RLVR on MATH500 (greedy)"
-    c.task = grpo_math.math_task(arg)
+    c.runlocal_model = local and not arg.model_dir
+    c.task = grpo_math.math_task(arg, max_new_tokens=8) if local else grpo_math.math_task(arg)
     c.model = score_common.model(arg.model_dir)
     c.warmup = score_common.warmup(0)
-    c.eval = ml_collections.ConfigDict(dict(num_problems=0, seed=0, batch_size=64))
+    c.eval = ml_collections.ConfigDict(dict(num_problems=4 if local else 0, seed=0,
+                                            batch_size=4 if local else 64))
     c.rl = ppo_rl(seed=arg.seed)
+    if local:
+      c.rl.update(dict(steps=1, prompts_per_step=2, num_epochs=1, checkpoint_every=1))
   c.lock()
   return c

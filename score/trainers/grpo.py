@@ -12,6 +12,8 @@ Each step (SPEC §5):
    until `prompts_per_step` informative groups are collected or `max_sampling_rounds` rounds
    have run. Missing groups are then filled with copies whose loss mask is 0 (shapes stay
    static, no gradient comes from them): the batch never trains on an all-equal group.
+   (The `"token"` and `"sequence"` reductions ignore fillers; `"constant"` still counts them
+   in its B·C denominator.)
 4. Advantages by name over each group (`score.losses.pg`: `grpo` = (r − mean)/std,
    `dr_grpo` = r − mean, `rloo`), broadcast to every response token.
 5. `num_epochs` passes over the batch in `num_minibatches` shuffled minibatches; each update
@@ -395,8 +397,23 @@ def write_results(workdir: str, results: dict[str, dict], *, config, title: str)
   return table
 
 
+def make_runlocal_model(config, workdir: str):
+  """A tiny random checkpoint with a tokenizer trained on the task's problems (a smoke run of
+  the text-environment path, not a result); sets `config.model.model_dir` to it."""
+  from score.data import loaders  # pylint: disable=g-import-not-at-top
+  from score.utils import tiny_checkpoint  # pylint: disable=g-import-not-at-top
+  problems = loaders.load(config.task.train, **dict(config.task.get("train_kwargs", {})))
+  texts = [p.problem + "\n" + (p.solution or "") for p in problems[:300]]
+  path = os.path.join(workdir, "tiny_model")
+  tiny_checkpoint.make_tiny_checkpoint(path, texts, seed=config.seed)
+  with config.unlocked():
+    config.model.model_dir = path
+
+
 def run_single_turn(config, workdir: str, train_fn, *, title: str):
   """Env, starting policy, `params = train_fn(policy, base, env, writer)`, greedy evals."""
+  if config.task.name in ("math", "code") and config.get("runlocal_model"):
+    make_runlocal_model(config, workdir)
   if config.task.name in ("math", "code") and not config.model.get("model_dir"):
     raise config_lib.ConfigError(
         "config.model.model_dir is empty: point it at a local Hugging Face checkpoint, e.g. "

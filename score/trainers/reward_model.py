@@ -137,7 +137,7 @@ def evaluate(model_def, params, data, *, batch_size: int = 256) -> dict[str, flo
     pairs += n_pairs
     loss_sum += float(loss) * len(r)
   return {"accuracy": 100 * right / max(pairs, 1), "loss": loss_sum / max(len(tokens), 1),
-          "pairs": pairs}
+          "pairs": int(pairs)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +222,15 @@ def train_reward_model(model_def, params, batches, cfg, *, workdir: str, name: s
 
 
 def train(config, workdir: str):
-  """`config.trainer = "reward_model"` on a synthetic task (configs/reward_model_synthetic.py)."""
+  """`config.trainer = "reward_model"` on a synthetic task (configs/reward_model_synthetic.py).
+
+  Other preference data plugs in through `train_reward_model(model_def, params, batches, ...)`
+  with any `batches(step) -> (tokens_BxKxL, mask_BxKxL, ranks_BxK)`.
+  """
+  if config.task.name not in synthetic.TASKS:
+    raise ValueError(f"reward_model trainer: task {config.task.name!r} has no preference data "
+                     f"here; known synthetic tasks: {sorted(synthetic.TASKS)} (or call "
+                     "train_reward_model with your own batches).")
   task = synthetic.make_task(config.task.name, **{k: v for k, v in config.task.items()
                                                    if k != "name"})
   model = build_scalar_model(config.model, task.tokenizer.vocab_size, seed=config.seed)
