@@ -9,6 +9,7 @@ mean (the loss itself is `score.losses.preference.dpo`).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -27,8 +28,10 @@ PairTokens = tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]]
 LogprobFn = Callable[[common.Params, jax.Array, jax.Array], jax.Array]
 
 
+@functools.lru_cache(maxsize=16)
 def policy_logprob_fn(policy: common.Policy) -> LogprobFn:
-  """`(params, tokens_BxL, mask_BxL) -> logp_BxL` of a `Policy`'s Transformer."""
+  """`(params, tokens_BxL, mask_BxL) -> logp_BxL` of a `Policy`'s Transformer (one function
+  object per policy, so jitted users of it compile once)."""
   return lambda params, tokens_BxL, mask_BxL: token_logprobs(
       policy.model(params), tokens_BxL, mask_BxL)
 
@@ -80,12 +83,17 @@ def _pad(rows, length, pad_id=0):
   return common.pad_batch([list(r) for r in rows], pad_id=pad_id, length=length)
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_sequence_logps(logprob_fn: LogprobFn):
+  return jax.jit(lambda p, t, m, lm: sequence_logps(logprob_fn(p, t, m), lm))
+
+
 def reference_logps(logprob_fn: LogprobFn, params, rows: Sequence[tuple[Sequence[int],
                                                                         Sequence[int]]],
                     *, length: int, batch_size: int, pad_id: int = 0) -> np.ndarray:
   """Sequence log-probs (sums over each row's loss mask) of `(tokens, loss_mask)` rows, in
   fixed-shape batches (one compilation)."""
-  fn = jax.jit(lambda p, t, m, lm: sequence_logps(logprob_fn(p, t, m), lm))
+  fn = _jitted_sequence_logps(logprob_fn)
   out = []
   for start in range(0, len(rows), batch_size):
     chunk = list(rows[start:start + batch_size])
