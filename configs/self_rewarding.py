@@ -18,7 +18,8 @@ Values marked "ours" are not from the paper.
 Arguments: `runlocal`, `model_dir=`, `ift_path=` (JSONL instruction/response; default: the
 top-ranked responses of `eft_path`), `eft_path=` (ranked JSONL, see
 `score/data/self_rewarding.py`), `generator_dir=`, `iterations=`, `prompts=` (prompts per
-iteration), `source=` (`few_shot` | `synthetic`), `seed=`.
+iteration), `source=` (`few_shot` | `synthetic`), `pairwise_judge_dir=` (a fixed local judge
+for head-to-head and win rates), `reference_path=` (JSONL instruction/output), `seed=`.
 """
 
 import ml_collections
@@ -29,6 +30,7 @@ from score.utils import config as config_lib
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, model_dir="", ift_path="", eft_path="",
                              generator_dir="", iterations=2, prompts=0, source="",
+                             pairwise_judge_dir="", reference_path="",
                              seed=0)
   local = arg.runlocal
   c = ml_collections.ConfigDict()
@@ -82,6 +84,11 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict(dict(
       sft_baseline=True,  # the paper's "SFT baseline": IFT only, no EFT
       num_judgments=3, temperature=0.7, top_p=0.9, max_new_tokens=48 if local else 256,
-      multiple="reject"))
+      multiple="reject",
+      # Head-to-head (vs `head_to_head_baseline`) and win rate vs `reference_path` outputs
+      # (JSONL instruction/output, AlpacaEval-style), judged pairwise in both orders by a
+      # fixed local checkpoint (paper: GPT-4); "" skips them.
+      pairwise_judge_dir=arg.pairwise_judge_dir, head_to_head_baseline="m1",
+      reference_path=arg.reference_path))
   c.lock()
   return c

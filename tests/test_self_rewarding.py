@@ -152,6 +152,11 @@ class Spy:
 
   def __call__(self, model, codec, prompts, **kw):
     texts = [codec.decode(p) for p in prompts]
+    if texts and "Better response" in texts[0]:
+      self.calls["pairwise"] = self.calls.get("pairwise", 0) + len(prompts)
+      verdicts = ("Better response: A", "Better response: B", "Better response: tie", "?")
+      return [{"text": verdicts[zlib.crc32(t.encode()) % 4], "num_tokens": 3, "finish": "stop"}
+              for t in texts]
     if texts and JUDGE_MARK in texts[0]:
       self.calls["judge"] += len(prompts)
       return [{"text": self.judge_fn(t, i), "num_tokens": 3, "finish": "stop"}
@@ -179,6 +184,20 @@ def tiny_config(**overrides):
   return c
 
 
+REFERENCE = [{"instruction": "What is 2 plus 2?", "output": "2 plus 2 is 4."},
+             {"instruction": "Reverse the word cat.", "output": "cat reversed is tac."},
+             {"instruction": "What color is snow?", "output": "The color of snow is white."}]
+
+
+def e2e_config(workdir):
+  """`tiny_config` plus the pairwise evaluations; the judge checkpoint is the run's own M0
+  (its verdict texts are replaced by the spy)."""
+  ref = os.path.join(os.path.dirname(workdir), "reference.jsonl")
+  data_lib.write_jsonl(ref, REFERENCE)
+  return tiny_config(**{"eval.pairwise_judge_dir": os.path.join(workdir, "m0"),
+                        "eval.reference_path": ref})
+
+
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("srlm") / "run")
@@ -186,7 +205,7 @@ def e2e(tmp_path_factory):
   spy = Spy(sr.generate_texts)
   mp.setattr(sr, "generate_texts", spy)
   try:
-    results = sr.train(tiny_config(), workdir)
+    results = sr.train(e2e_config(workdir), workdir)
   finally:
     mp.undo()
   return workdir, results, spy
@@ -246,6 +265,32 @@ def test_end_to_end_writes_every_artefact(e2e):
   assert 0.0 <= judge["pairwise_accuracy"] <= 100.0
 
 
+def test_end_to_end_pairwise_evaluations(e2e):
+  workdir, results, spy = e2e
+  assert set(results["pairwise"]) == {
+      "winrate_m1_vs_reference", "h2h_m2_vs_m1", "winrate_m2_vs_reference", "h2h_m3_vs_m1",
+      "winrate_m3_vs_reference"}
+  for key, m in results["pairwise"].items():
+    rows = data_lib.read_jsonl(os.path.join(workdir, "eval", f"{key}.jsonl"))
+    assert len(rows) == len(REFERENCE) == m["judged"] + m["failed"]
+    winners = [r["winner"] for r in rows]
+    assert m == pytest.approx(sr.win_tie_lose(winners), nan_ok=True)
+    for r in rows:  # both orders were judged and combined
+      assert r["winner"] == judge_lib.combine_pairwise(
+          judge_lib.parse_pairwise(r["raw_ab"]), judge_lib.parse_pairwise(r["raw_ba"])).winner
+    if m["judged"]:
+      assert m["win"] + m["tie"] + m["lose"] == pytest.approx(100.0)
+  responses = data_lib.read_jsonl(os.path.join(workdir, "eval", "responses_m2.jsonl"))
+  assert [r["instruction"] for r in responses] == [r["instruction"] for r in REFERENCE]
+  assert "h2h_m3_vs_m1" in _read(os.path.join(workdir, "results.md"))
+
+
+def test_win_tie_lose():
+  m = sr.win_tie_lose(["A", "A", "tie", "B", None])
+  assert m == {"win": 50.0, "tie": 25.0, "lose": 25.0, "judged": 4, "failed": 1,
+               "win_rate": 62.5}
+
+
 def test_saved_models_load_and_differ(e2e):
   from score.models import hf
   workdir, _, _ = e2e
@@ -275,7 +320,7 @@ def test_resume_in_the_middle_of_an_iteration(e2e, tmp_path, monkeypatch):
           ["iter1/prompts.jsonl", "iter2/prompts.jsonl", "iter2/candidates.jsonl"]}
   spy = Spy(sr.generate_texts)
   monkeypatch.setattr(sr, "generate_texts", spy)
-  sr.train(tiny_config(), resumed)
+  sr.train(e2e_config(resumed), resumed)
   assert spy.calls["few_shot"] == 0 and spy.calls["candidates"] == 0
   assert spy.calls["judge"] > 0
   for a, text in kept.items():
@@ -303,7 +348,7 @@ def test_no_pairs_stops_with_a_clear_message(e2e, tmp_path, monkeypatch):
   spy = Spy(sr.generate_texts, judge_fn=lambda text, k: ["no verdict", "Score: 3-4",
                                                          "Score: 12"][k % 3])
   monkeypatch.setattr(sr, "generate_texts", spy)
-  results = sr.train(tiny_config(), run)
+  results = sr.train(e2e_config(run), run)
   assert "iteration 1 yielded no preference pairs" in results["stopped"]
   assert set(results["judge"]) == {"m1"}
   mining = json.loads(_read(os.path.join(run, "iter1", "mining.json")))

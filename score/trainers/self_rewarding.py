@@ -15,6 +15,10 @@ policy and its own judge:
    sums over response tokens) — `score.trainers.dpo`.
 4. **Judge quality** of every model vs held-out human rankings: pairwise accuracy, 5-best %,
    exact match %, Spearman and Kendall τ (`judge_quality`).
+5. With a fixed local judge (`eval.pairwise_judge_dir`; the paper used GPT-4):
+   **head-to-head** win/tie/lose of every model vs `eval.head_to_head_baseline`, and an
+   AlpacaEval-style **win rate** vs reference outputs (`eval.reference_path`), each judged
+   pairwise in both presentation orders (`pairwise_rows`, `win_tie_lose`).
 
 Every phase writes its artefacts to the workdir and is skipped on a re-run when they exist
 (JSONL files are written to a temporary name and renamed when complete); a killed SFT/DPO
@@ -29,7 +33,9 @@ phase resumes from its orbax checkpoint::
   iter{t}/judgments.jsonl               k raw judge outputs per candidate, parsed scores, mean
   iter{t}/pairs.jsonl, mining.json      (best, worst) pairs; counts, malformed reasons
   checkpoints/m{t+1}_dpo/, iter{t}/dpo.json
-  eval/judge_m{t}.jsonl, eval/judge_m{t}.json
+  eval/judge_m{t}.jsonl, eval/judge_m{t}.json   raw judgments of held-out ranked responses
+  eval/responses_m{t}.jsonl                    greedy responses (pairwise evaluation only)
+  eval/h2h_m{t}_vs_m1.{jsonl,json}, eval/winrate_m{t}_vs_reference.{jsonl,json}
   results.json, results.md
 
 An iteration that yields no pairs stops the loop with a message naming the counts (written to
@@ -322,6 +328,41 @@ def mine_pairs(prompts: Sequence[dict], candidates: Sequence[Sequence[str]],
   return pairs, dict(counts)
 
 
+def pairwise_rows(model, codec: Codec, items: Sequence[tuple[str, str, str]], cfg, *,
+                  seed: int, batch_size: int, max_prompt_tokens: int) -> list[dict]:
+  """Pairwise verdicts on `(instruction, response_a, response_b)` in both presentation
+  orders (`judge.combine_pairwise` cancels position bias). Returns per item the raw texts,
+  both parsed verdicts and the combined winner (``"A"``, ``"B"``, ``"tie"`` or None)."""
+  prompts = []
+  for ins, a, b in items:
+    prompts.append(codec.encode(codec.user_prompt(judge_lib.pairwise_prompt(ins, a, b))))
+    prompts.append(codec.encode(codec.user_prompt(judge_lib.pairwise_prompt(ins, b, a))))
+  outs = generate_texts(model, codec, prompts, max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
+                        batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
+  rows = []
+  for i in range(len(items)):
+    ab, ba = outs[2 * i], outs[2 * i + 1]
+    pab = judge_lib.parse_pairwise(ab["text"])
+    pba = judge_lib.parse_pairwise(ba["text"])
+    both = judge_lib.combine_pairwise(pab, pba)
+    rows.append({"raw_ab": ab["text"], "raw_ba": ba["text"], "ab": pab.winner,
+                 "ba": pba.winner, "winner": both.winner, "reason": both.reason})
+  return rows
+
+
+def win_tie_lose(winners: Sequence[str | None]) -> dict[str, float]:
+  """Win/tie/lose % of response A over the judged items (None = both orders failed, counted
+  in ``failed`` and left out); ``win_rate`` = win + tie / 2 (AlpacaEval-style)."""
+  judged = [w for w in winners if w is not None]
+  n = len(judged)
+  pct = lambda k: 100.0 * sum(w == k for w in judged) / n if n else float("nan")
+  out = {"win": pct("A"), "tie": pct("tie"), "lose": pct("B"), "judged": n,
+         "failed": len(winners) - n}
+  out["win_rate"] = out["win"] + out["tie"] / 2 if n else float("nan")
+  return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Prompt sources (by name, for configs).
 
@@ -447,6 +488,7 @@ class Loop:
     self.workdir = workdir
     self.writer = metrics_lib.MetricWriter(workdir)
     self._generator = None
+    self._pairwise_judge = None
 
   def path(self, *parts) -> str:
     return os.path.join(self.workdir, *parts)
@@ -677,6 +719,71 @@ class Loop:
       _write_json(path, metrics)
     return _read_json(path)
 
+  def pairwise_judge(self):
+    """(model, codec) of `eval.pairwise_judge_dir`, a fixed local judge (paper: GPT-4)."""
+    if self._pairwise_judge is None:
+      from score.models import hf  # pylint: disable=g-import-not-at-top
+      d = self.config.eval.pairwise_judge_dir
+      self._pairwise_judge = (hf.from_pretrained(d),
+                              Codec(hf.load_tokenizer(d), self.config.prompt_format))
+    return self._pairwise_judge
+
+  def eval_instructions(self) -> list[tuple[str, str | None]]:
+    """(instruction, reference output or None): `eval.reference_path` rows when given, else
+    the held-out judge-eval prompts (no reference)."""
+    if self.config.eval.reference_path:
+      return [(x.instruction, x.response) for x in data_lib.load_ift(
+          self.config.eval.reference_path, fields={"response": "output"})]
+    return [(r.prompt, None) for r in self.judge_eval_prompts]
+
+  def responses(self, name: str, params) -> list[str]:
+    """Greedy responses of model `name` to the eval instructions (cached in the workdir)."""
+    path = self.path("eval", f"responses_{name}.jsonl")
+    if not os.path.exists(path):
+      instructions = [i for i, _ in self.eval_instructions()]
+      tokens = [self.codec.encode(self.codec.user_prompt(i)) for i in instructions]
+      outs = generate_texts(self.policy.model(params), self.codec, tokens,
+                            max_new_tokens=self.config.candidates.max_new_tokens,
+                            temperature=0.0, top_p=None, seed=0,
+                            batch_size=self.config.sample_batch_size,
+                            max_prompt_tokens=self.max_prompt_tokens)
+      data_lib.write_jsonl(path, [{"instruction": i, **o} for i, o in zip(instructions, outs)])
+    return [r["text"] or "" for r in data_lib.read_jsonl(path)]
+
+  def pairwise_eval(self, name: str, params) -> dict:
+    """Head-to-head vs `eval.head_to_head_baseline` and win rate vs the reference outputs,
+    judged by `eval.pairwise_judge_dir`; {} when no judge is configured."""
+    c = self.config.eval
+    if not c.pairwise_judge_dir:
+      return {}
+    mine = self.responses(name, params)
+    instructions = self.eval_instructions()
+    out = {}
+    jobs = []
+    if name != c.head_to_head_baseline and os.path.exists(
+        self.path("eval", f"responses_{c.head_to_head_baseline}.jsonl")):
+      theirs = self.responses(c.head_to_head_baseline, None)
+      jobs.append((f"h2h_{name}_vs_{c.head_to_head_baseline}", theirs))
+    if c.reference_path:
+      jobs.append((f"winrate_{name}_vs_reference", [r or "" for _, r in instructions]))
+    for key, theirs in jobs:
+      path = self.path("eval", f"{key}.json")
+      if not os.path.exists(path):
+        model, codec = self.pairwise_judge()
+        rows = pairwise_rows(model, codec, [(i, a, b) for (i, _), a, b in
+                                            zip(instructions, mine, theirs)], c,
+                             seed=stable_seed(self.config.seed, key), max_prompt_tokens=(
+                                 self.max_prompt_tokens),
+                             batch_size=self.config.sample_batch_size)
+        data_lib.write_jsonl(self.path("eval", f"{key}.jsonl"), rows)
+        _write_json(path, win_tie_lose([r["winner"] for r in rows]))
+      out[key] = _read_json(path)
+    return out
+
+  def evaluate(self, name: str, params, results: dict):
+    results["judge"][name] = self.judge_eval(name, params)
+    results["pairwise"].update(self.pairwise_eval(name, params))
+
   # -- driver ----------------------------------------------------------------------------------
 
   def run(self) -> dict:
@@ -684,12 +791,12 @@ class Loop:
     m0 = self.load_m0()
     self.current = self.sft(m0, "m1_sft", with_eft=True)
     self.save_hf("m1", self.current)
-    results = {"judge": {}, "iterations": {}, "stopped": None}
+    results = {"judge": {}, "pairwise": {}, "iterations": {}, "stopped": None}
     if self.config.eval.sft_baseline:
       baseline = self.sft(m0, "sft_baseline", with_eft=False)
-      results["judge"]["sft_baseline"] = self.judge_eval("sft_baseline", baseline)
+      self.evaluate("sft_baseline", baseline, results)
       del baseline
-    results["judge"]["m1"] = self.judge_eval("m1", self.current)
+    self.evaluate("m1", self.current, results)
     for t in range(1, self.config.iterations + 1):
       prompts = self.prompts_phase(t)
       candidates = self.candidates_phase(t, prompts)
@@ -712,7 +819,7 @@ class Loop:
         break
       self.current = params
       self.save_hf(f"m{t + 1}", params)
-      results["judge"][f"m{t + 1}"] = self.judge_eval(f"m{t + 1}", params)
+      self.evaluate(f"m{t + 1}", params, results)
     self.writer.close()
     return results
 
@@ -747,6 +854,13 @@ def markdown(results: dict) -> str:
         f"{_f(m['chosen_score'], '{:.2f}')} | {_f(m['rejected_score'], '{:.2f}')} | "
         f"{d.get('steps', '—')} | {_f(d.get('final_loss'), '{:.4f}')} | "
         f"{_f(None if not d else 100 * d['reward_accuracy'])} |")
+  if results.get("pairwise"):
+    lines += ["", "**Pairwise evaluation (fixed judge, both orders)**", "",
+              "| comparison | win % | tie % | lose % | win rate % | judged | failed |",
+              "|---|---|---|---|---|---|---|"]
+    for key, m in results["pairwise"].items():
+      lines.append(f"| {key} | {_f(m['win'])} | {_f(m['tie'])} | {_f(m['lose'])} | "
+                   f"{_f(m['win_rate'])} | {m['judged']} | {m['failed']} |")
   if results.get("stopped"):
     lines += ["", f"Stopped: {results['stopped']}"]
   return "\n".join(lines) + "\n"
