@@ -12,8 +12,9 @@ here), temperature 1. The value model is initialised from a reward model
 (`rm_dir=` a workdir of the `reward_model` trainer with the same architecture); without one it
 starts from the policy's body with a zero head. Batch sizes and response length here are ours
 (64 prompts × 1 sample, 1024 new tokens), not the report's. `:runlocal` runs the same
-trainer for a few steps on synthetic addition (tests); `:math_local` one tiny step of the MATH
-path on a tiny random checkpoint (a smoke run, not a result).
+trainer for a few steps on synthetic addition (tests); `:synthetic` is a minutes-long CPU
+run on the GRPO demo's task and base model (configs/grpo_synthetic.py) with PPO instead;
+`:math_local` one tiny step of the MATH path on a tiny random checkpoint (a smoke run).
 """
 
 import ml_collections
@@ -44,8 +45,8 @@ def value_config(rm_dir=""):
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, math_local=False, model_dir="", rm_dir="",
-                             seed=0, format="chat")
+  arg = config_lib.parse_arg(arg, runlocal=False, math_local=False, synthetic=False,
+                             model_dir="", rm_dir="", seed=0, format="chat", steps=100)
   c = ml_collections.ConfigDict()
   c.trainer = "ppo"
   c.seed = arg.seed
@@ -59,6 +60,13 @@ def get_config(arg=None):
     c.eval = ml_collections.ConfigDict(dict(num_problems=16, seed=12345, batch_size=256))
     c.rl = ppo_rl(seed=arg.seed, steps=2, prompts_per_step=8, num_epochs=2, num_minibatches=2,
                   lr=3e-4, value_lr=1e-3, schedule="constant", checkpoint_every=1)
+  elif arg.synthetic:
+    # The GRPO demo's task, model and SFT warm-up (configs/grpo_synthetic.py), with PPO.
+    demo = grpo_synthetic.get_config(f"seed={arg.seed}")
+    c.title = "PPO / RLVR on synthetic addition (greedy, held-out problems)"
+    c.task, c.model, c.warmup, c.eval = demo.task, demo.model, demo.warmup, demo.eval
+    c.rl = ppo_rl(seed=arg.seed, steps=arg.steps, prompts_per_step=128, num_epochs=4,
+                  num_minibatches=2, lr=3e-4, value_lr=1e-3, checkpoint_every=50, log_every=5)
   else:
     local = arg.math_local
     c.title = "PPO / RLVR on MATH500 (greedy)"

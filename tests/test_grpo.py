@@ -101,6 +101,18 @@ def test_math_configs_runlocal(module, tmp_path):
   assert "grpo" in results
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("module", [grpo_math, dapo_math])
+def test_math_local_text_env_path(module, tmp_path):
+  """MATH data, prompts and answer checker through the trainer on a tiny random checkpoint."""
+  config = module.get_config("math_local")
+  results = grpo.train(config, str(tmp_path))
+  assert results["base"]["n"] == 4
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  step = [r for r in rows if "grpo/loss" in r][0]
+  assert step["grpo/ratio_max_dev_first"] < 1e-4
+
+
 def test_math_configs_need_model_dir(tmp_path):
   for module in (grpo_math, dapo_math):
     config = module.get_config("")

@@ -174,3 +174,9 @@ def test_rlvr_math_config():
   assert c.value.init == "reward_model" and c.value.reward_model_dir == "/rm"
   assert (c.rl.beta, c.rl.eps_low, c.rl.num_epochs, c.rl.vf_coef) == (0.05, 0.2, 4, 0.1)
   assert rlvr_math.get_config("model_dir=/ckpt").value.init == "policy"
+
+
+@pytest.mark.slow
+def test_rlvr_math_local_text_env_path(tmp_path):
+  results = ppo.train(rlvr_math.get_config("math_local"), str(tmp_path))
+  assert results["base"]["n"] == 4 and "ppo" in results
