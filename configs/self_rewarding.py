@@ -51,10 +51,10 @@ def get_config(arg=None):
 
   c.data = ml_collections.ConfigDict(dict(
       ift_path=arg.ift_path, eft_path=arg.eft_path,
-      ift_size=3200, eft_train_size=400 if local else 1630, eft_eval_size=64 if local else 541,
+      ift_size=3200, eft_train_size=400 if local else 1630, eft_eval_size=96 if local else 541,
       eft_require_agreement=True,
-      # Synthetic ranked prompts when `eft_path` is empty (runlocal).
-      synthetic_prompts=160 if local else 4000))
+      # Synthetic ranked prompts when `eft_path` is empty (runlocal; 0 = eft_path required).
+      synthetic_prompts=160 if local else 0))
 
   c.sft = ml_collections.ConfigDict(dict(
       steps=200 if local else 2000, batch_size=16, lr=1e-3 if local else 5.5e-6,
@@ -64,7 +64,7 @@ def get_config(arg=None):
   c.self_instruct = ml_collections.ConfigDict(dict(
       source=arg.source or ("synthetic" if local else "few_shot"),
       generator_dir=arg.generator_dir,  # "" = the current model M_t
-      num_prompts=arg.prompts or (24 if local else 8000),  # per iteration (ours)
+      num_prompts=arg.prompts or (32 if local else 8000),  # per iteration (ours)
       num_shots=8, temperature=0.8, top_p=0.9,  # ours
       max_new_tokens=64 if local else 256, min_chars=8, max_chars=2000,
       oversample=1.5, max_rounds=4))

@@ -370,3 +370,21 @@ def test_runlocal_config_runs_the_real_loop(tmp_path):
   for it in results["iterations"].values():
     assert it["mining"]["pairs"] > 0
     assert it["mining"]["malformed_pct"] < 50
+
+
+def test_paper_config():
+  c = config_mod.get_config("model_dir=/ckpt,eft_path=/data/oa.jsonl")
+  assert (c.data.ift_size, c.data.eft_train_size, c.data.eft_eval_size) == (3200, 1630, 541)
+  assert (c.candidates.num, c.candidates.temperature, c.candidates.top_p) == (4, 0.7, 0.9)
+  assert c.judge.num_judgments == 3 and c.self_instruct.num_shots == 8
+  assert (c.dpo.beta, c.dpo.lr, c.dpo.lr * c.dpo.end_lr_factor, c.dpo.batch_size) == (
+      0.1, 1e-6, pytest.approx(1e-7), 16)
+  assert c.iterations == 2 and c.self_instruct.source == "few_shot"
+  assert c.model.model_dir == "/ckpt" and c.data.eft_path == "/data/oa.jsonl"
+  with pytest.raises(AttributeError):
+    c.dpo.betta = 0.2  # locked: a typo is an error
+
+
+def test_missing_eft_path_is_a_clear_error(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match="eft_path"):
+    sr.train(config_mod.get_config(), str(tmp_path))

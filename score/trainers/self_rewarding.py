@@ -64,6 +64,7 @@ from score.rewards import judge as judge_lib
 from score.trainers import common
 from score.trainers import dpo as dpo_lib
 from score.trainers import sft as sft_lib
+from score.utils import config as config_lib
 from score.utils import metrics as metrics_lib
 from score.utils import run as run_lib
 
@@ -505,6 +506,11 @@ class Loop:
     if not os.path.exists(self.path("data", "summary.json")):
       if c.eft_path:
         ranked = data_lib.load_ranked(c.eft_path)
+      elif c.synthetic_prompts <= 0:
+        raise config_lib.ConfigError(
+            "data.eft_path is empty: point it (config arg eft_path=) at ranked human data in "
+            "JSONL (see score/data/self_rewarding.py), or use the synthetic demo "
+            "(configs/self_rewarding.py:runlocal)")
       else:
         ranked = data_lib.synthetic_ranked(c.synthetic_prompts, seed=self.config.seed)
         data_lib.write_jsonl(self.path("data", "synthetic_ranked.jsonl"),
@@ -529,7 +535,9 @@ class Loop:
     self.ift = [data_lib.IFTExample(**r) for r in data_lib.read_jsonl(self.path("data", "ift.jsonl"))]
     self.eft_train = [data_lib.EFTExample(**r)
                       for r in data_lib.read_jsonl(self.path("data", "eft_train.jsonl"))]
-    self.judge_eval_prompts = data_lib.load_ranked(self.path("data", "judge_eval.jsonl"))
+    judge_eval = self.path("data", "judge_eval.jsonl")
+    self.judge_eval_prompts = (data_lib.load_ranked(judge_eval) if os.path.getsize(judge_eval)
+                               else [])
     if not self.ift:
       raise ValueError("no IFT examples: set data.ift_path or give ranked data")
 
