@@ -170,8 +170,8 @@ def test_sharded_sft_step_matches_single_device(shape, sft_setup):
     assert new_p[k].sharding == shardings.params[k], k
     # Adam's first step moves each weight by ±lr·g/(|g|+eps): compare at a fraction of lr.
     np.testing.assert_allclose(new_p[k], ref_params[k], atol=2e-5, rtol=1e-5, err_msg=k)
-    np.testing.assert_allclose(adam_state(new_o).mu[k], adam_state(ref_opt).mu[k], atol=1e-7, rtol=1e-4,
-                               err_msg=k)
+    np.testing.assert_allclose(adam_state(new_o).mu[k], adam_state(ref_opt).mu[k], atol=1e-7,
+                               rtol=1e-4, err_msg=k)
   assert not np.allclose(ref_params["['embed'].value"], params["['embed'].value"])
 
 
@@ -276,7 +276,8 @@ def test_accumulated_gradients_equal_full_batch_on_a_mesh():
 
 def test_split_micro_batches_is_strided():
   x = np.arange(8)
-  np.testing.assert_array_equal(parallel.split_micro_batches(x, 2), [[0, 2, 4, 6], [1, 3, 5, 7]])
+  np.testing.assert_array_equal(parallel.split_micro_batches(x, 2),
+                                [[0, 2, 4, 6], [1, 3, 5, 7]])
   with pytest.raises(ValueError, match="micro-batches"):
     parallel.split_micro_batches(x, 3)
 

@@ -1,7 +1,8 @@
 """Two JAX processes on localhost (`jax.distributed`, coordinator on 127.0.0.1), 4 CPU devices
 each, run one sharded SFT step on a (data=2, fsdp=4) mesh over all 8 devices, save and
-restore a sharded orbax checkpoint together, and must agree with each other and with the
-same step run by one process on 8 devices.
+restore a sharded orbax checkpoint together and sample greedily with the sharded sampler
+(each process feeding its half of the prompts); they must agree with each other and with
+the same step and sampler run by one process on 8 devices.
 
 This file is also the worker: `python tests/test_parallel_multiprocess.py PORT ID OUT CKPT`.
 """
@@ -71,6 +72,10 @@ def _worker(port: int, process_id: int, out_path: str, ckpt_dir: str):
   gathered = parallel.gather(new_p)
   restored_gathered = parallel.gather(restored["params"])
   result = _summary(gathered, jax.device_get(metrics))
+  prompts, prompt_mask = batch[0][:, :5], batch[1][:, :5]
+  samples = parallel.sharded_generate_arrays(
+      model, prompts[rows], prompt_mask[rows], jax.random.key(0), mesh=mesh, max_new_tokens=6)
+  result["greedy_tokens"] = parallel.gather(samples.tokens_BxN).tolist()
   result["restored_equal"] = all(
       np.array_equal(restored_gathered[k], gathered[k]) for k in gathered)
   result["extra"] = extra
@@ -132,6 +137,10 @@ def test_two_processes_agree_with_one(tmp_path):
   new_p, _, metrics = parallel.shard_step(step, shardings)(
       p, o, *parallel.shard_batch(batch, mesh))
   ref = _summary(jax.device_get(new_p), jax.device_get(metrics))
+  samples = parallel.sharded_generate_arrays(
+      model, batch[0][:, :5], batch[1][:, :5], jax.random.key(0), mesh=mesh, max_new_tokens=6)
+  assert results[0]["greedy_tokens"] == results[1]["greedy_tokens"]
+  np.testing.assert_array_equal(results[0]["greedy_tokens"], jax.device_get(samples.tokens_BxN))
   np.testing.assert_allclose(results[0]["loss"], ref["loss"], rtol=1e-5)
   for k, v in ref["sums"].items():
     np.testing.assert_allclose(results[0]["sums"][k], v, rtol=1e-4, atol=1e-4, err_msg=k)

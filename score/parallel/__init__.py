@@ -12,7 +12,7 @@ from score.parallel.mesh import (AXES, RULES, MeshShape, TrainShardings, activat
                                  batch_divisor, batch_sharding, kv_cache_shardings,
                                  logical_axes, logical_to_spec, make_mesh, mesh_config,
                                  mesh_from_config, mesh_shape, named_sharding,
-                                 opt_state_shardings, param_shardings, parse_mesh, replicated,
+                                 opt_state_shardings, param_shardings, parse_mesh, put, replicated,
                                  shard_batch, shard_params, shard_train_state, state_shardings)
 from score.parallel.sampling import shard_model_state, sharded_generate_arrays
 from score.parallel.train import (REMAT_MODES, accumulate_gradients, apply_remat, set_remat,

@@ -312,12 +312,30 @@ class TrainShardings(tuple):
     return self[1]
 
 
+def put(tree, shardings):
+  """`jax.device_put(tree, shardings)` that also works with several processes.
+
+  With one process it is `jax.device_put`. With several, a value every process holds in full
+  (numpy, or a `jax.Array` on this process's devices; it must be equal on all processes, which
+  JAX checks) is sent from host memory to the process's own shards of the global array;
+  arrays that already span processes are resharded by `jax.device_put`.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, shardings)
+
+  def host(x):
+    if isinstance(x, jax.Array) and x.is_fully_addressable:
+      return np.asarray(x)
+    return x
+  return jax.device_put(jax.tree.map(host, tree), shardings)
+
+
 def shard_params(params: Mapping[str, Any], mesh: Mesh,
                  axes: Mapping[str, Sequence[str | None]],
                  rules: Sequence[tuple[str, Any]] = RULES) -> dict[str, jax.Array]:
   """`jax.device_put` of flat params with their rule-given shardings."""
   shardings = param_shardings(params, axes, mesh, rules)
-  return jax.device_put(dict(params), shardings)
+  return put(dict(params), shardings)
 
 
 def shard_train_state(params: Mapping[str, Any], opt_state, mesh: Mesh,
@@ -330,8 +348,8 @@ def shard_train_state(params: Mapping[str, Any], opt_state, mesh: Mesh,
   """
   ps = param_shardings(params, axes, mesh, rules)
   os_ = opt_state_shardings(opt_state, ps, mesh)
-  params = jax.device_put(dict(params), ps)
-  opt_state = jax.device_put(opt_state, os_)
+  params = put(dict(params), ps)
+  opt_state = put(opt_state, os_)
   return params, opt_state, TrainShardings(ps, os_, mesh)
 
 
@@ -349,7 +367,7 @@ def shard_batch(arrays, mesh: Mesh, rules: Sequence[tuple[str, Any]] = RULES):
   def put(x):
     x = np.asarray(x) if not isinstance(x, jax.Array) else x
     if x.ndim == 0:
-      return jax.device_put(x, replicated(mesh))
+      return put(x, replicated(mesh))
     if jax.process_count() == 1:
       if x.shape[0] % div:
         raise ValueError(

@@ -24,15 +24,16 @@ from score.sampling import sampler as sampler_lib
 def shard_model_state(model: nnx.Module, mesh: Mesh, rules=mesh_lib.RULES):
   """`(graphdef, state)` of `model` with its arrays placed on `mesh` per the rules."""
   graphdef, state = nnx.split(model)
-  return graphdef, jax.device_put(state, mesh_lib.state_shardings(state, mesh, rules))
+  return graphdef, mesh_lib.put(state, mesh_lib.state_shardings(state, mesh, rules))
 
 
 @functools.lru_cache(maxsize=32)
-def _sharded_core(graphdef, mesh: Mesh, rules, options: tuple):
+def _sharded_core(graphdef, mesh: Mesh, rules, key_impl, options: tuple):
   out = mesh_lib.batch_sharding(mesh, rules)
 
-  def run(state, prompt_BxP, prompt_mask_BxP, rng, max_new_B):
+  def run(state, prompt_BxP, prompt_mask_BxP, key_data, max_new_B):
     model = nnx.merge(graphdef, state)
+    rng = jax.random.wrap_key_data(key_data, impl=key_impl) if key_impl else key_data
     samples = sampler_lib.generate_arrays(model, prompt_BxP, prompt_mask_BxP, rng,
                                           max_new_B=max_new_B, **dict(options))
     return samples._replace(num_steps=jax.lax.with_sharding_constraint(
@@ -73,9 +74,14 @@ def sharded_generate_arrays(model: nnx.Module | tuple[Any, Any], prompt_BxP, pro
     max_new_B = np.full((prompt_BxP.shape[0],), max_new_tokens, np.int32)
   prompt_BxP, prompt_mask_BxP, max_new_B = mesh_lib.shard_batch(
       (prompt_BxP, prompt_mask_BxP, np.asarray(max_new_B, np.int32)), mesh, rules)
-  rng = jax.device_put(rng, mesh_lib.replicated(mesh))
+  # Keys travel as their raw uint32 data (host values can be placed on every process).
+  key_impl = None
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    key_impl = jax.random.key_impl(rng)
+    rng = jax.random.key_data(rng)
+  key_data = mesh_lib.put(np.asarray(rng), mesh_lib.replicated(mesh))
   options = (("max_new_tokens", int(max_new_tokens)), ("temperature", float(temperature)),
              ("top_k", top_k), ("top_p", top_p), ("eos_ids", tuple(int(e) for e in eos_ids)),
              ("pad_id", int(pad_id)), ("cache_dtype", cache_dtype))
-  fn = _sharded_core(graphdef, mesh, tuple(rules), options)
-  return fn(state, prompt_BxP, prompt_mask_BxP, rng, max_new_B)
+  fn = _sharded_core(graphdef, mesh, tuple(rules), key_impl, options)
+  return fn(state, prompt_BxP, prompt_mask_BxP, key_data, max_new_B)
