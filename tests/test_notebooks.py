@@ -58,7 +58,10 @@ def test_notebooks_execute(tmp_path, monkeypatch):
   for variant in ("score", "no_stage1", "no_shaping", "no_multi_turn"):
     assert f"| {variant} | 16 |" in text
 
+  monkeypatch.setenv("SCORE_NB_MATH", str(tmp_path / "no_math_run"))
+  monkeypatch.setenv("SCORE_NB_HUMANEVAL", str(tmp_path / "no_humaneval_run"))
   text = _text(_execute("reproduce_tables.ipynb"))
+  assert "No `results.json` in" in text and "| score | 60.0 | 64.4 |" in text  # Table 2
   assert "Table 4 — ablations (MATH)" in text and "not comparable" in text
   assert "| no_stage1 | 16 |" in text and "59.2" in text  # ours beside the published row
 
