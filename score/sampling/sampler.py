@@ -111,21 +111,12 @@ def prefill_last_logits(
     """Writes the prompt into cache slots [0, P) and returns the last position's fp32 logits.
 
     With left padding the last slot holds every row's last real token, so `logits_BxV`
-    predicts the first new token. `Transformer.decode` unembeds all P positions (a B×P×V fp32
-    array: 19 GB at B=64, P=512, V=152k), so for `score.models.Transformer` this runs its
-    blocks and unembeds only the last hidden state; other models fall back to `decode`.
+    predicts the first new token. Only the last hidden state is unembedded (`decode` would
+    make a B×P×V fp32 array: 19 GB at B=64, P=512, V=152k); models without `decode_hidden`
+    fall back to `decode`.
     """
-    if all(hasattr(model, a) for a in ("_blocks", "_masks", "embed_tokens", "unembed")):
-        slots_BxP = jnp.broadcast_to(
-            jnp.arange(prompt_BxP.shape[1], dtype=jnp.int32), prompt_BxP.shape
-        )
-        h_BxPxD, cache = model._blocks(  # pylint: disable=protected-access
-            model.embed_tokens(prompt_BxP),
-            positions_BxP,
-            model._masks(kv_mask_BxS, slots_BxP),  # pylint: disable=protected-access
-            cache,
-            jnp.zeros((), jnp.int32),
-        )
+    if hasattr(model, "decode_hidden"):
+        h_BxPxD, cache = model.decode_hidden(prompt_BxP, positions_BxP, cache, 0, kv_mask_BxS)
         return model.unembed(h_BxPxD[:, -1:])[:, 0].astype(jnp.float32), cache
     logits_BxPxV, cache = model.decode(prompt_BxP, positions_BxP, cache, 0, kv_mask_BxS)
     return logits_BxPxV[:, -1].astype(jnp.float32), cache
