@@ -278,12 +278,16 @@ def test_without_dynamic_sampling_everything_is_kept():
 # ------------------------------------------------------------------------------------------------
 # Learning on the toy environment (advantage estimators by name).
 
-@pytest.mark.parametrize("advantage,reduction", [("grpo", "sequence")])
+@pytest.mark.parametrize("advantage,reduction", [
+    ("grpo", "sequence"),
+    pytest.param("dr_grpo", "constant", marks=pytest.mark.slow),
+    pytest.param("rloo", "token", marks=pytest.mark.slow),
+])
 def test_grpo_learns_toy_target(tmp_path, advantage, reduction):
   policy, params = tiny_policy()
   env = ToyEnv(target=5)
   before = grpo.evaluate(policy.model(params), env, env.heldout * 4)["accuracy"]
-  rl = rl_cfg(steps=25, prompts_per_step=8, samples_per_prompt=8, advantage=advantage,
+  rl = rl_cfg(steps=12, prompts_per_step=8, samples_per_prompt=8, advantage=advantage,
               reduction=reduction, lr=3e-2, beta=0.0, temperature=1.0)
   new = grpo.train_grpo(policy, params, params, env, rl, reward_cfg(), workdir=str(tmp_path))
   after = grpo.evaluate(policy.model(new), env, env.heldout * 4)["accuracy"]
