@@ -305,7 +305,7 @@ def test_remat_from_config_keeps_gradients():
   for mode in ("none", "block"):
     model = parallel.set_remat(Transformer(config, rngs=nnx.Rngs(3)), mode)
     policy, params = Policy.split(model)
-    grads.append(jax.grad(lambda p: _nll_fn(policy)(p, tokens)[0])(params))
+    grads.append(jax.jit(jax.grad(lambda p: _nll_fn(policy)(p, tokens)[0]))(params))
   for k in grads[0]:
     np.testing.assert_allclose(grads[1][k], grads[0][k], atol=1e-6, rtol=1e-5, err_msg=k)
 

@@ -364,7 +364,7 @@ def shard_batch(arrays, mesh: Mesh, rules: Sequence[tuple[str, Any]] = RULES):
   sharding = batch_sharding(mesh, rules)
   div = batch_divisor(mesh)
 
-  def put(x):
+  def place(x):
     x = np.asarray(x) if not isinstance(x, jax.Array) else x
     if x.ndim == 0:
       return put(x, replicated(mesh))
@@ -378,4 +378,4 @@ def shard_batch(arrays, mesh: Mesh, rules: Sequence[tuple[str, Any]] = RULES):
       raise ValueError(f"global batch of {global_rows} rows does not split over {div} devices")
     return jax.make_array_from_process_local_data(sharding, np.asarray(x),
                                                   (global_rows,) + tuple(x.shape[1:]))
-  return jax.tree.map(put, arrays)
+  return jax.tree.map(place, arrays)
