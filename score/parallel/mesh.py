@@ -255,8 +255,8 @@ def opt_state_shardings(opt_state, param_shardings_: Mapping[str, NamedSharding]
   """Optimizer-state shardings that follow the params.
 
   Any leaf reached through a dict key that names a param (Adam's `mu`/`nu`, `MultiSteps`'
-  accumulated gradients, ...) and has that param's shape gets the param's sharding; the
-  rest (step counts, scalars) is replicated.
+  accumulated gradients, ...) and whose rank covers that param's spec gets the param's
+  sharding; the rest (step counts, scalars) is replicated.
   """
   def pick(path, leaf):
     shape = np.shape(leaf)
