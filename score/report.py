@@ -62,6 +62,7 @@ class Run:
   rows: list[dict]
   results: dict[str, dict]
   evals: dict[str, dict]
+  results_md: str = ""
 
   @property
   def commit(self) -> str:
@@ -89,6 +90,13 @@ def load_run(workdir: str, name: str | None = None) -> Run:
         f"{workdir!r} holds none of {', '.join(known)}: is it a run's workdir "
         "(`python -m experiments.main --config ... --workdir DIR`)?")
   results = _read_json(os.path.join(workdir, "results.json"), {})
+  results = results.get("results") if isinstance(results, dict) else None
+  if not (isinstance(results, dict) and all(isinstance(v, dict) for v in results.values())):
+    results = {}  # another trainer's layout: the report shows its results.md instead
+  results_md = ""
+  if os.path.exists(os.path.join(workdir, "results.md")):
+    with open(os.path.join(workdir, "results.md"), encoding="utf-8") as f:
+      results_md = f.read()
   evals = {}
   eval_dir = os.path.join(workdir, "evals")
   if os.path.isdir(eval_dir):
@@ -99,7 +107,7 @@ def load_run(workdir: str, name: str | None = None) -> Run:
              config=_read_json(os.path.join(workdir, "config.json"), {}),
              info=_read_json(os.path.join(workdir, "run_info.json"), {}),
              rows=metrics_io.read_metrics(workdir),
-             results=results.get("results", {}), evals=evals)
+             results=results, results_md=results_md, evals=evals)
 
 
 def _unique_names(workdirs: Sequence[str]) -> list[str]:
@@ -274,45 +282,82 @@ def plot_curves(runs_curves: dict[str, dict[str, dict[str, Curve]]], spec: PlotS
   return metrics
 
 
+def _number(res: dict, key: str) -> tuple[float, float, float] | None:
+  """`(value, minus, plus)` of a result entry: an interval dict `{"value", "low", "high"}`,
+  or a number with an optional symmetric `<key>_ci95`; None for anything else."""
+  v = res.get(key)
+  if isinstance(v, dict) and "value" in v:
+    value = float(v["value"])
+    return value, value - float(v.get("low", value)), float(v.get("high", value)) - value
+  if isinstance(v, (int, float)) and not isinstance(v, bool):
+    ci = res.get(f"{key}_ci95")
+    ci = float(ci) if isinstance(ci, (int, float)) else 0.0
+    return float(v), ci, ci
+  return None
+
+
+def result_columns(runs: Sequence[Run]) -> list[str]:
+  """The metrics of the runs' results, self-correction metrics first, then the others in the
+  order the runs wrote them (`n` and `<key>_ci95`, shown with their metric, left out)."""
+  keys: dict[str, None] = {}
+  for r in runs:
+    for res in r.results.values():
+      for k in res:
+        if k != "n" and not (k.endswith("_ci95") and k[:-len("_ci95")] in res):
+          if _number(res, k) is not None:
+            keys[k] = None
+  first = [k for k in metrics_lib.METRICS if k in keys]
+  return first + [k for k in keys if k not in first]
+
+
 def plot_results(runs: Sequence[Run], path: str) -> bool:
-  """Bar plot of the evaluation (with 95 % intervals): Acc@t1/Acc@t2 and Δ, Δi→c, Δc→i per
-  method, the runs side by side. Returns False (and draws nothing) without results."""
+  """Bar plot of the evaluation with its intervals, the runs side by side. Self-correction
+  runs: Acc@t1/Acc@t2 and Δ, Δi→c, Δc→i per method; other trainers: a panel per metric (at
+  most four). Returns False (and draws nothing) without results."""
   runs = [r for r in runs if r.results]
-  if not runs:
+  columns = result_columns(runs)
+  if not columns:
     return False
   methods = list(dict.fromkeys(m for r in runs for m in r.results))
-  groups = (("acc_t1", "acc_t2"), ("delta", "delta_i2c", "delta_c2i"))
+  if set(metrics_lib.METRICS) <= set(columns):
+    groups = (("acc_t1", "acc_t2"), ("delta", "delta_i2c", "delta_c2i"))
+    titles = ("Accuracy of each attempt", "Self-correction: Δ = Δi→c − Δc→i")
+  else:
+    groups = tuple((c,) for c in columns[:4])
+    titles = tuple(metrics_lib.LABELS.get(c, c) for c in columns[:4])
   plt = _plt()
   width = min(16.0, 3.0 + 0.8 * len(methods) * len(runs))
-  if width > 9:  # many bars: one panel above the other
-    fig, axes = plt.subplots(2, 1, figsize=(width, 6.4))
+  if len(groups) == 2 and width > 9:  # many bars: one panel above the other
+    fig, axes = plt.subplots(2, 1, figsize=(width, 6.4), squeeze=False)
   else:
-    fig, axes = plt.subplots(1, 2, figsize=(2 * width, 3.6))
+    fig, axes = plt.subplots(1, len(groups), figsize=(min(2 * width, 4.5 * len(groups) + 2), 3.6),
+                             squeeze=False)
   x = np.arange(len(methods))
-  for ax, names in zip(axes, groups):
+  for ax, names, title in zip(axes.flat, groups, titles):
     bars = [(r, n) for r in runs for n in names]
-    width = 0.8 / len(bars)
+    bar_width = 0.8 / len(bars)
     for i, (run, name) in enumerate(bars):
-      vals, lo, hi = [], [], []
-      for m in methods:
-        res = run.results.get(m, {}).get(name)
-        vals.append(res["value"] if res else np.nan)
-        lo.append(res["value"] - res["low"] if res else 0)
-        hi.append(res["high"] - res["value"] if res else 0)
-      label = metrics_lib.LABELS[name] + (f" ({run.name})" if len(runs) > 1 else "")
-      ax.bar(x + (i - (len(bars) - 1) / 2) * width, vals, width, yerr=[lo, hi], capsize=2,
-             label=label, color=f"C{names.index(name)}",
-             alpha=1.0 - 0.45 * runs.index(run) / max(len(runs) - 1, 1) if len(runs) > 1 else 1)
+      points = [_number(run.results.get(m, {}), name) for m in methods]
+      vals = [p[0] if p else np.nan for p in points]
+      err = [[p[1] if p else 0 for p in points], [p[2] if p else 0 for p in points]]
+      label = (metrics_lib.LABELS.get(name, name) if len(names) > 1 else "") + (
+          f" ({run.name})" if len(runs) > 1 else "")
+      alpha = 1.0 - 0.45 * runs.index(run) / max(len(runs) - 1, 1) if len(runs) > 1 else 1.0
+      colour = f"C{names.index(name)}" if len(names) > 1 else f"C{runs.index(run)}"
+      ax.bar(x + (i - (len(bars) - 1) / 2) * bar_width, vals, bar_width, yerr=err, capsize=2,
+             label=label.strip() or None, color=colour, alpha=alpha)
     ax.set_xticks(x, methods, rotation=20, fontsize=8)
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_ylabel("%")
+    ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
-  axes[0].set_title("Accuracy of each attempt")
-  axes[1].set_title("Self-correction: Δ = Δi→c − Δc→i")
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
+  if len(groups) == 2 and groups[0] == ("acc_t1", "acc_t2"):
+    axes.flat[0].set_ylabel("%")
   n = {r.results[m]["n"] for r in runs for m in r.results if "n" in r.results[m]}
-  fig.suptitle("Greedy two-attempt evaluation, 95 % bootstrap intervals"
-               + (f" (n = {', '.join(map(str, sorted(n)))})" if n else ""), fontsize=10)
+  title = ("Greedy two-attempt evaluation, 95 % bootstrap intervals"
+           if groups[0] == ("acc_t1", "acc_t2") else "Evaluation, 95 % intervals where logged")
+  fig.suptitle(title + (f" (n = {', '.join(map(str, sorted(n)))})" if n else ""), fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -429,31 +474,44 @@ def eval_samples_markdown(evaluation: dict, *, max_rows: int = 5, max_chars: int
 # The report
 
 
-def _fmt(m: dict | None) -> str:
-  if not m:
+def _fmt(res: dict | None, key: str) -> str:
+  """An entry of a results table: `value [low, high]`, `value ± ci95` or the number."""
+  point = _number(res or {}, key)
+  if point is None:
     return "—"
-  return f"{m['value']:.1f} [{m['low']:.1f}, {m['high']:.1f}]"
+  value, minus, plus = point
+  v = (res or {}).get(key)
+  if isinstance(v, dict):
+    return f"{value:.1f} [{value - minus:.1f}, {value + plus:.1f}]"
+  if f"{key}_ci95" in (res or {}):
+    return f"{value:.1f} ± {minus:.1f}"
+  return f"{value:.4g}"
 
 
 def results_table(runs: Sequence[Run]) -> str:
   """One Markdown table, the runs side by side: a row per method, per metric a column per run.
 
-  Values are % with 95 % bootstrap intervals; "—" where a run has no such method. When every
-  run's config names the same published table (`config.published`), the paper's numbers
-  follow in their own columns.
+  Self-correction results are % with 95 % bootstrap intervals; other trainers' metrics are
+  shown as they wrote them ("±": their 95 % interval). "—" where a run has no such method or
+  metric. When every run's config names the same published table (`config.published`), the
+  paper's numbers follow in their own columns.
   """
   from score.eval import tables  # pylint: disable=g-import-not-at-top
   runs = [r for r in runs if r.results]
-  if not runs:
+  columns = result_columns(runs)
+  if not columns:
     return ""
   methods = list(dict.fromkeys(m for r in runs for m in r.results))
   multi = len(runs) > 1
   header = ["method", "n"]
-  for name in metrics_lib.METRICS:
-    header += [metrics_lib.LABELS[name] + (f" ({r.name})" if multi else "") for r in runs]
+  for name in columns:
+    header += [metrics_lib.LABELS.get(name, name) + (f" ({r.name})" if multi else "")
+               for r in runs]
   published_names = {r.config.get("published") or "" for r in runs}
   published = (tables.PUBLISHED.get(published_names.pop())
                if len(published_names) == 1 else None)
+  if published and not set(metrics_lib.METRICS) <= set(columns):
+    published = None
   if published:
     header += [f"{metrics_lib.LABELS[m]} (published)" for m in metrics_lib.METRICS]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -461,8 +519,8 @@ def results_table(runs: Sequence[Run]) -> str:
     ns = sorted({str(r.results[method]["n"]) for r in runs
                  if method in r.results and "n" in r.results[method]})
     row = [method, "/".join(ns) or "—"]
-    for name in metrics_lib.METRICS:
-      row += [_fmt(r.results.get(method, {}).get(name)) for r in runs]
+    for name in columns:
+      row += [_fmt(r.results.get(method), name) for r in runs]
     if published:
       pub = published.get(method)
       row += ([f"{v:.1f}" for v in pub] + [""] * (len(metrics_lib.METRICS) - len(pub))
@@ -548,9 +606,12 @@ def write_report(workdirs: Sequence[str], out: str | None = None, *,
     md += [table]
     if plot_results(runs, os.path.join(out, "results.png")):
       md += ["![results](results.png)", ""]
-  missing = [r.name for r in runs if not r.results]
+  for r in runs:
+    if not r.results and r.results_md:
+      md += [f"`{r.name}/results.md`:", "", r.results_md, ""]
+  missing = [r.name for r in runs if not r.results and not r.results_md]
   if missing:
-    md += [f"No `results.json` in: {', '.join(missing)} (the run has not finished its "
+    md += [f"No results in: {', '.join(missing)} (the run has not finished its "
            "evaluation, or its trainer writes none).", ""]
 
   md += ["## Training curves", ""]

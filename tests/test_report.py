@@ -125,10 +125,31 @@ def test_report_of_run_without_results_or_metrics(tmp_path):
   (workdir / "config.json").write_text(json.dumps({"trainer": "sft"}))
   path = report.write_report([str(workdir)], str(tmp_path / "out"))
   md = open(path, encoding="utf-8").read()
-  assert "No `results.json` in: empty_run" in md
+  assert "No results in: empty_run" in md
   assert "No `metrics.jsonl` rows in: empty_run" in md
   assert os.listdir(tmp_path / "out") == ["report.md"]
   assert report.main([str(tmp_path / "nothing_here")]) == 2
+
+
+def test_report_of_other_trainers_results(tmp_path):
+  """GRPO writes `{model: {accuracy, accuracy_ci95, length, n}}`; Self-Rewarding another
+  layout: a table of what is there, or the run's own results.md."""
+  grpo, srl = tmp_path / "grpo", tmp_path / "srl"
+  grpo.mkdir()
+  srl.mkdir()
+  (grpo / "results.json").write_text(json.dumps({"results": {
+      "base": {"accuracy": 12.0, "accuracy_ci95": 2.5, "length": 5.5, "n": 500},
+      "grpo": {"accuracy": 40.0, "accuracy_ci95": 4.0, "length": 4.25, "n": 500}}}))
+  (srl / "results.json").write_text(json.dumps({"iterations": [1, 2], "info": {}}))
+  (srl / "results.md").write_text("| model | win |\n|---|---|\n| M1 | 0.4 |\n")
+  out = str(tmp_path / "out")
+  md = open(report.write_report([str(grpo), str(srl)], out), encoding="utf-8").read()
+  # Only runs with a results table get columns (srl's own table follows).
+  assert "| method | n | accuracy | length |" in md
+  assert "| grpo | 500 | 40.0 ± 4.0 | 4.25 |" in md
+  assert "`srl/results.md`:" in md and "| M1 | 0.4 |" in md
+  with open(os.path.join(out, "results.png"), "rb") as f:
+    assert f.read(8) == PNG
 
 
 def test_samples_markdown_for_tensorboard():
