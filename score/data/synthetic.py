@@ -85,10 +85,10 @@ class AdditionTask:
       the reversed correct answer; a reversed answer with one wrong digit).
   """
   num_digits: int = 4
-  p_wrong_first: float = 0.3
+  p_wrong_first: float = 0.2
   p_copy: float = 0.7
-  p_reverse: float = 0.15
-  p_wrong_rewrite: float = 0.15
+  p_reverse: float = 0.25
+  p_wrong_rewrite: float = 0.05
 
   def __post_init__(self):
     if self.num_digits < 1:
