@@ -162,18 +162,6 @@ def train_loop(*, workdir: str, name: str, state: dict, update: Callable, num_st
   return state
 
 
-def phase_done(workdir: str, name: str, num_steps: int) -> bool:
-  """Whether a phase already saved its final checkpoint."""
-  directory = os.path.join(workdir, "checkpoints", name)
-  if not os.path.isdir(directory):
-    return False
-  return ckpt_lib.Checkpointer(directory, every=1).latest_step() == num_steps
-
-
-def state_with_key(params: Params, opt_state, key: jax.Array) -> dict:
-  return {"params": params, "opt_state": opt_state, "rng": ckpt_lib.key_to_array(key)}
-
-
 def pad_batch(rows: list[list[int]], *, pad_id: int = 0, length: int | None = None,
               left: bool = False) -> np.ndarray:
   """Pads int rows to one length (right-padding by default)."""

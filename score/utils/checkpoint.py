@@ -1,5 +1,6 @@
-"""Checkpoints with orbax: train state (params, optimizer state, step, RNG) plus JSON extras
-(data-iterator position, stage bookkeeping).
+"""Checkpoints with orbax: train state (params, optimizer state, step) plus JSON extras
+(data-iterator position, stage bookkeeping). Trainers derive every step's RNG key from
+(seed, phase, step), so a restored step samples exactly what the lost one would have.
 
 Writes are atomic (orbax finalises a temporary directory by renaming it), so a run killed
 at any moment leaves only complete checkpoints; re-running the same command resumes from the
@@ -60,12 +61,3 @@ class Checkpointer:
 
   def close(self):
     self._manager.close()
-
-
-def key_to_array(key: jax.Array) -> np.ndarray:
-  """A typed PRNG key as a plain uint32 array that a checkpoint can hold."""
-  return np.asarray(jax.random.key_data(key))
-
-
-def array_to_key(data) -> jax.Array:
-  return jax.random.wrap_key_data(np.asarray(data, dtype=np.uint32))
