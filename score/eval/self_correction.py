@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 
 from score.eval import metrics as metrics_lib
 from score.sampling import rollouts

@@ -33,8 +33,6 @@ the loss: its expected gradient is zero.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 
