@@ -178,7 +178,7 @@ def tiny_config(**overrides):
       "self_instruct.max_new_tokens": 12, "self_instruct.max_rounds": 6,
       "self_instruct.min_chars": 1, "self_instruct.num_shots": 4,
       "candidates.max_new_tokens": 8, "judge.max_new_tokens": 8,
-      "dpo.steps": 2, "dpo.batch_size": 4, "dpo.checkpoint_every": 1,
+      "dpo.steps": 2, "dpo.batch_size": 4, "dpo.checkpoint_every": 1, "dpo.log_every": 1,
       "eval.sft_baseline": False, "eval.max_new_tokens": 8, "sample_batch_size": 32,
       **overrides})
   return c
@@ -256,9 +256,16 @@ def test_end_to_end_writes_every_artefact(e2e):
     assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
     dpo = json.loads(_read(os.path.join(it, "dpo.json")))
     assert dpo["steps"] == 2 and dpo["pairs"] == len(pairs)
-  # The DPO phases logged their first step from policy = reference: loss = log 2.
-  rows = [r for r in metrics_lib.read_metrics(workdir) if "m2_dpo/loss" in r]
-  assert rows and math.isfinite(rows[-1]["m2_dpo/loss"])
+  # Each DPO phase starts from its reference (M_t): at step 1 h = 0, so the loss is log 2 and
+  # the implicit rewards are 0; the update then moves the policy away from the reference.
+  for name in ("m2_dpo", "m3_dpo"):
+    rows = {r["step"]: r for r in metrics_lib.read_metrics(workdir) if f"{name}/loss" in r}
+    assert rows[1][f"{name}/loss"] == pytest.approx(math.log(2.0), abs=1e-5)
+    assert rows[1][f"{name}/reward/margin"] == pytest.approx(0.0, abs=1e-5)
+  for t in (1, 2):  # ... and the trained M_t+1 differs from it (`common.make_optimizer`'s
+    # cosine schedule warms up from lr 0 at step 0, so only the last step moves it here).
+    dpo = json.loads(_read(os.path.join(workdir, f"iter{t}", "dpo.json")))
+    assert dpo["reward_margin"] != pytest.approx(0.0, abs=1e-9)
   md = _read(os.path.join(workdir, "results.md"))
   assert "| m3 |" in md and "| 2 |" in md
   judge = json.loads(_read(os.path.join(workdir, "eval", "judge_m2.json")))

@@ -204,6 +204,5 @@ def train_dpo(policy: common.Policy, params, ref_params, pairs: Sequence[PairTok
                                      label_smoothing=cfg.label_smoothing))
   margin = cfg.beta * ((pol_c - ref_c) - (pol_r - ref_r))
   summary = {"pairs": len(pairs), "steps": steps, "final_loss": float(losses.mean()),
-             "initial_loss": float(math.log(2.0)),
              "reward_accuracy": float((margin > 0).mean()), "reward_margin": float(margin.mean())}
   return params, summary
