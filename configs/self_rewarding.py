@@ -57,7 +57,7 @@ def get_config(arg=None):
       synthetic_prompts=160 if local else 0))
 
   c.sft = ml_collections.ConfigDict(dict(
-      steps=200 if local else 2000, batch_size=16, lr=1e-3 if local else 5.5e-6,
+      steps=600 if local else 2000, batch_size=16, lr=1e-3 if local else 5.5e-6,
       schedule="cosine", end_lr_factor=0.2, warmup_steps=0, grad_clip=1.0, weight_decay=0.0,
       checkpoint_every=100 if local else 200))
 

@@ -795,6 +795,12 @@ class Loop:
   # -- driver ----------------------------------------------------------------------------------
 
   def run(self) -> dict:
+    try:
+      return self._run()
+    finally:
+      self.writer.close()
+
+  def _run(self) -> dict:
     self.build_data()
     m0 = self.load_m0()
     self.current = self.sft(m0, "m1_sft", with_eft=True)
@@ -828,7 +834,6 @@ class Loop:
       self.current = params
       self.save_hf(f"m{t + 1}", params)
       self.evaluate(f"m{t + 1}", params, results)
-    self.writer.close()
     return results
 
 
