@@ -7,7 +7,22 @@ A fresh char-level model is warmed up with SFT on the synthetic addition episode
 (`score.trainers.sft.synthetic_warmup_batches`; only the first attempt matters here: the
 prompt is `^a+b=` and the response one answer ending with EOS), then trained with GRPO on the
 oracle reward (1 for the right sum). Greedy accuracy on held-out problems is reported before
-and after RL (`results.md`). Variants are overrides: `--config.rl.advantage=dr_grpo
+and after RL (`results.md`).
+
+The base model is a designed starting point: the task is 2-digit addition and half of the
+warm-up's first answers have one digit changed (`p_wrong_first=0.5`), so the base model often
+samples a wrong digit; RL has to sharpen it towards the right sum.
+
+Measured (seed 0, config of commit 5ba2934, 2 shared CPU cores, ≈ 12 min wall: 400 SFT steps
+≈ 7 min, 200 GRPO steps ≈ 5.5 min), 500 held-out problems, greedy:
+
+  | model | accuracy % (95% CI) |
+  |---|---|
+  | base (SFT warm-up) | 51.0 ± 4.4 |
+  | GRPO, 200 steps    | 83.8 ± 3.2 |
+
+Sampled reward (temperature 1, 256 samples per step): 0.33 at step 5, 0.45 at step 85, 0.72 at
+step 185. The same base model with PPO (`configs/rlvr_math.py:synthetic`, 100 steps): 85.0 ± 3.1. Variants are overrides: `--config.rl.advantage=dr_grpo
 --config.rl.reduction=constant` (Dr. GRPO), `--config.rl.dynamic_sampling=True
 --config.rl.eps_high=0.28 --config.rl.reduction=token --config.rl.beta=0` (DAPO),
 `--config.rl.kl_placement=reward --config.rl.kl_estimator=k1`.

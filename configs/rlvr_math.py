@@ -15,6 +15,10 @@ starts from the policy's body with a zero head. Batch sizes and response length 
 trainer for a few steps on synthetic addition (tests); `:synthetic` is a minutes-long CPU
 run on the GRPO demo's task and base model (configs/grpo_synthetic.py) with PPO instead;
 `:math_local` one tiny step of the MATH path on a tiny random checkpoint (a smoke run).
+
+Measured with `:synthetic` (seed 0, commit 8938610's config, 2 shared CPU cores, 100 PPO steps
+≈ 9 min from the GRPO demo's warm-up checkpoint): greedy accuracy on 500 held-out problems
+51.0 ± 4.4 → 85.0 ± 3.1 %; sampled reward 0.33 (step 5) → 0.78 (step 65) → 0.73 (step 100).
 """
 
 import ml_collections

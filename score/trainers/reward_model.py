@@ -9,7 +9,7 @@ A reward model is a decoder whose unembedding is replaced by a scalar head (`Sca
 with all K-choose-2 pairs of a prompt's K ranked responses in one batch element
 (`score.losses.preference.bradley_terry_k_choose_2`): one forward pass per response, each
 response used once per step. Ties are skipped. Accuracy = fraction of strict pairs ordered
-correctly (`r_winner > r_loser`) on held-out prompts.
+correctly (`r_winner > r_loser`; an equal score counts as wrong) on held-out prompts.
 
 The same `ScalarModel` is PPO's value model (`score.trainers.ppo`); a finished run exports
 its params to `<workdir>/reward_model_params` (`export_params` / `load_params`), from which
