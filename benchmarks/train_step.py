@@ -1,0 +1,260 @@
+"""Training-step throughput: one jitted policy-gradient step vs PyTorch eager, and MFU.
+
+For each model shape (default: two tiny Qwen2 shapes, hidden 256 × 4 layers and 512 × 8
+layers, vocabulary 32,000, batch 8 × 256 tokens) the same step runs in both frameworks on
+identical weights (a random `transformers` Qwen2 saved to a temporary directory, loaded by
+`score.models.hf.from_pretrained`):
+
+  JAX    `token_logprobs` -> `score.losses.pg.policy_gradient_loss` -> token-mean ->
+         `jax.value_and_grad` -> `optax.adamw`, one `jax.jit` (params and optimiser state
+         donated).
+  torch  `Qwen2ForCausalLM(...).logits` -> gather − logsumexp (what TRL does) -> the same
+         loss -> `backward()` -> `torch.optim.AdamW` (eager; torch threads: --torch_threads,
+         default 1 — JAX/XLA uses its own thread pool over every core, so compare the
+         CPU-time columns, which count the work of all threads).
+
+Both: AdamW lr 1e-5, weight decay 0.01, no clipping; random advantages per sequence; the loss
+is on the last 3/4 of each row (the first quarter plays the prompt).
+
+MFU: model FLOPs per step = 6 · N · tokens (forward 2N, backward 4N per token), N = the
+parameters of every matmul (all weights except the input-embedding table, norms and biases;
+the attention score/value products, 12·layers·seq·hidden per token, are left out — under 5 %
+at these shapes). The peak is measured in the same run by a square fp32 matmul (`--peak_n`,
+2048³) in each framework, interleaved with the steps:
+
+  mfu      = model FLOP/s (wall) / matmul FLOP/s (wall)
+  mfu_cpu  = model FLOP per CPU-second / matmul FLOP per CPU-second — the load-robust one
+             (on a shared machine, wall time includes time other jobs held the cores).
+
+Steady state: the median of --repeats interleaved timed steps after one warm-up step each
+(the JAX warm-up includes compilation and is reported as `jax_first_step_s`).
+Memory: peak RSS of the process after the JAX warm-up (both models and the JAX step's
+buffers) and at the end (everything); both frameworks share the process.
+
+    python benchmarks/train_step.py                  # both shapes, batch 8 × 256
+    python benchmarks/train_step.py --shapes 256x4 --batch 4 --seq 128
+    python benchmarks/train_step.py --smoke          # seconds; records nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _parse(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--shapes", default="256x4,512x8", help="hidden x layers, comma-separated")
+  p.add_argument("--vocab", type=int, default=32000)
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--seq", type=int, default=256)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--peak_n", type=int, default=2048)
+  p.add_argument("--torch_threads", type=int, default=1)
+  p.add_argument("--seed", type=int, default=0)
+  common.add_common_flags(p)
+  args = p.parse_args(argv)
+  if args.smoke:
+    args.shapes, args.vocab, args.batch, args.seq = "64x2", 512, 2, 32
+    args.repeats, args.peak_n = 1, 256
+  return args
+
+
+def _shape(text):
+  hidden, layers = (int(x) for x in text.lower().split("x"))
+  heads = max(1, hidden // 64)
+  return dict(hidden=hidden, layers=layers, heads=heads, kv_heads=max(1, heads // 2),
+              intermediate=4 * hidden)
+
+
+def _matmul_params(model) -> int:
+  """Parameters that take part in matmuls: every weight but the input embedding (unless it is
+  tied to the unembedding), norm scales and biases."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  total = 0
+  for path, x in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]:
+    name = jax.tree_util.keystr(path)
+    if "bias" in name or "norm" in name or x.ndim < 2:
+      continue
+    if "['embed']" in name and not model.config.tie_embeddings:
+      continue
+    total += x.size
+  return int(total)
+
+
+def bench_shape(shape, args, torch, transformers):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  from score.losses import pg  # pylint: disable=g-import-not-at-top
+  from score.losses import reduce as reduce_lib  # pylint: disable=g-import-not-at-top
+  from score.models import hf, token_logprobs  # pylint: disable=g-import-not-at-top
+  from score.trainers.common import Policy  # pylint: disable=g-import-not-at-top
+
+  b, l = args.batch, args.seq
+  torch.manual_seed(args.seed)
+  cfg = transformers.Qwen2Config(
+      vocab_size=args.vocab, hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
+      num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
+      intermediate_size=shape["intermediate"], max_position_embeddings=max(4096, l),
+      initializer_range=0.02, tie_word_embeddings=False, pad_token_id=0)
+  torch_model = transformers.Qwen2ForCausalLM(cfg).train()
+  with tempfile.TemporaryDirectory() as tmp:
+    torch_model.save_pretrained(tmp)
+    model = hf.from_pretrained(tmp)
+  n_matmul = _matmul_params(model)
+  n_total = int(sum(p.numel() for p in torch_model.parameters()))
+  flops_per_step = 6 * n_matmul * b * l
+
+  rng = np.random.default_rng(args.seed)
+  tokens = rng.integers(1, args.vocab, size=(b, l), dtype=np.int32)
+  mask = np.ones((b, l), np.int32)
+  loss_mask = np.zeros((b, l), np.float32)
+  loss_mask[:, l // 4:] = 1.0
+  adv = np.repeat(rng.standard_normal((b, 1)).astype(np.float32), l, axis=1)
+
+  # --- JAX --------------------------------------------------------------------------------
+  policy, params = Policy.split(model)
+  del model
+  optimizer = optax.adamw(1e-5, weight_decay=0.01)
+  opt_state = optimizer.init(params)
+
+  def loss_fn(params, tokens_BxL, mask_BxL, loss_mask_BxL, adv_BxL):
+    logp_BxL = token_logprobs(policy.model(params), tokens_BxL, mask_BxL)
+    loss_BxL = pg.policy_gradient_loss(logp_BxL, adv_BxL, loss_mask_BxL)
+    return reduce_lib.reduce(loss_BxL, loss_mask_BxL, "token")
+
+  def _step(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  step = jax.jit(_step, donate_argnums=(0, 1))
+  batch = tuple(jnp.asarray(x) for x in (tokens, mask, loss_mask, adv))
+  state = {"params": params, "opt": opt_state}
+
+  def run_jax():
+    state["params"], state["opt"], loss = step(state["params"], state["opt"], batch)
+    return float(jax.block_until_ready(loss))
+
+  a = jnp.asarray(rng.standard_normal((args.peak_n, args.peak_n)), jnp.float32)
+  bm = jnp.asarray(rng.standard_normal((args.peak_n, args.peak_n)), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, bm))
+
+  def jax_peak():
+    jax.block_until_ready(dot(a, bm))
+
+  # --- PyTorch eager ------------------------------------------------------------------------
+  t_tokens = torch.tensor(tokens, dtype=torch.long)
+  t_mask = torch.tensor(mask, dtype=torch.long)
+  t_loss_mask = torch.tensor(loss_mask)
+  t_adv = torch.tensor(adv)
+  t_opt = torch.optim.AdamW(torch_model.parameters(), lr=1e-5, weight_decay=0.01)
+  ta = torch.tensor(np.asarray(a))
+  tb = torch.tensor(np.asarray(bm))
+
+  def run_torch():
+    logits = torch_model(input_ids=t_tokens, attention_mask=t_mask).logits[:, :-1].float()
+    targets = t_tokens[:, 1:]
+    logp = (torch.gather(logits, -1, targets[..., None])[..., 0]
+            - torch.logsumexp(logits, dim=-1))
+    lm = t_loss_mask[:, 1:]
+    loss = (-t_adv[:, 1:] * logp * lm).sum() / lm.sum().clamp(min=1.0)
+    loss.backward()
+    t_opt.step()
+    t_opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+  def torch_peak():
+    torch.mm(ta, tb)
+
+  # Warm-ups: JAX compiles here; the first losses must agree (identical weights and batch;
+  # JAX's loss also holds position 0 of each row at 0, outside the loss mask).
+  jax_loss0, jax_first, _ = common.timed(run_jax)
+  rss_after_jax = common.peak_rss_mb()
+  torch_loss0, torch_first, _ = common.timed(run_torch)
+  torch_peak()
+
+  rows = {k: [] for k in ("jax_wall", "jax_cpu", "torch_wall", "torch_cpu", "jpk_wall",
+                          "jpk_cpu", "tpk_wall", "tpk_cpu")}
+  for _ in range(args.repeats):  # interleaved, so load changes hit both sides alike
+    for key, fn in (("jpk", jax_peak), ("jax", run_jax), ("tpk", torch_peak),
+                    ("torch", run_torch)):
+      _, wall, cpu = common.timed(fn)
+      rows[f"{key}_wall"].append(wall)
+      rows[f"{key}_cpu"].append(cpu)
+  med = {k: common.median(v) for k, v in rows.items()}
+  peak_flops = 2 * args.peak_n ** 3
+  out = {
+      "shape": f"{shape['hidden']}x{shape['layers']}",
+      "params": n_total,
+      "matmul_params": n_matmul,
+      "tokens_per_step": b * l,
+      "jax_tokens_per_s": round(b * l / med["jax_wall"], 1),
+      "torch_tokens_per_s": round(b * l / med["torch_wall"], 1),
+      "ratio": round(med["torch_wall"] / med["jax_wall"], 3),
+      "cpu_time_ratio": round(med["torch_cpu"] / med["jax_cpu"], 3),
+      "jax_step_s": round(med["jax_wall"], 4),
+      "torch_step_s": round(med["torch_wall"], 4),
+      "jax_step_cpu_s": round(med["jax_cpu"], 4),
+      "torch_step_cpu_s": round(med["torch_cpu"], 4),
+      "jax_matmul_gflops": round(peak_flops / med["jpk_wall"] / 1e9, 2),
+      "torch_matmul_gflops": round(peak_flops / med["tpk_wall"] / 1e9, 2),
+      "jax_mfu": round((flops_per_step / med["jax_wall"]) / (peak_flops / med["jpk_wall"]), 3),
+      "torch_mfu": round((flops_per_step / med["torch_wall"]) / (peak_flops / med["tpk_wall"]),
+                         3),
+      "jax_mfu_cpu": round((flops_per_step / med["jax_cpu"]) / (peak_flops / med["jpk_cpu"]), 3),
+      "torch_mfu_cpu": round(
+          (flops_per_step / med["torch_cpu"]) / (peak_flops / med["tpk_cpu"]), 3),
+      "jax_first_step_s": round(jax_first, 2),
+      "torch_first_step_s": round(torch_first, 2),
+      "first_loss_jax": round(jax_loss0, 6),
+      "first_loss_torch": round(torch_loss0, 6),
+      "peak_rss_mb_after_jax_warmup": rss_after_jax,
+      "peak_rss_mb": common.peak_rss_mb(),
+  }
+  return out
+
+
+def main(argv=None):
+  args = _parse(argv)
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(args.torch_threads)
+  results = [bench_shape(_shape(s), args, torch, transformers) for s in args.shapes.split(",")]
+  result = {
+      "benchmark": "train_step",
+      "batch": args.batch, "seq": args.seq, "vocab": args.vocab, "repeats": args.repeats,
+      "peak_matmul": f"{args.peak_n}^3 fp32",
+      "mfu_formula": "6*N_matmul*tokens/s / measured matmul FLOP/s (attention products omitted)",
+      "shapes": results,
+      "machine": common.machine(torch_threads=torch.get_num_threads()),
+  }
+  common.emit(result)
+  if not (args.smoke or args.no_record):
+    headline = {}
+    for r in results:
+      s = r["shape"]
+      headline[f"{s} jax/torch tok/s"] = f"{r['jax_tokens_per_s']}/{r['torch_tokens_per_s']}"
+      headline[f"{s} ratio (cpu)"] = f"{r['ratio']} ({r['cpu_time_ratio']})"
+      headline[f"{s} MFU jax/torch (cpu)"] = (f"{r['jax_mfu']}/{r['torch_mfu']} "
+                                              f"({r['jax_mfu_cpu']}/{r['torch_mfu_cpu']})")
+    headline["batch×seq"] = f"{args.batch}×{args.seq}"
+    headline["peak RSS MB"] = results[-1]["peak_rss_mb"]
+    common.record(result, headline)
+  return result
+
+
+if __name__ == "__main__":
+  main()
