@@ -134,9 +134,9 @@ def test_params_and_adam_state_are_sharded_not_replicated(shape, sft_setup):
   assert shard_shapes == {(32 // fsdp, 64 // tensor)}
   distinct = {tuple((sl.start, sl.stop) for sl in s.index) for s in gate.addressable_shards}
   assert len(distinct) == fsdp * tensor  # replicated only over `data`
-  # The embedding [V=128, D=32] ('vocab', 'embed').
+  # The embedding [V=128, D=32] ('vocab', 'embed'): V over tensor x fsdp, D whole.
   embed = sharded["['embed'].value"]
-  assert embed.addressable_shards[0].data.shape == (128 // tensor, 32 // fsdp)
+  assert embed.addressable_shards[0].data.shape == (128 // (tensor * fsdp), 32)
   # Every param with a dimension divisible by fsdp really is split: total bytes on device 0
   # are ~1/(fsdp*tensor) of the whole.
   dev0 = sum(s.data.nbytes for x in sharded.values() for s in x.addressable_shards

@@ -9,6 +9,9 @@ tensor-parallel groups are neighbouring devices on one host):
   tensor  Megatron style: heads, kv heads, MLP width and vocabulary split; activations keep
           the batch split and get their head / MLP dimension split too.
 
+The vocabulary dimension is split over `tensor × fsdp` (then the embedding's D dimension
+stays whole), every other D dimension over `fsdp`.
+
 Every parameter of `score.models.Transformer` carries logical axis names in its NNX metadata
 (`out_sharding`: 'vocab', 'embed', 'heads', 'kv_heads', 'kv', 'mlp'). `RULES` maps each
 logical name to mesh axes; `logical_to_spec` turns a tuple of names into a `PartitionSpec`,
@@ -39,8 +42,10 @@ BATCH_AXES = ("data", "fsdp")
 
 # (logical name, mesh axes) pairs; mesh axes are a name, a tuple of names or None.
 RULES: tuple[tuple[str, Any], ...] = (
-    # Params (Transformer metadata).
-    ("vocab", "tensor"),
+    # Params (Transformer metadata). The vocabulary also takes `fsdp`, so the (tied)
+    # embedding is split along V, not D: with D on `fsdp` (the batch's axis) XLA kept the
+    # chunked logits unsplit over the batch (2.2x the temporaries of a compiled step).
+    ("vocab", ("tensor", "fsdp")),
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
