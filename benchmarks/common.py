@@ -80,11 +80,8 @@ def machine(torch_threads: int | None = None) -> dict:
       "versions": {k: v for k in ("jax", "jaxlib", "flax", "optax", "torch", "transformers")
                    if (v := _version(k))},
   }
-  try:
-    import jax  # pylint: disable=g-import-not-at-top
-    info["jax_device"] = jax.devices()[0].device_kind
-  except Exception:  # noqa: BLE001 - informational only
-    pass
+  if "jax" in sys.modules:  # only where the benchmark uses JAX
+    info["jax_device"] = sys.modules["jax"].devices()[0].device_kind
   if torch_threads is not None:
     info["torch_threads"] = torch_threads
   return info
