@@ -512,9 +512,10 @@ class Loop:
             "JSONL (see score/data/self_rewarding.py), or use the synthetic demo "
             "(configs/self_rewarding.py:runlocal)")
       else:
-        ranked = data_lib.synthetic_ranked(c.synthetic_prompts, seed=self.config.seed)
-        data_lib.write_jsonl(self.path("data", "synthetic_ranked.jsonl"),
-                             map(data_lib.ranked_to_row, ranked))
+        source = self.path("data", "synthetic_ranked.jsonl")
+        data_lib.write_jsonl(source, map(data_lib.ranked_to_row, data_lib.synthetic_ranked(
+            c.synthetic_prompts, seed=self.config.seed)))
+        ranked = data_lib.load_ranked(source)  # the same reader as user data
       eft_train, eft_eval, eval_prompts, counts = data_lib.build_eft(
           ranked, train_size=c.eft_train_size, eval_size=c.eft_eval_size, seed=self.config.seed,
           require_agreement=c.eft_require_agreement)
