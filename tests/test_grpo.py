@@ -278,17 +278,19 @@ def test_without_dynamic_sampling_everything_is_kept():
 # ------------------------------------------------------------------------------------------------
 # Learning on the toy environment (advantage estimators by name).
 
-@pytest.mark.parametrize("advantage,reduction", [
-    ("grpo", "sequence"),
-    pytest.param("dr_grpo", "constant", marks=pytest.mark.slow),
-    pytest.param("rloo", "token", marks=pytest.mark.slow),
+@pytest.mark.parametrize("advantage,reduction,placement,beta", [
+    ("grpo", "sequence", "loss", 0.0),
+    pytest.param("dr_grpo", "constant", "loss", 0.04, marks=pytest.mark.slow),
+    pytest.param("rloo", "token", "reward", 0.01, marks=pytest.mark.slow),
+    pytest.param("grpo", "token", "reward", 0.01, marks=pytest.mark.slow),
 ])
-def test_grpo_learns_toy_target(tmp_path, advantage, reduction):
+def test_grpo_learns_toy_target(tmp_path, advantage, reduction, placement, beta):
   policy, params = tiny_policy()
   env = ToyEnv(target=5)
   before = grpo.evaluate(policy.model(params), env, env.heldout * 4)["accuracy"]
   rl = rl_cfg(steps=12, prompts_per_step=8, samples_per_prompt=8, advantage=advantage,
-              reduction=reduction, lr=3e-2, beta=0.0, temperature=1.0)
+              reduction=reduction, lr=3e-2, beta=beta, kl_placement=placement,
+              kl_estimator="k3" if placement == "loss" else "k1", temperature=1.0)
   new = grpo.train_grpo(policy, params, params, env, rl, reward_cfg(), workdir=str(tmp_path))
   after = grpo.evaluate(policy.model(new), env, env.heldout * 4)["accuracy"]
   assert before == 0.0 and after == 100.0
