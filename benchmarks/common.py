@@ -39,6 +39,22 @@ def timed(fn):
   return out, time.perf_counter() - t, time.process_time() - c
 
 
+class CompileCounter:
+  """Counts XLA compilations (`count`) from the moment it is made; a timed region that
+  compiles is not steady state, so the scripts report how many happened inside them."""
+
+  def __init__(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.count = 0
+
+    def listener(name, duration, **kwargs):
+      del duration, kwargs
+      if name == "/jax/core/compile/backend_compile_duration":
+        self.count += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+
+
 def median(xs):
   return statistics.median(xs) if xs else float("nan")
 

@@ -275,6 +275,7 @@ def main(argv=None):
   gen_mask = np.asarray(ep.turn_mask_BxL)[:, 1:] > 0
   parity = float(np.max(np.abs(t_ref - jax_ref[:, 1:])[gen_mask])) if gen_mask.any() else 0.0
 
+  compiles = common.CompileCounter()
   samples = {"jax": [], "torch": []}
   infos = {"jax": [], "torch": []}
   for _ in range(args.repeats):
@@ -315,6 +316,7 @@ def main(argv=None):
                        for k in infos},
       "ref_logprob_max_abs_diff": parity,
       "repeats": args.repeats,
+      "jax_compiles_while_timed": compiles.count,
       "peak_rss_mb": common.peak_rss_mb(),
       "machine": common.machine(torch_threads=torch.get_num_threads()),
   }

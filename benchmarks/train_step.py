@@ -185,6 +185,7 @@ def bench_shape(shape, args, torch, transformers):
   torch_loss0, torch_first, _ = common.timed(run_torch)
   torch_peak()
 
+  compiles = common.CompileCounter()
   rows = {k: [] for k in ("jax_wall", "jax_cpu", "torch_wall", "torch_cpu", "jpk_wall",
                           "jpk_cpu", "tpk_wall", "tpk_cpu")}
   for _ in range(args.repeats):  # interleaved, so load changes hit both sides alike
@@ -218,6 +219,7 @@ def bench_shape(shape, args, torch, transformers):
           (flops_per_step / med["torch_cpu"]) / (peak_flops / med["tpk_cpu"]), 3),
       "jax_first_step_s": round(jax_first, 2),
       "torch_first_step_s": round(torch_first, 2),
+      "jax_compiles_while_timed": compiles.count,
       "first_loss_jax": round(jax_loss0, 6),
       "first_loss_torch": round(torch_loss0, 6),
       "peak_rss_mb_after_jax_warmup": rss_after_jax,
