@@ -32,6 +32,26 @@ time, all threads) are the steadier comparison. See each script's docstring for 
 """
 
 
+def set_jax_threads(n: int) -> None:
+  """Before JAX is imported: n = 1 makes XLA's CPU backend single-threaded (no Eigen thread
+  pool), for a one-core-against-one-core comparison with `torch.set_num_threads(1)`;
+  n = 0 leaves XLA's default (every core)."""
+  if n == 1:
+    if "jax" in sys.modules:
+      raise RuntimeError("set_jax_threads must run before jax is imported")
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false "
+                               "intra_op_parallelism_threads=1").strip()
+  elif n != 0:
+    raise ValueError("--jax_threads: 0 (XLA's default, every core) or 1")
+
+
+def add_thread_flags(parser) -> None:
+  parser.add_argument("--torch_threads", type=int, default=1)
+  parser.add_argument("--jax_threads", type=int, default=0,
+                      help="0: XLA's default (every core); 1: single-threaded XLA")
+
+
 def timed(fn):
   """Runs `fn()`; returns `(output, wall seconds, CPU seconds of this process, all threads)`."""
   t, c = time.perf_counter(), time.process_time()
@@ -100,6 +120,7 @@ def machine(torch_threads: int | None = None) -> dict:
     info["jax_device"] = sys.modules["jax"].devices()[0].device_kind
   if torch_threads is not None:
     info["torch_threads"] = torch_threads
+  info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
   return info
 
 

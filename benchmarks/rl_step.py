@@ -21,7 +21,8 @@ and rewards are mostly 0: the work per iteration is that of the longest episodes
 
 Phases (seconds, median of --repeats interleaved iterations after one warm-up each; the JAX
 warm-up compiles): `rollout` (both turns, rewards excluded), `rewards`, `ref_logprobs`,
-`update`, and `total` (wall and process CPU time, all threads). A parity check outside the
+`update`, and `total`, each as wall time and as process CPU time (`*_cpu`, all threads).
+`--jax_threads 1` makes XLA single-threaded, for one core against torch's one thread. A parity check outside the
 timed region: the torch reference model's log-probs on the JAX episodes vs the JAX ones.
 Memory: peak RSS of the process (both frameworks share it).
 
@@ -52,7 +53,7 @@ def _parse(argv=None):
   p.add_argument("--hidden", type=int, default=0, help="model width (0: the config's)")
   p.add_argument("--layers", type=int, default=0, help="layers (0: the config's)")
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--torch_threads", type=int, default=1)
+  common.add_thread_flags(p)
   common.add_common_flags(p)
   args = p.parse_args(argv)
   if args.smoke:
@@ -65,15 +66,16 @@ class _TimedEnv:
 
   def __init__(self, env):
     self._env = env
-    self.reward_s = 0.0
+    self.reward_s = self.reward_cpu = 0.0
 
   def __getattr__(self, name):
     return getattr(self._env, name)
 
   def rewards(self, problems, responses):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = self._env.rewards(problems, responses)
     self.reward_s += time.perf_counter() - t
+    self.reward_cpu += time.process_time() - c
     return out
 
 
@@ -96,6 +98,7 @@ def _config(args):
 
 def main(argv=None):
   args = _parse(argv)
+  common.set_jax_threads(args.jax_threads)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -129,24 +132,27 @@ def main(argv=None):
     jstate["it"] += 1
     problems = problems_for(it)
     times = {}
-    env.reward_s = 0.0
-    t0 = time.perf_counter()
+    env.reward_s = env.reward_cpu = 0.0
+    t0, c0 = time.perf_counter(), time.process_time()
     episodes, rewards = score_trainer.sample_episodes(
         policy, jstate["params"], env, problems, samples_per_prompt=group,
         temperature=rl.temperature, seed=jax.random.fold_in(jax.random.key(rl.seed), it))
-    times["rewards"] = env.reward_s
+    times["rewards"], times["rewards_cpu"] = env.reward_s, env.reward_cpu
     times["rollout"] = time.perf_counter() - t0 - env.reward_s
+    times["rollout_cpu"] = time.process_time() - c0 - env.reward_cpu
     tokens, mask = jnp.asarray(episodes.tokens_BxL), jnp.asarray(episodes.mask_BxL)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     ref_logp = jax.block_until_ready(ref_fn(ref_params, tokens, mask))
     times["ref_logprobs"] = time.perf_counter() - t
+    times["ref_logprobs_cpu"] = time.process_time() - c
     batch = {"tokens": tokens, "mask": mask, "turn_mask": jnp.asarray(episodes.turn_mask_BxL),
              "ref_logp": ref_logp, "r1": jnp.asarray(rewards[:, 0]),
              "r2": jnp.asarray(rewards[:, 1])}
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     p, o, metrics = step_fn(jstate["params"], jstate["opt"], batch, 2)
     loss = float(jax.block_until_ready(metrics["loss"]))
     times["update"] = time.perf_counter() - t
+    times["update_cpu"] = time.process_time() - c
     jstate["params"], jstate["opt"] = p, o
     gen = int((episodes.turn_mask_BxL > 0).sum())
     return times, dict(loss=loss, generated_tokens=gen, reward_t1=float(rewards[:, 0].mean()),
@@ -206,17 +212,19 @@ def main(argv=None):
     rows = [b // group for b in range(len(problems) * group)]
     prompts = [env.prompt_tokens(problems[i]) for i in rows]
     times = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     y1 = sample_turn(prompts, env.max_new_tokens)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     r1 = env._env.rewards([problems[i] for i in rows], y1)  # pylint: disable=protected-access
     times["rewards"] = time.perf_counter() - t
+    times["rewards_cpu"] = time.process_time() - c
     contexts = [x + y + instruction for x, y in zip(prompts, y1)]
     budget = min(env.max_new_tokens, env.max_len - max(map(len, contexts)))
     y2 = sample_turn(contexts, max(budget, 1))
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     r2 = env._env.rewards([problems[i] for i in rows], y2)  # pylint: disable=protected-access
     times["rewards"] += time.perf_counter() - t
+    times["rewards_cpu"] += time.process_time() - c
     # Episodes x1 ⊕ y1 ⊕ p ⊕ y2, right-padded (default positions are then right), turn mask.
     seqs = [c + y for c, y in zip(contexts, y2)]
     width = max(map(len, seqs))
@@ -229,11 +237,13 @@ def main(argv=None):
       turn[b, len(x):len(x) + len(a)] = 1
       turn[b, len(c):len(s)] = 2
     times["rollout"] = time.perf_counter() - t0 - times["rewards"]
-    t = time.perf_counter()
+    times["rollout_cpu"] = time.process_time() - c0 - times["rewards_cpu"]
+    t, c = time.perf_counter(), time.process_time()
     with torch.no_grad():
       ref_logp = logprobs(torch_ref, ids, attn)
     times["ref_logprobs"] = time.perf_counter() - t
-    t = time.perf_counter()
+    times["ref_logprobs_cpu"] = time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
     logp = logprobs(torch_policy, ids, attn)
     turn_t = turn[:, 1:]
     r1_t, r2_t = torch.tensor(r1), torch.tensor(r2)
@@ -250,6 +260,7 @@ def main(argv=None):
     t_opt.step()
     t_opt.zero_grad(set_to_none=True)
     times["update"] = time.perf_counter() - t
+    times["update_cpu"] = time.process_time() - c
     gen = int(m.sum())
     return times, dict(loss=float(loss.detach()), generated_tokens=gen,
                        reward_t1=float(np.mean(r1)), reward_t2=float(np.mean(r2)))
@@ -286,7 +297,7 @@ def main(argv=None):
       infos[name].append(info)
 
   def summary(name):
-    keys = PHASES + ("total", "total_cpu")
+    keys = PHASES + tuple(f"{k}_cpu" for k in PHASES) + ("total", "total_cpu")
     return {k: round(common.median([s[k] for s in samples[name]]), 4) for k in keys}
 
   jax_s, torch_s = summary("jax"), summary("torch")
@@ -329,6 +340,9 @@ def main(argv=None):
         "ratio (cpu)": f"{result['ratio']} ({result['cpu_time_ratio']})",
         "jax rollout/rewards/ref/update s": phases(jax_s),
         "torch rollout/rewards/ref/update s": phases(torch_s),
+        "jax/torch CPU s per phase": phases({k: jax_s[f"{k}_cpu"] for k in PHASES}) + " vs "
+                                     + phases({k: torch_s[f"{k}_cpu"] for k in PHASES}),
+        "jax_threads": args.jax_threads or "all",
         "peak RSS MB": result["peak_rss_mb"],
     })
   return result

@@ -10,8 +10,8 @@ identical weights (a random `transformers` Qwen2 saved to a temporary directory,
          donated).
   torch  `Qwen2ForCausalLM(...).logits` -> gather − logsumexp (what TRL does) -> the same
          loss -> `backward()` -> `torch.optim.AdamW` (eager; torch threads: --torch_threads,
-         default 1 — JAX/XLA uses its own thread pool over every core, so compare the
-         CPU-time columns, which count the work of all threads).
+         default 1 — JAX/XLA uses its own thread pool over every core unless
+         `--jax_threads 1`, so compare the CPU-time columns, which count all threads).
 
 Both: AdamW lr 1e-5, weight decay 0.01, no clipping; random advantages per sequence; the loss
 is on the last 3/4 of each row (the first quarter plays the prompt).
@@ -20,11 +20,14 @@ MFU: model FLOPs per step = 6 · N · tokens (forward 2N, backward 4N per token)
 parameters of every matmul (all weights except the input-embedding table, norms and biases;
 the attention score/value products, 12·layers·seq·hidden per token, are left out — under 5 %
 at these shapes). The peak is measured in the same run by a square fp32 matmul (`--peak_n`,
-2048³) in each framework, interleaved with the steps:
+2048³, `jnp.dot` under `jax.jit` / `torch.mm` at the torch thread count), `--peak_trials`
+times per repeat, interleaved with the steps; the best one (least wall, least CPU time) is
+the peak:
 
-  mfu      = model FLOP/s (wall) / matmul FLOP/s (wall)
-  mfu_cpu  = model FLOP per CPU-second / matmul FLOP per CPU-second — the load-robust one
-             (on a shared machine, wall time includes time other jobs held the cores).
+  mfu      = model FLOP/s (wall) / the same framework's matmul FLOP/s (wall)
+  mfu_cpu  = model FLOP per CPU-second / the best matmul FLOP per CPU-second of either
+             framework (the hardware limit as reachable here) — the load-robust one: on a
+             shared machine, wall time includes time other jobs held the cores.
 
 Steady state: the median of --repeats interleaved timed steps after one warm-up step each
 (the JAX warm-up includes compilation and is reported as `jax_first_step_s`).
@@ -56,7 +59,8 @@ def _parse(argv=None):
   p.add_argument("--seq", type=int, default=256)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--peak_n", type=int, default=2048)
-  p.add_argument("--torch_threads", type=int, default=1)
+  p.add_argument("--peak_trials", type=int, default=3, help="matmuls per repeat and framework")
+  common.add_thread_flags(p)
   p.add_argument("--seed", type=int, default=0)
   common.add_common_flags(p)
   args = p.parse_args(argv)
@@ -115,6 +119,7 @@ def bench_shape(shape, args, torch, transformers):
   n_total = int(sum(p.numel() for p in torch_model.parameters()))
   flops_per_step = 6 * n_matmul * b * l
 
+  peaks = {k: [] for k in ("jax_wall", "jax_cpu", "torch_wall", "torch_cpu")}
   rng = np.random.default_rng(args.seed)
   tokens = rng.integers(1, args.vocab, size=(b, l), dtype=np.int32)
   mask = np.ones((b, l), np.int32)
@@ -152,7 +157,10 @@ def bench_shape(shape, args, torch, transformers):
   jax.block_until_ready(dot(a, bm))
 
   def jax_peak():
-    jax.block_until_ready(dot(a, bm))
+    for _ in range(args.peak_trials):
+      _, wall, cpu = common.timed(lambda: jax.block_until_ready(dot(a, bm)))
+      peaks["jax_wall"].append(wall)
+      peaks["jax_cpu"].append(cpu)
 
   # --- PyTorch eager ------------------------------------------------------------------------
   t_tokens = torch.tensor(tokens, dtype=torch.long)
@@ -176,7 +184,10 @@ def bench_shape(shape, args, torch, transformers):
     return float(loss.detach())
 
   def torch_peak():
-    torch.mm(ta, tb)
+    for _ in range(args.peak_trials):
+      _, wall, cpu = common.timed(lambda: torch.mm(ta, tb))
+      peaks["torch_wall"].append(wall)
+      peaks["torch_cpu"].append(cpu)
 
   # Warm-ups: JAX compiles here; the first losses must agree (identical weights and batch;
   # JAX's loss also holds position 0 of each row at 0, outside the loss mask).
@@ -184,18 +195,24 @@ def bench_shape(shape, args, torch, transformers):
   rss_after_jax = common.peak_rss_mb()
   torch_loss0, torch_first, _ = common.timed(run_torch)
   torch_peak()
+  for v in peaks.values():
+    v.clear()
 
   compiles = common.CompileCounter()
-  rows = {k: [] for k in ("jax_wall", "jax_cpu", "torch_wall", "torch_cpu", "jpk_wall",
-                          "jpk_cpu", "tpk_wall", "tpk_cpu")}
+  rows = {k: [] for k in ("jax_wall", "jax_cpu", "torch_wall", "torch_cpu")}
   for _ in range(args.repeats):  # interleaved, so load changes hit both sides alike
-    for key, fn in (("jpk", jax_peak), ("jax", run_jax), ("tpk", torch_peak),
-                    ("torch", run_torch)):
+    jax_peak()
+    for key, fn in (("jax", run_jax), ("torch", run_torch)):
+      if key == "torch":
+        torch_peak()
       _, wall, cpu = common.timed(fn)
       rows[f"{key}_wall"].append(wall)
       rows[f"{key}_cpu"].append(cpu)
   med = {k: common.median(v) for k, v in rows.items()}
+  # The achievable peak is the best matmul seen (on a shared machine, slower ones are waits).
+  med.update({f"{k[0]}pk_{k.split('_')[1]}": min(v) for k, v in peaks.items()})
   peak_flops = 2 * args.peak_n ** 3
+  best_per_cpu_s = peak_flops / min(med["jpk_cpu"], med["tpk_cpu"])
   out = {
       "shape": f"{shape['hidden']}x{shape['layers']}",
       "params": n_total,
@@ -211,12 +228,13 @@ def bench_shape(shape, args, torch, transformers):
       "torch_step_cpu_s": round(med["torch_cpu"], 4),
       "jax_matmul_gflops": round(peak_flops / med["jpk_wall"] / 1e9, 2),
       "torch_matmul_gflops": round(peak_flops / med["tpk_wall"] / 1e9, 2),
+      "jax_matmul_gflop_per_cpu_s": round(peak_flops / med["jpk_cpu"] / 1e9, 2),
+      "torch_matmul_gflop_per_cpu_s": round(peak_flops / med["tpk_cpu"] / 1e9, 2),
       "jax_mfu": round((flops_per_step / med["jax_wall"]) / (peak_flops / med["jpk_wall"]), 3),
       "torch_mfu": round((flops_per_step / med["torch_wall"]) / (peak_flops / med["tpk_wall"]),
                          3),
-      "jax_mfu_cpu": round((flops_per_step / med["jax_cpu"]) / (peak_flops / med["jpk_cpu"]), 3),
-      "torch_mfu_cpu": round(
-          (flops_per_step / med["torch_cpu"]) / (peak_flops / med["tpk_cpu"]), 3),
+      "jax_mfu_cpu": round((flops_per_step / med["jax_cpu"]) / best_per_cpu_s, 3),
+      "torch_mfu_cpu": round((flops_per_step / med["torch_cpu"]) / best_per_cpu_s, 3),
       "jax_first_step_s": round(jax_first, 2),
       "torch_first_step_s": round(torch_first, 2),
       "jax_compiles_while_timed": compiles.count,
@@ -230,6 +248,7 @@ def bench_shape(shape, args, torch, transformers):
 
 def main(argv=None):
   args = _parse(argv)
+  common.set_jax_threads(args.jax_threads)
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
@@ -253,6 +272,7 @@ def main(argv=None):
       headline[f"{s} MFU jax/torch (cpu)"] = (f"{r['jax_mfu']}/{r['torch_mfu']} "
                                               f"({r['jax_mfu_cpu']}/{r['torch_mfu_cpu']})")
     headline["batch×seq"] = f"{args.batch}×{args.seq}"
+    headline["jax_threads"] = args.jax_threads or "all"
     headline["peak RSS MB"] = results[-1]["peak_rss_mb"]
     common.record(result, headline)
   return result

@@ -46,7 +46,7 @@ def test_rl_step_smoke():
   r = _run("rl_step.py")
   assert r["benchmark"] == "rl_step"
   for side in ("jax_s", "torch_s"):
-    assert set(r[side]) == {"rollout", "rewards", "ref_logprobs", "update", "total", "total_cpu"}
+    assert {"rollout", "rewards", "ref_logprobs", "update", "total", "total_cpu"} <= set(r[side])
     assert r[side]["total"] > 0
   assert r["ratio"] > 0 and r["episodes"] == r["prompts"] * r["samples_per_prompt"]
   # Identical weights: the torch reference scores the JAX episodes like the JAX reference.
