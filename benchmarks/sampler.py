@@ -43,6 +43,7 @@ def _parse():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
+    p.add_argument("--no_record", action="store_true", help="do not append to RESULTS.md")
     return p.parse_args()
 
 
@@ -124,7 +125,7 @@ def main():
         ).stdout.strip()
     except OSError:
         commit = ""
-    print(json.dumps({
+    result = {
         "benchmark": "sampler",
         "jax_tokens_per_s": round(generated / jax_time, 1),
         "torch_tokens_per_s": round(generated / torch_time, 1),
@@ -145,7 +146,19 @@ def main():
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "commit": commit,
-    }))
+    }
+    print(json.dumps(result))
+    if not args.no_record:  # a row in benchmarks/RESULTS.md (date, commit, machine, versions)
+        import common  # benchmarks/common.py, beside this script
+
+        result["machine"] = common.machine(torch_threads=torch.get_num_threads())
+        result["peak_rss_mb"] = common.peak_rss_mb()
+        common.record(result, {
+            "jax/torch tok/s": f"{result['jax_tokens_per_s']}/{result['torch_tokens_per_s']}",
+            "ratio (cpu)": f"{result['ratio']} ({result['cpu_time_ratio']})",
+            "batch": args.batch, "new_tokens": n, "tokens_identical": result["tokens_identical"],
+            "peak RSS MB": result["peak_rss_mb"],
+        })
 
 
 if __name__ == "__main__":
