@@ -26,9 +26,9 @@ def tiny_model_cfg():
       intermediate_size=32, max_position_embeddings=16))
 
 
-def value_model(policy_params, policy, init="policy"):
+def value_model(policy_params, init="policy"):
   cfg = ml_collections.ConfigDict(dict(init=init, reward_model_dir=""))
-  return ppo.init_value_model(cfg, tiny_model_cfg(), policy_params, policy, vocab_size=8, seed=0)
+  return ppo.init_value_model(cfg, tiny_model_cfg(), policy_params, vocab_size=8, seed=0)
 
 
 def np_gae(rewards, values, mask, gamma, lam):
@@ -52,7 +52,7 @@ def test_gae_and_value_loss_through_trainer_match_numpy():
                                temperature=1.0, seed=1,
                                reward_cfg=grpo_synthetic.reward_config(verifiable=10.0,
                                                                        no_eos=1.0))
-  value_def, vparams = value_model(params, policy, init="scratch")
+  value_def, vparams = value_model(params, init="scratch")
   # A non-zero head so that values are not trivially 0.
   vparams = dict(vparams)
   key = "['head']['kernel'].value"
@@ -116,7 +116,7 @@ def test_ppo_bandit_learns_the_optimal_action(tmp_path):
   policy, params = tiny_policy(seed=1)
   env = ToyEnv(target=6)
   env.max_new_tokens = 1  # instance override: one action per episode
-  value_def, vparams = value_model(params, policy)
+  value_def, vparams = value_model(params)
   model = policy.model(params)
   prompt = jnp.asarray([[1, 6]])
   p_before = float(jnp.exp(token_logprobs(model, prompt)[0, 1]))
@@ -131,7 +131,7 @@ def test_ppo_bandit_learns_the_optimal_action(tmp_path):
 
 def test_value_init_from_policy_and_from_reward_model(tmp_path):
   policy, params = tiny_policy()
-  value_def, vparams = value_model(params, policy, init="policy")
+  value_def, vparams = value_model(params, init="policy")
   key = "['layers'][0]['attn']['q'].value"
   np.testing.assert_array_equal(vparams["['backbone']" + key], params[key])
   assert not any("lm_head" in k for k in vparams)
@@ -140,12 +140,12 @@ def test_value_init_from_policy_and_from_reward_model(tmp_path):
   rm = {k: v + 1.0 for k, v in vparams.items()}
   rm_lib.export_params(str(tmp_path), rm)
   cfg = ml_collections.ConfigDict(dict(init="reward_model", reward_model_dir=str(tmp_path)))
-  _, loaded = ppo.init_value_model(cfg, tiny_model_cfg(), params, policy, vocab_size=8, seed=0)
+  _, loaded = ppo.init_value_model(cfg, tiny_model_cfg(), params, vocab_size=8, seed=0)
   for k in rm:
     np.testing.assert_array_equal(loaded[k], rm[k])
   with pytest.raises(FileNotFoundError, match="reward_model"):
     bad = ml_collections.ConfigDict(dict(init="reward_model", reward_model_dir=str(tmp_path / "x")))
-    ppo.init_value_model(bad, tiny_model_cfg(), params, policy, vocab_size=8, seed=0)
+    ppo.init_value_model(bad, tiny_model_cfg(), params, vocab_size=8, seed=0)
 
 
 def test_last_token_mask():

@@ -144,7 +144,7 @@ def make_update(policy, value_def, policy_opt, value_opt, rl):
   return update
 
 
-def init_value_model(value_cfg, model_cfg, policy_params, policy, *, vocab_size, seed):
+def init_value_model(value_cfg, model_cfg, policy_params, *, vocab_size, seed):
   """`(value_def, value_params)` per `value_cfg.init` ("policy", "reward_model", "scratch")."""
   body = common.build_model(model_cfg, vocab_size, seed=seed + 17)
   model = rm_lib.ScalarModel(body, rngs=nnx.Rngs(seed + 18))
@@ -164,7 +164,6 @@ def init_value_model(value_cfg, model_cfg, policy_params, policy, *, vocab_size,
   elif value_cfg.init != "scratch":
     raise ValueError(f"value.init={value_cfg.init!r}; expected 'policy', 'reward_model' or "
                      "'scratch'.")
-  del policy
   return value_def, value_params
 
 
@@ -236,7 +235,7 @@ def train(config, workdir: str):
   """`config.trainer = "ppo"` (configs/rlvr_math.py; runlocal on synthetic addition)."""
   def train_fn(policy, base, env, writer):
     vocab = getattr(getattr(env, "tokenizer", None), "vocab_size", None)
-    value_def, value_params = init_value_model(config.value, config.model, base, policy,
+    value_def, value_params = init_value_model(config.value, config.model, base,
                                                vocab_size=vocab, seed=config.seed)
     params, _ = train_ppo(policy, base, base, value_def, value_params, env, config.rl,
                           config.reward, workdir=workdir, writer=writer)
