@@ -102,7 +102,8 @@ def get_config(arg=None):
       # Head-to-head (vs `head_to_head_baseline`) and win rate vs `reference_path` outputs
       # (JSONL instruction/output, AlpacaEval-style), judged pairwise in both orders by a
       # fixed local checkpoint (paper: GPT-4); "" skips them.
-      pairwise_judge_dir=arg.pairwise_judge_dir, head_to_head_baseline="m1",
+      pairwise_judge_dir=arg.pairwise_judge_dir,
+      head_to_head_baseline="sft_baseline",  # paper: M_t vs the SFT baseline
       reference_path=arg.reference_path))
   c.lock()
   return c

@@ -180,6 +180,7 @@ def tiny_config(**overrides):
       "candidates.max_new_tokens": 8, "judge.max_new_tokens": 8,
       "dpo.steps": 2, "dpo.batch_size": 4, "dpo.checkpoint_every": 1, "dpo.log_every": 1,
       "eval.sft_baseline": False, "eval.max_new_tokens": 8, "sample_batch_size": 32,
+      "eval.head_to_head_baseline": "m1",
       **overrides})
   return c
 

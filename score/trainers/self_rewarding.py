@@ -533,7 +533,8 @@ class Loop:
                            map(data_lib.ranked_to_row, eval_prompts))
       _write_json(self.path("data", "summary.json"),
                   dict(counts, ift=len(ift), eft_train=len(eft_train), eft_eval=len(eft_eval)))
-    self.ift = [data_lib.IFTExample(**r) for r in data_lib.read_jsonl(self.path("data", "ift.jsonl"))]
+    self.ift = [data_lib.IFTExample(**r)
+                for r in data_lib.read_jsonl(self.path("data", "ift.jsonl"))]
     self.eft_train = [data_lib.EFTExample(**r)
                       for r in data_lib.read_jsonl(self.path("data", "eft_train.jsonl"))]
     judge_eval = self.path("data", "judge_eval.jsonl")
@@ -719,7 +720,8 @@ class Loop:
       by_prompt = collections.defaultdict(dict)
       for (pid, i, _), j in zip(where, judged):
         by_prompt[pid][i] = j["score"]
-      scores = [[by_prompt[r.id][i] for i in range(len(r.responses))] for r in self.judge_eval_prompts]
+      scores = [[by_prompt[r.id][i] for i in range(len(r.responses))]
+                for r in self.judge_eval_prompts]
       metrics = judge_quality(scores, [list(r.ranks) for r in self.judge_eval_prompts])
       reasons = collections.Counter(x["reason"] for j in judged for x in j["judgments"])
       num = sum(reasons.values())
@@ -769,10 +771,14 @@ class Loop:
     instructions = self.eval_instructions()
     out = {}
     jobs = []
-    if name != c.head_to_head_baseline and os.path.exists(
-        self.path("eval", f"responses_{c.head_to_head_baseline}.jsonl")):
-      theirs = self.responses(c.head_to_head_baseline, None)
-      jobs.append((f"h2h_{name}_vs_{c.head_to_head_baseline}", theirs))
+    if name != c.head_to_head_baseline:
+      if os.path.exists(self.path("eval", f"responses_{c.head_to_head_baseline}.jsonl")):
+        theirs = self.responses(c.head_to_head_baseline, None)
+        jobs.append((f"h2h_{name}_vs_{c.head_to_head_baseline}", theirs))
+      else:
+        logging.warning("no head-to-head for %s: eval.head_to_head_baseline %r has no responses "
+                        "yet (it must be sft_baseline, m1 or an earlier model)", name,
+                        c.head_to_head_baseline)
     if c.reference_path:
       jobs.append((f"winrate_{name}_vs_reference", [r or "" for _, r in instructions]))
     for key, theirs in jobs:
