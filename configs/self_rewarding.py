@@ -7,7 +7,8 @@ r"""Self-Rewarding Language Models (Yuan et al., 2024; SPEC §2): M1 → M2 → 
   # Seconds-to-minutes CPU demo: tiny random model + offline BPE tokenizer + synthetic data.
   python -m experiments.main --config configs/self_rewarding.py:runlocal --workdir /tmp/srlm_local
 
-Measured `:runlocal` (commit 928a429, seed 0, 2-CPU VM, 7 min wall; M1 judge agreement is
+Measured `:runlocal` (commit 6c3a369 as recorded in run_info.json, seed 0, 2-CPU VM shared
+with other jobs, 7 min wall; M1 judge agreement is
 above chance, the sft_baseline never saw EFT data and writes no "Score:" line; the paper's
 SFT baseline is a 70B model that judges zero-shot):
 
