@@ -48,3 +48,15 @@ def text_task(name, *, train, eval, train_kwargs=None, eval_kwargs=None, prompt_
 
 def model(model_dir=""):
   return ml_collections.ConfigDict(dict(model_dir=model_dir))
+
+
+def scale(config, *, data=1, fsdp=1, tensor=1):
+  """Adds the `mesh` and `distributed` sections (`score.parallel`; docs/scaling.md).
+
+  The defaults run on one device; `--config.mesh.fsdp=-1` spreads params, optimizer state
+  and the batch over every device.
+  """
+  from score import parallel  # pylint: disable=g-import-not-at-top
+  config.mesh = parallel.mesh_config(data=data, fsdp=fsdp, tensor=tensor)
+  config.distributed = parallel.distributed_config()
+  return config

@@ -48,5 +48,6 @@ def get_config(arg=None):
       stage1_steps=1 if local else 1000, stage2_steps=1 if local else 2000,
       prompts_per_step=2 if local else 128, samples_per_prompt=2 if local else 4,
       checkpoint_every=1 if local else 50, log_every=1 if local else 10)
+  score_common.scale(c)
   c.lock()
   return c

@@ -25,7 +25,7 @@ def get_config(arg=None):
   c.seed = arg.seed
   c.task = sft_synthetic.task_config(num_digits=4)
   c.model = sft_synthetic.tiny_model_config(hidden_size=32 if arg.runlocal else 128)
-  c.warmup = score_common.warmup(10 if arg.runlocal else 400,
+  c.warmup = score_common.warmup(10 if arg.runlocal else 600,
                                  batch_size=16 if arg.runlocal else 256,
                                  checkpoint_every=5 if arg.runlocal else 100)
   c.eval = ml_collections.ConfigDict(dict(
@@ -38,8 +38,9 @@ def get_config(arg=None):
   c.pair_sft = score_common.sampled_sft(lr=3e-4, **sft)
   c.rl = score_common.rl(
       seed=arg.seed, lr=3e-4, alpha=10.0, beta1=0.01, beta2=0.1,
-      stage1_steps=2 if arg.runlocal else 80, stage2_steps=2 if arg.runlocal else 100,
+      stage1_steps=2 if arg.runlocal else 100, stage2_steps=2 if arg.runlocal else 120,
       prompts_per_step=4 if arg.runlocal else 64, samples_per_prompt=4,
       checkpoint_every=2 if arg.runlocal else 50, log_every=1 if arg.runlocal else 10)
+  score_common.scale(c)
   c.lock()
   return c

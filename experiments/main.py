@@ -9,6 +9,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from score import parallel
 from score import trainers
 from score.utils import run as run_lib
 
@@ -22,6 +23,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config = _CONFIG.value
+  parallel.initialize_distributed(config.get("distributed"))  # before any device is touched
   run_lib.write_run_info(_WORKDIR.value, config)
   trainers.get(config.trainer)(config, _WORKDIR.value)
 

@@ -151,3 +151,25 @@ def test_import_score_is_light():
                        timeout=120)
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("schedule,warmup,expected", [
+    ("constant", 0, [1.0, 1.0, 1.0, 1.0]),
+    ("cosine", 0, [1.0, 0.8535534, 0.5, 0.1464466]),
+    ("linear", 0, [1.0, 0.75, 0.5, 0.25]),
+    ("linear", 2, [0.0, 0.5, 1.0, 0.5]),
+])
+def test_optimizer_schedules(schedule, warmup, expected):
+  from score.trainers import common  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(dict(lr=1.0, schedule=schedule, warmup_steps=warmup,
+                                       end_lr_factor=0.0))
+  opt = common.make_optimizer(cfg, 4)
+  params = {"x": jnp.zeros(())}
+  state = opt.init(params)
+  lrs = []
+  for _ in range(4):  # Adam's first steps on a constant gradient move by exactly lr
+    updates, state = opt.update({"x": jnp.ones(())}, state, params)
+    lrs.append(-float(updates["x"]))
+  np.testing.assert_allclose(lrs, expected, atol=1e-3)
+  with pytest.raises(ValueError, match="schedule"):
+    common.make_optimizer(ml_collections.ConfigDict(dict(lr=1.0, schedule="step")), 4)

@@ -158,3 +158,14 @@ def test_rl_step_resume_is_exact(tmp_path):
                                   workdir=str(tmp_path / "b"))
   for k in full:
     np.testing.assert_allclose(full[k], resumed[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_suite_trains_on_a_mesh(tmp_path):
+  """The same suite with params, optimizer state and batches over a (data=2, fsdp=2) mesh."""
+  from score.trainers import suite  # pylint: disable=g-import-not-at-top
+  c = _runlocal_config(**{"mesh.data": 2, "mesh.fsdp": 2})
+  with c.unlocked():
+    c.methods = ("base", "score")
+  results = suite.train(c, str(tmp_path))
+  assert set(results) == {"base", "score"}
+  assert os.path.isdir(os.path.join(str(tmp_path), "checkpoints", "score", "r0_stage2"))

@@ -84,20 +84,27 @@ def unfrozen(items: tuple):
 
 
 def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
-  """Adam(W) with optional warm-up + cosine/constant schedule and global-norm clipping.
+  """Adam(W) with an optional linear warm-up, a schedule and global-norm clipping.
 
   `cfg`: `lr`, `weight_decay`, `b1`, `b2`, `grad_clip` (0 = off), `warmup_steps`,
-  `schedule` ("constant" | "cosine"), `end_lr_factor`.
+  `schedule` ("constant" | "cosine" | "linear": decays to `lr · end_lr_factor` over the steps
+  after the warm-up; the first step already uses `lr` when there is no warm-up),
+  `end_lr_factor`.
   """
   warmup = int(cfg.get("warmup_steps", 0))
-  if cfg.get("schedule", "constant") == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.lr, max(warmup, 1), max(num_steps, warmup + 1),
-        end_value=cfg.lr * cfg.get("end_lr_factor", 0.0))
-  elif warmup:
-    lr = optax.linear_schedule(0.0, cfg.lr, warmup)
+  schedule = cfg.get("schedule", "constant")
+  end = cfg.lr * cfg.get("end_lr_factor", 0.0)
+  decay_steps = max(num_steps - warmup, 1)
+  if schedule == "constant":
+    lr = optax.constant_schedule(cfg.lr)
+  elif schedule == "cosine":
+    lr = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=end / cfg.lr if cfg.lr else 0.0)
+  elif schedule == "linear":
+    lr = optax.linear_schedule(cfg.lr, end, decay_steps)
   else:
-    lr = cfg.lr
+    raise ValueError(f"Unknown schedule {schedule!r}; expected 'constant', 'cosine' or 'linear'")
+  if warmup:
+    lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), lr], [warmup])
   parts = []
   if cfg.get("grad_clip", 0.0):
     parts.append(optax.clip_by_global_norm(cfg.grad_clip))
@@ -159,6 +166,28 @@ def train_loop(*, workdir: str, name: str, state: dict, update: Callable, num_st
     bar.close()
     ckpt.close()
   return state
+
+
+def shard(policy: Policy, params: Params, opt_state, step_fn, mesh_cfg, *,
+          static_argnames=()):
+  """Puts params, optimizer state and `step_fn` on the mesh of `mesh_cfg` (`score.parallel`).
+
+  `mesh_cfg` is a config's `mesh` section; None or a one-device mesh leaves everything as it
+  is. Returns `(params, opt_state, step_fn)`.
+  """
+  if mesh_cfg is None:
+    return params, opt_state, step_fn
+  sizes = (mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)
+  if sizes == (1, 1, 1):
+    return params, opt_state, step_fn
+  from score import parallel  # pylint: disable=g-import-not-at-top
+  # Fixed sizes use the first devices; a -1 axis fills all of them.
+  devices = None if -1 in sizes else jax.devices()[:math.prod(sizes)]
+  mesh = parallel.mesh_from_config(mesh_cfg, devices=devices)
+  axes = parallel.logical_axes(policy.model(params))
+  params, opt_state, shardings = parallel.shard_train_state(params, opt_state, mesh, axes)
+  return params, opt_state, parallel.shard_step(step_fn, shardings,
+                                                static_argnames=static_argnames)
 
 
 def pad_batch(rows: list[list[int]], *, pad_id: int = 0, length: int | None = None,

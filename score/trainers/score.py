@@ -126,7 +126,7 @@ def _star_batch(env, episodes, rewards, problems, pad_to):
 
 
 def train_score(policy, params, ref_params, env, rl, *, workdir: str, name: str = "score",
-                writer=None):
+                writer=None, mesh_cfg=None):
   """Runs `rl.rounds` rounds of Stage I then Stage II from `params`; returns the new params.
 
   Each stage is a resumable phase `<name>/r<round>_stage<k>`; the RNG of every step is a
@@ -139,9 +139,13 @@ def train_score(policy, params, ref_params, env, rl, *, workdir: str, name: str 
       if steps <= 0:
         continue
       phase = f"{name}/r{rnd}_stage{stage}"
-      optimizer, step_fn, sft_step = _compiled_steps(policy, common.frozen(rl, _NOT_IN_STEP), steps,
-                                                     stage == 2 and rl.stage2_method == "star")
+      optimizer, step_fn, sft_step = _compiled_steps(
+          policy, common.frozen(rl, _NOT_IN_STEP), steps,
+          stage == 2 and rl.stage2_method == "star")
       base_key = jax.random.fold_in(jax.random.key(rl.seed), stable_hash(phase))
+      p, o, step_fn = common.shard(policy, params, optimizer.init(params), step_fn, mesh_cfg,
+                                   static_argnames=("stage",))
+      state = {"params": p, "opt_state": o}
 
       def update(step, state, stage=stage, phase=phase, step_fn=step_fn, sft_step=sft_step,
                  base_key=base_key):
@@ -162,16 +166,16 @@ def train_score(policy, params, ref_params, env, rl, *, workdir: str, name: str 
         else:
           batch = {"tokens": tokens, "mask": mask,
                    "turn_mask": jnp.asarray(episodes.turn_mask_BxL),
-                   "ref_logp": ref_fn(ref_params, tokens, mask),
+                   # On the host, so a sharded step can lay it out like the batch.
+                   "ref_logp": np.asarray(ref_fn(ref_params, tokens, mask)),
                    "r1": jnp.asarray(rewards[:, 0]), "r2": jnp.asarray(rewards[:, 1])}
-          p, o, metrics = step_fn(state["params"], state["opt_state"], batch, stage)
+          p, o, metrics = step_fn(state["params"], state["opt_state"], batch, stage=stage)
         metrics = dict(metrics, **{"reward/t1_sampled": rewards[:, 0].mean(),
                                    "reward/t2_sampled": rewards[:, 1].mean(),
                                    "time/sample_s": t_sample,
                                    "time/step_s": time.perf_counter() - t0})
         return {"params": p, "opt_state": o}, metrics
 
-      state = {"params": params, "opt_state": optimizer.init(params)}
       state = common.train_loop(workdir=workdir, name=phase, state=state, update=update,
                                 num_steps=steps, checkpoint_every=rl.checkpoint_every,
                                 writer=writer, log_every=rl.log_every)

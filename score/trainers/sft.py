@@ -75,7 +75,7 @@ class ExampleBatches:
 
 
 def train_sft(policy: common.Policy, params, batches, cfg, *, workdir: str, name: str,
-              writer: metrics_lib.MetricWriter | None = None):
+              writer: metrics_lib.MetricWriter | None = None, mesh_cfg=None):
   """Fine-tunes `params` for `cfg.steps` steps on `batches(step)`; resumable per phase.
 
   Args:
@@ -86,12 +86,15 @@ def train_sft(policy: common.Policy, params, batches, cfg, *, workdir: str, name
     workdir: the run's workdir.
     name: the phase name (checkpoint folder and metric prefix).
     writer: metrics writer.
+    mesh_cfg: the config's `mesh` section (None: one device).
 
   Returns:
     The fine-tuned params.
   """
   optimizer, step_fn = _compiled_step(policy, common.frozen(cfg))
-  state = {"params": params, "opt_state": optimizer.init(params)}
+  params, opt_state, step_fn = common.shard(policy, params, optimizer.init(params), step_fn,
+                                            mesh_cfg)
+  state = {"params": params, "opt_state": opt_state}
 
   def update(step, state):
     tokens, mask, loss_mask = batches(step)

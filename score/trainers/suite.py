@@ -75,7 +75,7 @@ def _sft_examples_pair(env, episodes, rewards, problems, *, seed):
   return out
 
 
-def _sampled_sft(method, policy, base, env, cfg, *, workdir, writer, seed):
+def _sampled_sft(method, policy, base, env, cfg, *, workdir, writer, seed, mesh_cfg=None):
   """STaR or Pair-SFT: sample from the base model, build the SFT set, fine-tune."""
   problems = env.train_problems(0, cfg.num_problems, stream=method)
   episodes, rewards = score_lib.sample_episodes(
@@ -96,7 +96,7 @@ def _sampled_sft(method, policy, base, env, cfg, *, workdir, writer, seed):
   sft_cfg.steps = max(1, min(cfg.max_steps, -(-cfg.epochs * len(examples) // cfg.batch_size)))
   batches = sft_lib.ExampleBatches(examples, cfg.batch_size, seed=seed, pad_id=env.pad_id)
   return sft_lib.train_sft(policy, base, batches, sft_cfg, workdir=workdir, name=method,
-                           writer=writer)
+                           writer=writer, mesh_cfg=mesh_cfg)
 
 
 def _make_runlocal_model(config, workdir):
@@ -135,7 +135,8 @@ def _base_model(config, env, workdir, policy_writer):
         env.task, env.tokenizer, config.warmup.batch_size, seed=config.seed,
         exclude=env.heldout)
     params = sft_lib.train_sft(policy, params, batches, config.warmup, workdir=workdir,
-                               name="warmup", writer=policy_writer)
+                               name="warmup", writer=policy_writer,
+                               mesh_cfg=config.get("mesh"))
   return policy, params
 
 
@@ -151,13 +152,13 @@ def train(config, workdir: str):
       return base
     if method in ("star", "pair_sft"):
       return _sampled_sft(method, policy, base, env, config[method], workdir=workdir,
-                          writer=writer, seed=config.seed)
+                          writer=writer, seed=config.seed, mesh_cfg=config.get("mesh"))
     if method == "score":
       return score_lib.train_score(policy, base, base, env, config.rl, workdir=workdir,
-                                   writer=writer)
+                                   writer=writer, mesh_cfg=config.get("mesh"))
     cfg = ablation_config(config, method)
     return score_lib.train_score(policy, base, base, env, cfg.rl, workdir=workdir,
-                                 name=method, writer=writer)
+                                 name=method, writer=writer, mesh_cfg=config.get("mesh"))
 
   results = {}
   for method in tuple(config.methods) + tuple(config.ablations):
