@@ -62,6 +62,8 @@ def _parse(argv=None):
   p.add_argument("--peak_trials", type=int, default=3, help="matmuls per repeat and framework")
   common.add_thread_flags(p)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--profile", action="store_true",
+                 help="also time forward / forward+backward parts (CPU seconds)")
   common.add_common_flags(p)
   args = p.parse_args(argv)
   if args.smoke:
@@ -243,7 +245,76 @@ def bench_shape(shape, args, torch, transformers):
       "peak_rss_mb_after_jax_warmup": rss_after_jax,
       "peak_rss_mb": common.peak_rss_mb(),
   }
+  if args.profile:
+    out["profile_cpu_s"] = _profile(args, policy, state, batch, torch_model, t_tokens, t_mask,
+                                    t_loss_mask, t_adv, loss_fn)
   return out
+
+
+def _profile(args, policy, state, batch, torch_model, t_tokens, t_mask, t_loss_mask, t_adv,
+             loss_fn):
+  """Median CPU seconds of the parts of a step, per framework (where the time goes).
+
+  fwd          log-probs only (JAX: `token_logprobs`, jitted; torch: under `no_grad`)
+  fwd_bwd      loss + gradients, no optimiser
+  fwd_bwd_full_logits  JAX only: the same with the plain full-logits log-softmax
+               (`model(tokens)` then `log_softmax`), i.e. without `token_logprobs`' chunked,
+               rematerialised unembedding
+  step         the whole timed step (from the main table)
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from score.losses import pg  # pylint: disable=g-import-not-at-top
+  from score.losses import reduce as reduce_lib  # pylint: disable=g-import-not-at-top
+  from score.models import token_logprobs  # pylint: disable=g-import-not-at-top
+
+  params = state["params"]
+  tokens_BxL, mask_BxL, loss_mask_BxL, adv_BxL = batch
+
+  def full_logits_loss(params, tokens_BxL, mask_BxL, loss_mask_BxL, adv_BxL):
+    logits = policy.model(params)(tokens_BxL, mask_BxL=mask_BxL)[:, :-1]
+    logp = jax.numpy.take_along_axis(jax.nn.log_softmax(logits), tokens_BxL[:, 1:, None],
+                                     axis=-1)[..., 0]
+    logp_BxL = jax.numpy.pad(logp, ((0, 0), (1, 0)))
+    return reduce_lib.reduce(pg.policy_gradient_loss(logp_BxL, adv_BxL, loss_mask_BxL),
+                             loss_mask_BxL, "token")
+
+  fns = {
+      "jax_fwd": jax.jit(lambda p: token_logprobs(policy.model(p), tokens_BxL, mask_BxL)),
+      "jax_fwd_bwd": jax.jit(jax.grad(loss_fn)),
+      "jax_fwd_bwd_full_logits": jax.jit(jax.grad(full_logits_loss)),
+  }
+  jax_calls = {
+      "jax_fwd": lambda: jax.block_until_ready(fns["jax_fwd"](params)),
+      "jax_fwd_bwd": lambda: jax.block_until_ready(fns["jax_fwd_bwd"](params, *batch)),
+      "jax_fwd_bwd_full_logits": lambda: jax.block_until_ready(
+          fns["jax_fwd_bwd_full_logits"](params, *batch)),
+  }
+
+  def torch_logp():
+    logits = torch_model(input_ids=t_tokens, attention_mask=t_mask).logits[:, :-1].float()
+    return (torch.gather(logits, -1, t_tokens[:, 1:, None])[..., 0]
+            - torch.logsumexp(logits, dim=-1))
+
+  def torch_fwd():
+    with torch.no_grad():
+      torch_logp()
+
+  def torch_fwd_bwd():
+    lm = t_loss_mask[:, 1:]
+    loss = (-t_adv[:, 1:] * torch_logp() * lm).sum() / lm.sum().clamp(min=1.0)
+    loss.backward()
+    torch_model.zero_grad(set_to_none=True)
+
+  calls = dict(jax_calls, torch_fwd=torch_fwd, torch_fwd_bwd=torch_fwd_bwd)
+  for fn in calls.values():  # compile / warm up
+    fn()
+  cpu = {k: [] for k in calls}
+  for _ in range(args.repeats):
+    for k, fn in calls.items():
+      cpu[k].append(common.timed(fn)[2])
+  return {k: round(common.median(v), 4) for k, v in cpu.items()}
 
 
 def main(argv=None):
@@ -273,6 +344,10 @@ def main(argv=None):
                                               f"({r['jax_mfu_cpu']}/{r['torch_mfu_cpu']})")
     headline["batch×seq"] = f"{args.batch}×{args.seq}"
     headline["jax_threads"] = args.jax_threads or "all"
+    for r in results:
+      if "profile_cpu_s" in r:
+        headline[f"{r['shape']} profile CPU s"] = ", ".join(
+            f"{k} {v}" for k, v in r["profile_cpu_s"].items())
     headline["peak RSS MB"] = results[-1]["peak_rss_mb"]
     common.record(result, headline)
   return result
