@@ -157,6 +157,7 @@ def main():
             "jax/torch tok/s": f"{result['jax_tokens_per_s']}/{result['torch_tokens_per_s']}",
             "ratio (cpu)": f"{result['ratio']} ({result['cpu_time_ratio']})",
             "batch": args.batch, "new_tokens": n, "tokens_identical": result["tokens_identical"],
+            "model": f"d{args.hidden}x{args.layers}L vocab {args.vocab}",
             "peak RSS MB": result["peak_rss_mb"],
         })
 
