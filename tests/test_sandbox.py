@@ -152,7 +152,7 @@ def test_memory_bomb_fails_within_limits():
     assert r2.status == "failed" and "MemoryError" in r2.stderr
     # No child of ours ever held more than the limit (ru_maxrss is in KiB).
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    assert peak < max(before, 300 * 1024), peak
+    assert peak <= max(before, 300 * 1024), peak  # earlier children of a long run may hold more
     _still_grades()
 
 
