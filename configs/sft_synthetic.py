@@ -9,15 +9,18 @@ from score.utils import config as config_lib
 
 
 def task_config(num_digits=4):
-  """Warm-up mixture: y1 wrong 20 %; y2 = copy 70 %, reversed correct 25 %, reversed wrong 5 %.
+  """Warm-up mixture: y2 = copy 70 %, reversed correct 25 %, reversed wrong 5 %; y1 is wrong
+  20 % of the time before a copy and 50 % before a rewrite.
 
-  SPEC §6's prototype used 30 % / 15 % / 15 %: with that much noise a sampled reversed answer
-  is right only about half the time, so at temperature 1 copying looks better and RL never
-  picks up the reversal (measured here: SCoRe Δ = −2.8, base −4.4).
+  SPEC §6's prototype used y1 wrong 30 %, 70 / 15 / 15, independent of each other. Measured
+  here: with that much rewrite noise a sampled reversal is right only about half the time,
+  so RL prefers copying (SCoRe Δ = −2.8, base −4.4); and when y1 is usually right before a
+  rewrite, the model learns "write y1 backwards" instead of reversed addition, so a rewrite
+  never fixes a wrong y1 (sampled i→c flips: 0 %).
   """
   return ml_collections.ConfigDict(dict(
-      name="addition", num_digits=num_digits, p_wrong_first=0.2, p_copy=0.7, p_reverse=0.25,
-      p_wrong_rewrite=0.05))
+      name="addition", num_digits=num_digits, p_wrong_first=0.2, p_wrong_before_rewrite=0.5,
+      p_copy=0.7, p_reverse=0.25, p_wrong_rewrite=0.05))
 
 
 def tiny_model_config(hidden_size=128, num_layers=2):

@@ -80,12 +80,18 @@ class AdditionTask:
 
   Attributes:
     num_digits: operand length (the difficulty knob; leading digit non-zero).
-    p_wrong_first: warm-up probability that y1 is wrong (one digit changed).
     p_copy / p_reverse / p_wrong_rewrite: warm-up mixture of turn-2 behaviours (copy y1;
       the reversed correct answer; a reversed answer with one wrong digit).
+    p_wrong_first: warm-up probability that y1 is wrong (one digit changed) in episodes whose
+      turn 2 copies.
+    p_wrong_before_rewrite: the same in episodes whose turn 2 rewrites. Above p_wrong_first,
+      rewriting is a (weak) reaction to a wrong first attempt, as for a person who sometimes
+      checks; and the reversed answer cannot be learnt as "y1 backwards" — it has to be
+      computed from the question.
   """
   num_digits: int = 4
   p_wrong_first: float = 0.2
+  p_wrong_before_rewrite: float = 0.5
   p_copy: float = 0.7
   p_reverse: float = 0.25
   p_wrong_rewrite: float = 0.05
@@ -156,8 +162,9 @@ class AdditionTask:
     rng = np.random.default_rng(seed + 1)
     out = []
     for p in self.problems(n, seed=seed, exclude=exclude):
-      y1 = p.answer if rng.random() >= self.p_wrong_first else self._corrupt(p.answer, rng)
       u = rng.random()
+      p_wrong = self.p_wrong_first if u < self.p_copy else self.p_wrong_before_rewrite
+      y1 = p.answer if rng.random() >= p_wrong else self._corrupt(p.answer, rng)
       if u < self.p_copy:
         y2 = y1
       elif u < self.p_copy + self.p_reverse:
