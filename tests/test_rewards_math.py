@@ -351,3 +351,15 @@ def test_extraction_recovers_every_math_train_answer():
       bad.append((r["unique_id"], got, r["answer"]))
   assert len(rows) == 12_000
   assert not bad, bad[:10]
+
+
+@pytest.mark.parametrize("pred,gold,expected", [
+    (".0000672", ".0000673", False),   # math-verify alone rounds both to 6 decimals
+    ("0.0000672", ".0000672", True),
+    ("2.50", "2.5", True),
+    ("52_8", "52_9", False),            # math-verify alone drops the base subscript
+    ("52_{8}", "52_8", True),
+    ("1011_2", "1011_2", True),
+])
+def test_literals_compare_exactly(pred, gold, expected):
+  assert rmath.is_equivalent(pred, gold) is expected

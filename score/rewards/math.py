@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fractions
 import logging
 import re
 import signal
@@ -448,6 +449,26 @@ def _math_verify_equal(pred: str, gold: str) -> bool:
   return bool(mv.verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
+_DECIMAL_RE = re.compile(r"-?(\d+\.?\d*|\.\d+)")
+_BASE_RE = re.compile(r"(\w+)_\{?(\d+)\}?")
+
+
+def _literal_verdict(pred_n: str, gold_n: str) -> bool | None:
+  """Exact answers for literals that math-verify compares too loosely, else None.
+
+  Two decimal numbers compare exactly (math-verify rounds to 6 decimals, so .0000672 ==
+  .0000673 there); two numbers in a base (`52_8`) compare digits and base (it drops the
+  subscript).
+  """
+  if _DECIMAL_RE.fullmatch(pred_n) and _DECIMAL_RE.fullmatch(gold_n):
+    return fractions.Fraction(pred_n) == fractions.Fraction(gold_n)
+  base_p, base_g = _BASE_RE.fullmatch(pred_n), _BASE_RE.fullmatch(gold_n)
+  if base_p and base_g:
+    return (base_p.group(1).upper(), int(base_p.group(2))) == (
+        base_g.group(1).upper(), int(base_g.group(2)))
+  return None
+
+
 def _equivalent(pred, gold, timeout_s, string_match) -> tuple[bool, str | None]:
   """(equivalent?, why the check failed or None). Never raises."""
   if pred is None or gold is None:
@@ -459,6 +480,9 @@ def _equivalent(pred, gold, timeout_s, string_match) -> tuple[bool, str | None]:
     pred_n, gold_n = normalize(pred_s), normalize(gold_s)
     if string_match and pred_n and pred_n == gold_n:
       return True, None
+    verdict = _literal_verdict(pred_n, gold_n)
+    if verdict is not None:
+      return verdict, None
     if len(pred_s) > _MAX_ANSWER_CHARS or len(gold_s) > _MAX_ANSWER_CHARS:
       return False, f"answer longer than {_MAX_ANSWER_CHARS} characters"
     with _deadline(timeout_s):
