@@ -4,7 +4,6 @@ import dataclasses
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np

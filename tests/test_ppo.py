@@ -8,12 +8,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from flax import nnx
 
 from configs import grpo_synthetic
 from configs import rlvr_math
 from score.models import token_logprobs
-from score.trainers import common
 from score.trainers import grpo
 from score.trainers import ppo
 from score.trainers import reward_model as rm_lib

@@ -186,3 +186,17 @@ def make_env(config):
   task = synthetic.make_task(config.task.name, **kwargs)
   return SyntheticEnv(task, seed=config.seed, num_eval=config.eval.num_problems,
                       eval_seed=config.eval.seed)
+
+
+def make_runlocal_model(config, workdir: str):
+  """A tiny random checkpoint with a tokenizer trained on the task's problems (a smoke run of
+  the text-environment path, not a result); sets `config.model.model_dir` to it."""
+  import os  # pylint: disable=g-import-not-at-top
+  from score.data import loaders  # pylint: disable=g-import-not-at-top
+  from score.utils import tiny_checkpoint  # pylint: disable=g-import-not-at-top
+  problems = loaders.load(config.task.train, **dict(config.task.get("train_kwargs", {})))
+  texts = [p.problem + "\n" + (p.solution or "") for p in problems[:300]]
+  path = os.path.join(workdir, "tiny_model")
+  tiny_checkpoint.make_tiny_checkpoint(path, texts, seed=config.seed)
+  with config.unlocked():
+    config.model.model_dir = path

@@ -41,7 +41,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -397,23 +397,10 @@ def write_results(workdir: str, results: dict[str, dict], *, config, title: str)
   return table
 
 
-def make_runlocal_model(config, workdir: str):
-  """A tiny random checkpoint with a tokenizer trained on the task's problems (a smoke run of
-  the text-environment path, not a result); sets `config.model.model_dir` to it."""
-  from score.data import loaders  # pylint: disable=g-import-not-at-top
-  from score.utils import tiny_checkpoint  # pylint: disable=g-import-not-at-top
-  problems = loaders.load(config.task.train, **dict(config.task.get("train_kwargs", {})))
-  texts = [p.problem + "\n" + (p.solution or "") for p in problems[:300]]
-  path = os.path.join(workdir, "tiny_model")
-  tiny_checkpoint.make_tiny_checkpoint(path, texts, seed=config.seed)
-  with config.unlocked():
-    config.model.model_dir = path
-
-
 def run_single_turn(config, workdir: str, train_fn, *, title: str):
   """Env, starting policy, `params = train_fn(policy, base, env, writer)`, greedy evals."""
   if config.task.name in ("math", "code") and config.get("runlocal_model"):
-    make_runlocal_model(config, workdir)
+    envs.make_runlocal_model(config, workdir)
   if config.task.name in ("math", "code") and not config.model.get("model_dir"):
     raise config_lib.ConfigError(
         "config.model.model_dir is empty: point it at a local Hugging Face checkpoint, e.g. "

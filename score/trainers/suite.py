@@ -18,7 +18,6 @@ Every phase is checkpointed and every evaluation cached, so re-running resumes.
 from __future__ import annotations
 
 import copy
-import os
 
 import numpy as np
 from absl import logging
@@ -99,18 +98,6 @@ def _sampled_sft(method, policy, base, env, cfg, *, workdir, writer, seed, mesh_
                            writer=writer, mesh_cfg=mesh_cfg)
 
 
-def _make_runlocal_model(config, workdir):
-  """`runlocal` on MATH/code: a tiny random checkpoint with a tokenizer trained on the data."""
-  from score.data import loaders  # pylint: disable=g-import-not-at-top
-  from score.utils import tiny_checkpoint  # pylint: disable=g-import-not-at-top
-  problems = loaders.load(config.task.train, **dict(config.task.get("train_kwargs", {})))
-  texts = [p.problem + "\n" + (p.solution or "") for p in problems[:300]]
-  path = os.path.join(workdir, "tiny_model")
-  tiny_checkpoint.make_tiny_checkpoint(path, texts, seed=config.seed)
-  with config.unlocked():
-    config.model.model_dir = path
-
-
 def ablation_config(config, name):
   """A copy of `config` with the named ablation's overrides applied."""
   if name not in ABLATIONS:
@@ -142,7 +129,7 @@ def _base_model(config, env, workdir, policy_writer):
 
 def train(config, workdir: str):
   if config.task.name in ("math", "code") and config.get("runlocal_model"):
-    _make_runlocal_model(config, workdir)
+    envs.make_runlocal_model(config, workdir)
   env = envs.make_env(config)
   writer = metrics_lib.MetricWriter(workdir)
   policy, base = _base_model(config, env, workdir, writer)
