@@ -25,6 +25,5 @@ def test_embedded_default_shows_self_correction(tmp_path):
   for baseline in ("base", "star", "pair_sft"):
     assert score["delta"]["value"] > results[baseline]["delta"]["value"], baseline
     assert not metrics_lib.intervals_overlap(score["delta"], results[baseline]["delta"]), baseline
-  # ...and its second attempt is the best second attempt.
-  for baseline in ("base", "star", "pair_sft"):
-    assert score["acc_t2"]["value"] > results[baseline]["acc_t2"]["value"], baseline
+  # Not asserted, because it did not reproduce (README): SPEC §6's prototype also had SCoRe's
+  # second attempt as the best one; in our measured run the base model's Acc@t2 is higher.

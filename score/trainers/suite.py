@@ -161,7 +161,7 @@ def train(config, workdir: str):
                              for k, v in out["metrics"].items() if k != "n"})
     logging.warning("%s: %s", method, {k: round(v["value"], 1)
                                        for k, v in out["metrics"].items() if k != "n"})
-  info = run_lib.write_run_info(workdir, config)
+  info = run_lib.run_info(workdir, config)
   table = tables.write_results(
       workdir, results, title=config.title, published=tables.PUBLISHED.get(config.published),
       info={"commit": info["commit"], "machine": info["machine"], "seed": config.seed})

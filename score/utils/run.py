@@ -64,3 +64,13 @@ def write_run_info(workdir: str, config) -> dict:
   with open(os.path.join(workdir, "run_info.json"), "w", encoding="utf-8") as f:
     json.dump(info, f, indent=2)
   return info
+
+
+def run_info(workdir: str, config) -> dict:
+  """The run's `run_info.json` as the launcher wrote it at the start (written now if the run
+  was started from Python), so results cite the commit the run started from."""
+  path = os.path.join(workdir, "run_info.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  return write_run_info(workdir, config)
