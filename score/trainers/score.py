@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from score import report
 from score.losses import score as score_losses
 from score.models import token_logprobs
 from score.sampling import rollouts
@@ -155,6 +156,9 @@ def train_score(policy, params, ref_params, env, rl, *, workdir: str, name: str 
             policy, state["params"], env, problems, samples_per_prompt=rl.samples_per_prompt,
             temperature=rl.temperature, seed=jax.random.fold_in(base_key, step))
         t_sample = time.perf_counter() - t0
+        if writer is not None and (step + 1) % rl.log_every == 0:
+          report.write_rollout_samples(writer, step + 1, f"{phase}/samples", env, problems,
+                                       episodes, rewards)
         tokens = jnp.asarray(episodes.tokens_BxL)
         mask = jnp.asarray(episodes.mask_BxL)
         if sft_step is not None:
