@@ -28,14 +28,14 @@ def test_problems_are_seeded_distinct_and_respect_exclusion():
 
 
 def test_warmup_mixture_matches_its_probabilities():
-  task = synthetic.AdditionTask(p_wrong_first=0.2, p_wrong_before_rewrite=0.5, p_copy=0.7,
+  task = synthetic.AdditionTask(p_wrong_first=0.2, p_wrong_before_rewrite=0.6, p_copy=0.7,
                                 p_reverse=0.25, p_wrong_rewrite=0.05)
   eps = task.warmup_episodes(4000, seed=0)
   wrong1 = np.mean([task.reward(e.y1, e.problem) == 0 for e in eps])
   rewrites = [e for e in eps if e.y2.startswith("r")]
   wrong_before_rewrite = np.mean([task.reward(e.y1, e.problem) == 0 for e in rewrites])
-  assert abs(wrong_before_rewrite - 0.5) < 3 * np.sqrt(0.25 / len(rewrites))
-  wrong1_expected = 0.7 * 0.2 + 0.3 * 0.5
+  assert abs(wrong_before_rewrite - 0.6) < 3 * np.sqrt(0.24 / len(rewrites))
+  wrong1_expected = 0.7 * 0.2 + 0.3 * 0.6
   copy = np.mean([e.y2 == e.y1 for e in eps])
   rev_ok = np.mean([e.y2.startswith("r") and task.reward(e.y2, e.problem) == 1 for e in eps])
   rev_bad = np.mean([e.y2.startswith("r") and task.reward(e.y2, e.problem) == 0 for e in eps])

@@ -85,13 +85,13 @@ class AdditionTask:
     p_wrong_first: warm-up probability that y1 is wrong (one digit changed) in episodes whose
       turn 2 copies.
     p_wrong_before_rewrite: the same in episodes whose turn 2 rewrites. Above p_wrong_first,
-      rewriting is a (weak) reaction to a wrong first attempt, as for a person who sometimes
-      checks; and the reversed answer cannot be learnt as "y1 backwards" — it has to be
-      computed from the question.
+      rewriting is a reaction to a wrong first attempt, as for a person who sometimes checks;
+      and the reversed answer cannot be learnt as "y1 backwards" — it has to be computed from
+      the question. (At 0.5 a rewrite still mostly echoed y1; 1.0 is the default.)
   """
   num_digits: int = 4
   p_wrong_first: float = 0.2
-  p_wrong_before_rewrite: float = 0.5
+  p_wrong_before_rewrite: float = 1.0
   p_copy: float = 0.7
   p_reverse: float = 0.25
   p_wrong_rewrite: float = 0.05
