@@ -1,6 +1,5 @@
 """score.losses.kl: estimator values, Monte-Carlo unbiasedness, gradients, placements."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,14 +8,6 @@ import pytest
 from jax.test_util import check_grads
 
 from score.losses import kl
-
-
-@pytest.fixture(params=["eager", "jit"])
-def variant(request):
-  def wrap(fn, **static):
-    fn = functools.partial(fn, **static)
-    return jax.jit(fn) if request.param == "jit" else fn
-  return wrap
 
 
 NP_ESTIMATORS = {

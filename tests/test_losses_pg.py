@@ -1,6 +1,5 @@
 """score.losses.pg: advantage estimators, per-turn credit and the REINFORCE loss."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,14 +7,6 @@ import numpy as np
 import pytest
 
 from score.losses import pg
-
-
-@pytest.fixture(params=["eager", "jit"])
-def variant(request):
-  def wrap(fn, **static):
-    fn = functools.partial(fn, **static)
-    return jax.jit(fn) if request.param == "jit" else fn
-  return wrap
 
 
 def np_advantages(rewards, kind, eps=1e-6, baseline=None):

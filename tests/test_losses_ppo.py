@@ -1,6 +1,5 @@
 """score.losses.ppo: clipped surrogate, clipped value loss and GAE vs numpy references."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,14 +8,6 @@ import pytest
 from jax.test_util import check_grads
 
 from score.losses import ppo
-
-
-@pytest.fixture(params=["eager", "jit"])
-def variant(request):
-  def wrap(fn, **static):
-    fn = functools.partial(fn, **static)
-    return jax.jit(fn) if request.param == "jit" else fn
-  return wrap
 
 
 def ragged_mask(rng, batch, time):

@@ -1,6 +1,5 @@
 """score.losses.preference: DPO/cDPO/IPO/SimPO and Bradley–Terry vs numpy references."""
 
-import functools
 import itertools
 
 import jax
@@ -10,14 +9,6 @@ import pytest
 from jax.test_util import check_grads
 
 from score.losses import preference
-
-
-@pytest.fixture(params=["eager", "jit"])
-def variant(request):
-  def wrap(fn, **static):
-    fn = functools.partial(fn, **static)
-    return jax.jit(fn) if request.param == "jit" else fn
-  return wrap
 
 
 def np_log_sigmoid(x):

@@ -1,6 +1,5 @@
 """score.losses.reduce against numpy references written out by hand."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,14 +7,6 @@ import numpy as np
 import pytest
 
 from score.losses import reduce as reduce_lib
-
-
-@pytest.fixture(params=["eager", "jit"])
-def variant(request):
-  def wrap(fn, **static):
-    fn = functools.partial(fn, **static)
-    return jax.jit(fn) if request.param == "jit" else fn
-  return wrap
 
 
 def ragged_mask(rng, batch, time, *, allow_empty=True):

@@ -15,14 +15,6 @@ B = 2 * G    # two prompts
 T = 12
 
 
-@pytest.fixture(params=["eager", "jit"])
-def variant(request):
-  def wrap(fn, **static):
-    fn = functools.partial(fn, **static)
-    return jax.jit(fn) if request.param == "jit" else fn
-  return wrap
-
-
 def episode_batch(seed):
   """Random per-token log-probs and a turn mask with ragged turns (prompt, turn 1,
   instruction, turn 2, padding); sample 3 has an empty first turn, sample 5 no tokens."""

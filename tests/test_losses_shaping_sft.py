@@ -1,6 +1,5 @@
 """score.losses.shaping and score.losses.sft vs numpy references and hand-worked values."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,14 +8,6 @@ import pytest
 
 from score.losses import sft
 from score.losses import shaping
-
-
-@pytest.fixture(params=["eager", "jit"])
-def variant(request):
-  def wrap(fn, **static):
-    fn = functools.partial(fn, **static)
-    return jax.jit(fn) if request.param == "jit" else fn
-  return wrap
 
 
 def test_kimi_length_penalty_matches_loop(variant):
