@@ -169,3 +169,14 @@ def test_suite_trains_on_a_mesh(tmp_path):
   results = suite.train(c, str(tmp_path))
   assert set(results) == {"base", "score"}
   assert os.path.isdir(os.path.join(str(tmp_path), "checkpoints", "score", "r0_stage2"))
+
+
+def test_unknown_variant_names_are_config_errors(tmp_path):
+  from score.trainers import common, envs  # pylint: disable=g-import-not-at-top
+  from score.trainers import score as score_lib  # pylint: disable=g-import-not-at-top
+  c = _runlocal_config(**{"rl.advantage": "rlooo"})
+  env = envs.make_env(c)
+  policy, params = common.Policy.split(
+      common.build_model(c.model, env.tokenizer.vocab_size, seed=0))
+  with pytest.raises(ValueError, match="advantage='rlooo'.*rloo"):
+    score_lib.train_score(policy, params, params, env, c.rl, workdir=str(tmp_path))

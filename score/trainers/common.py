@@ -83,6 +83,16 @@ def unfrozen(items: tuple):
   return ml_collections.ConfigDict(dict(items))
 
 
+def check_names(cfg, **known):
+  """Raises a ValueError naming the field if `cfg.<field>` is not a key of `known[field]`.
+
+  `check_names(rl, advantage=pg.ADVANTAGES, reduction=reduce.MODES)`.
+  """
+  for field, names in known.items():
+    if cfg[field] not in names:
+      raise ValueError(f"{field}={cfg[field]!r}; known: {sorted(names)}")
+
+
 def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
   """Adam(W) with an optional linear warm-up, a schedule and global-norm clipping.
 

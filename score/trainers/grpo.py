@@ -261,14 +261,8 @@ def minibatches(num_rows: int, num_minibatches: int, seed) -> list[np.ndarray]:
 
 
 def _check_rl(rl):
-  if rl.advantage not in pg.ADVANTAGES:
-    raise ValueError(f"rl.advantage={rl.advantage!r}; known: {sorted(pg.ADVANTAGES)}")
-  if rl.kl_placement not in kl_lib.PLACEMENTS:
-    raise ValueError(f"rl.kl_placement={rl.kl_placement!r}; known: {sorted(kl_lib.PLACEMENTS)}")
-  if rl.kl_estimator not in kl_lib.ESTIMATORS:
-    raise ValueError(f"rl.kl_estimator={rl.kl_estimator!r}; known: {sorted(kl_lib.ESTIMATORS)}")
-  if rl.reduction not in reduce_lib.MODES:
-    raise ValueError(f"rl.reduction={rl.reduction!r}; known: {reduce_lib.MODES}")
+  common.check_names(rl, advantage=pg.ADVANTAGES, kl_placement=kl_lib.PLACEMENTS,
+                     kl_estimator=kl_lib.ESTIMATORS, reduction=reduce_lib.MODES)
 
 
 def train_grpo(policy, params, ref_params, env, rl, reward_cfg, *, workdir: str,

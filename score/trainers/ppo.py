@@ -168,12 +168,8 @@ def init_value_model(value_cfg, model_cfg, policy_params, *, vocab_size, seed):
 
 
 def _check_rl(rl):
-  if rl.kl_placement not in kl_lib.PLACEMENTS:
-    raise ValueError(f"rl.kl_placement={rl.kl_placement!r}; known: {sorted(kl_lib.PLACEMENTS)}")
-  if rl.kl_estimator not in kl_lib.ESTIMATORS:
-    raise ValueError(f"rl.kl_estimator={rl.kl_estimator!r}; known: {sorted(kl_lib.ESTIMATORS)}")
-  if rl.reduction not in reduce_lib.MODES:
-    raise ValueError(f"rl.reduction={rl.reduction!r}; known: {reduce_lib.MODES}")
+  common.check_names(rl, kl_placement=kl_lib.PLACEMENTS,
+                     kl_estimator=kl_lib.ESTIMATORS, reduction=reduce_lib.MODES)
 
 
 def train_ppo(policy, params, ref_params, value_def, value_params, env, rl, reward_cfg, *,

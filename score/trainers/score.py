@@ -29,6 +29,9 @@ import numpy as np
 import optax
 
 from score import report
+from score.losses import kl as kl_lib
+from score.losses import pg
+from score.losses import reduce as reduce_lib
 from score.losses import score as score_losses
 from score.models import token_logprobs
 from score.sampling import rollouts
@@ -133,6 +136,9 @@ def train_score(policy, params, ref_params, env, rl, *, workdir: str, name: str 
   Each stage is a resumable phase `<name>/r<round>_stage<k>`; the RNG of every step is a
   function of (seed, phase, step), so a resumed run samples the same episodes.
   """
+  common.check_names(rl, advantage=pg.ADVANTAGES, kl_placement=kl_lib.PLACEMENTS,
+                     kl_estimator=kl_lib.ESTIMATORS, reduction=reduce_lib.MODES,
+                     stage2_method=("reinforce", "star"))
   ref_fn = _ref_logprobs_fn(policy)
   stages = [(1, rl.stage1_steps), (2, rl.stage2_steps)]
   for rnd in range(rl.rounds):
