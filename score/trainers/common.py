@@ -83,6 +83,24 @@ def unfrozen(items: tuple):
   return ml_collections.ConfigDict(dict(items))
 
 
+def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
+              static_argnames: tuple[str, ...] = ()) -> Callable:
+  """A jitted `(params, opt_state, *batch, **static) -> (params, opt_state, metrics)` step.
+
+  `loss_fn(params, *batch, **static) -> (loss, metrics)`; the returned metrics also hold
+  `loss` and the gradients' global norm `grad_norm`.
+  """
+
+  def step(params, opt_state, *batch, **static):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *batch,
+                                                                       **static)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+
+  return jax.jit(step, static_argnames=static_argnames)
+
+
 def check_names(cfg, **known):
   """Raises a ValueError naming the field if `cfg.<field>` is not a key of `known[field]`.
 

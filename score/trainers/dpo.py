@@ -69,14 +69,7 @@ def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation
                "logp/chosen": pc_B.mean(), "logp/rejected": pr_B.mean()}
     return losses_B.mean(), metrics
 
-  @jax.jit
-  def step(params, opt_state, batch):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
-
-  return step
+  return common.make_step(loss_fn, optimizer)
 
 
 def _pad(rows, length, pad_id=0):

@@ -46,7 +46,6 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
 from score.losses import kl as kl_lib
@@ -234,14 +233,7 @@ def make_update(policy, optimizer, rl, loss_constant):
   """Jitted `(params, opt_state, minibatch) -> (params, opt_state, metrics)`."""
   loss_fn = functools.partial(grpo_loss, policy=policy, rl=rl, loss_constant=loss_constant)
 
-  @jax.jit
-  def update(params, opt_state, batch):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
-
-  return update
+  return common.make_step(loss_fn, optimizer)
 
 
 def sequence_kl(old_logp_NxL, ref_logp_NxL, loss_mask_NxL, kind) -> np.ndarray:

@@ -29,7 +29,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from score.data import synthetic
@@ -106,15 +105,7 @@ def make_rm_step(model_def, optimizer):
   """Jitted `(params, opt_state, tokens_BxKxL, mask_BxKxL, ranks_BxK) -> (params, opt, m)`."""
   loss_fn = functools.partial(rm_loss, model_def=model_def)
 
-  @jax.jit
-  def step(params, opt_state, tokens, mask, ranks):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, tokens, mask,
-                                                                       ranks)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
-
-  return step
+  return common.make_step(loss_fn, optimizer)
 
 
 @functools.lru_cache(maxsize=None)

@@ -26,7 +26,6 @@ import zlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from score import report
 from score.losses import kl as kl_lib
@@ -88,15 +87,8 @@ def make_rl_step(policy, optimizer, rl):
         logp_BxL, batch["ref_logp"], turn_mask, batch["r1"], batch["r2"], alpha=rl.alpha,
         **common_kw)
 
-  @functools.partial(jax.jit, static_argnames="stage")
-  def step(params, opt_state, batch, stage):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, stage)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
-    return params, opt_state, metrics
-
-  return step
+  step = common.make_step(loss_fn, optimizer, static_argnames=("stage",))
+  return lambda params, opt_state, batch, stage: step(params, opt_state, batch, stage=stage)
 
 
 # Settings that do not change the compiled update (they act outside it).
