@@ -14,7 +14,7 @@ import numpy as np
 
 METRICS = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i")
 LABELS = {"acc_t1": "Acc@t1", "acc_t2": "Acc@t2", "delta": "Δ(t1,t2)",
-          "delta_i2c": "Δi→c", "delta_c2i": "Δc→i"}
+          "delta_i2c": "Δi→c", "delta_c2i": "Δc→i", "mbpp_r": "MBPP-R"}
 
 
 def _point(c1_RxN: np.ndarray, c2_RxN: np.ndarray) -> dict[str, np.ndarray]:
@@ -52,6 +52,20 @@ def self_correction_metrics(correct_t1, correct_t2, *, num_bootstrap: int = 2000
     out[name] = {"value": 100 * float(point[name][0]), "low": 100 * float(lo),
                  "high": 100 * float(hi)}
   return out
+
+
+def accuracy(correct, *, num_bootstrap: int = 2000, seed: int = 0,
+             level: float = 0.95) -> dict:
+  """`{"value", "low", "high", "n"}`: the mean of per-item correctness (N,) in percent with a
+  percentile bootstrap interval over items (e.g. MBPP-R, the share of programs repaired)."""
+  c = np.asarray(correct, dtype=np.float64)
+  if c.ndim != 1 or c.size == 0:
+    raise ValueError(f"need a non-empty 1-D array, got shape {c.shape}")
+  idx_RxN = np.random.default_rng(seed).integers(0, c.size, size=(num_bootstrap, c.size))
+  q = (1 - level) / 2
+  lo, hi = np.quantile(c[idx_RxN].mean(-1), [q, 1 - q])
+  return {"value": 100 * float(c.mean()), "low": 100 * float(lo), "high": 100 * float(hi),
+          "n": int(c.size)}
 
 
 def intervals_overlap(a: dict, b: dict) -> bool:

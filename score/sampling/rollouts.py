@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from score.sampling.sampler import FINISH_LENGTH, generate
+from score.sampling.sampler import FINISH_LENGTH, FINISH_STOP, Samples, generate
 
 # instruction(turn k, context x_k, response y_k) -> tokens p_k appended before turn k+1.
 InstructionFn = Callable[[int, list[int], list[int]], list[int]]
@@ -99,6 +99,7 @@ def rollout(
     pad_to_multiple: int = 8,
     pad_id: int = 0,
     seed: int | jax.Array = 0,
+    first_responses: Sequence[Sequence[int]] | None = None,
 ) -> Episodes:
     """Samples `samples_per_prompt` episodes of `num_turns` turns for every prompt.
 
@@ -116,6 +117,11 @@ def rollout(
         truncated. Also the padded width L of the output (else the longest row, rounded up
         to `pad_to_multiple`).
       seed: int or key; turn k uses `fold_in(key, k)`.
+      first_responses: optional fixed turn-1 responses, one per prompt (e.g. MBPP-R's wrong
+        first attempts): turn 1 is not sampled but these ids are spliced in (cut to fit
+        `max_len`, not to `max_new_tokens`). They are context, not generated: `turn_mask` and
+        log-probs are 0 on them; `responses[b][0]` holds them, finish reason "stop" if they
+        end in an `eos_ids` token (else "length").
     """
     if num_turns < 1:
         raise ValueError(f"rollout: num_turns must be ≥ 1, got {num_turns}")
@@ -128,6 +134,10 @@ def rollout(
     )
     if len(budgets) != num_turns:
         raise ValueError(f"rollout: {len(budgets)} max_new_tokens for {num_turns} turns")
+    if first_responses is not None and len(first_responses) != len(prompts):
+        raise ValueError(
+            f"rollout: {len(first_responses)} first_responses for {len(prompts)} prompts"
+        )
     instruction_fn = _as_instruction_fn(instruction)
     key = jax.random.key(int(seed)) if isinstance(seed, (int, np.integer)) else seed
 
@@ -150,19 +160,22 @@ def rollout(
         for b in range(batch):
             room = budgets[k] if max_len is None else min(budgets[k], max_len - len(contexts[b]))
             limits.append(max(room, 0) if alive[b] else 0)
-        samples = generate(
-            model,
-            contexts,
-            max_new_tokens=limits if max(limits) > 0 else [1] * batch,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            eos_ids=eos_ids,
-            stop_strings=stop_strings,
-            decode_fn=decode_fn,
-            seed=jax.random.fold_in(key, k),
-            pad_id=pad_id,
-        )
+        if k == 0 and first_responses is not None:
+            samples = _forced(first_responses, prompt_index_B, contexts, max_len, eos_ids)
+        else:
+            samples = generate(
+                model,
+                contexts,
+                max_new_tokens=limits if max(limits) > 0 else [1] * batch,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                eos_ids=eos_ids,
+                stop_strings=stop_strings,
+                decode_fn=decode_fn,
+                seed=jax.random.fold_in(key, k),
+                pad_id=pad_id,
+            )
         for b in range(batch):
             y = samples.tokens[b] if limits[b] > 0 else []
             reason = samples.finish_reason[b] if limits[b] > 0 else FINISH_LENGTH
@@ -170,7 +183,8 @@ def rollout(
             slp = samples.sample_logprobs[b] if limits[b] > 0 else []
             responses[b].append(y)
             reasons[b].append(reason)
-            segments[b].append((y, k + 1, lp, slp))
+            forced = k == 0 and first_responses is not None
+            segments[b].append((y, 0 if forced else k + 1, lp, slp))
             contexts[b] = contexts[b] + y
             if k + 1 < num_turns and alive[b]:
                 x_k = contexts[b][: len(contexts[b]) - len(y)]
@@ -185,6 +199,19 @@ def rollout(
     return _pack(
         segments, prompt_index_B, responses, instructions, reasons, max_len, pad_to_multiple, pad_id
     )
+
+
+def _forced(first_responses, prompt_index_B, contexts, max_len, eos_ids):
+    """Turn 1 as `Samples` from fixed responses: cut to the room left by `max_len` only."""
+    tokens, reasons = [], []
+    for b, i in enumerate(prompt_index_B):
+        y = [int(t) for t in first_responses[int(i)]]
+        if max_len is not None:
+            y = y[: max_len - len(contexts[b])]
+        tokens.append(y)
+        reasons.append(FINISH_STOP if y and y[-1] in set(eos_ids) else FINISH_LENGTH)
+    zeros = [[0.0] * len(y) for y in tokens]
+    return Samples(tokens, zeros, [list(z) for z in zeros], reasons)
 
 
 def _pack(segments, prompt_index_B, responses, instructions, reasons, max_len, multiple, pad_id):

@@ -11,6 +11,9 @@ synthetic task):
    the base model), `score` (Stage I + Stage II RL), and every ablation of
    `config.ablations` (a SCoRe run with config overrides, see `ABLATIONS`).
 3. Greedy two-attempt evaluation on held-out problems; `results.json` / `results.md`.
+   With `config.repair` (code tasks; `score.eval.repair`), also MBPP-R: the base model's
+   wrong greedy first attempts on `repair.task`/`repair.split` (or the JSONL at
+   `repair.path`) are fixed, and each method's repair rate is the `mbpp_r` column.
 
 Every phase is checkpointed and every evaluation cached, so re-running resumes.
 """
@@ -18,10 +21,13 @@ Every phase is checkpointed and every evaluation cached, so re-running resumes.
 from __future__ import annotations
 
 import copy
+import functools
+import os
 
 import numpy as np
 from absl import logging
 
+from score.eval import repair as repair_lib
 from score.eval import self_correction
 from score.eval import tables
 from score.trainers import common
@@ -127,6 +133,30 @@ def _base_model(config, env, workdir, policy_writer):
   return policy, params
 
 
+def _repair_set(config, env, model_fn, workdir):
+  """MBPP-R's `(problems_by_id, records, description)`, or None when `config.repair` is off."""
+  r = config.get("repair")
+  if not r or not r.task:
+    return None
+  if config.task.name != "code":
+    raise config_lib.ConfigError(
+        f"config.repair (MBPP-R) repairs programs: it needs task.name='code', got "
+        f"{config.task.name!r}")
+  from score.data import loaders  # pylint: disable=g-import-not-at-top
+  problems = loaders.load(r.task, **({"split": r.split} if r.split else {}))
+  by_id = {p.id: p for p in problems}
+  if r.path:
+    records = repair_lib.load_repair_set(r.path, problems_by_id=by_id)
+    return by_id, records, f"{len(records)} first attempts from {r.path}"
+  if r.num_problems:
+    problems = problems[:r.num_problems]
+  records = repair_lib.build_repair_set(
+      model_fn(), env, problems, path=os.path.join(workdir, "mbpp_r.jsonl"),
+      batch_size=config.eval.batch_size)
+  return by_id, records, (f"{len(records)} wrong greedy first attempts of the base model on "
+                          f"{len(problems)} {r.task} {r.split} problems (mbpp_r.jsonl)")
+
+
 def train(config, workdir: str):
   if config.task.name in ("math", "code") and config.get("runlocal_model"):
     envs.make_runlocal_model(config, workdir)
@@ -147,16 +177,26 @@ def train(config, workdir: str):
     return score_lib.train_score(policy, base, base, env, cfg.rl, workdir=workdir,
                                  name=method, writer=writer, mesh_cfg=config.get("mesh"))
 
+  by_id, repair_set, repair_note = (
+      _repair_set(config, env, lambda: policy.model(base), workdir) or (None, [], None))
+  if repair_note and not repair_set:
+    logging.warning("MBPP-R: the base model fails no first attempt; nothing to repair")
   results = {}
   for method in tuple(config.methods) + tuple(config.ablations):
     if method == "self_refine" and not hasattr(env, "self_refine_instruction"):
       raise config_lib.ConfigError(
           "self_refine needs a natural-language task (math/code): the model critiques its "
           "own attempt in words.")
+    model_fn = functools.cache(lambda m=method: policy.model(trained(m)))
     out = self_correction.evaluate_cached(
-        workdir, method, lambda m=method: policy.model(trained(m)), env, env.heldout,
+        workdir, method, model_fn, env, env.heldout,
         batch_size=config.eval.batch_size, self_refine=method == "self_refine")
     results[method] = out["metrics"]
+    if repair_set:
+      rep = repair_lib.evaluate_repair_cached(
+          workdir, method, model_fn, env, by_id, repair_set, batch_size=config.eval.batch_size,
+          self_refine=method == "self_refine")
+      out["metrics"] = results[method] = {**out["metrics"], "mbpp_r": rep["metrics"]}
     writer.write_scalars(0, {f"eval/{method}/{k}": v["value"]
                              for k, v in out["metrics"].items() if k != "n"})
     logging.warning("%s: %s", method, {k: round(v["value"], 1)
@@ -164,7 +204,9 @@ def train(config, workdir: str):
   info = run_lib.run_info(workdir, config)
   table = tables.write_results(
       workdir, results, title=config.title, published=tables.PUBLISHED.get(config.published),
-      info={"commit": info["commit"], "machine": info["machine"], "seed": config.seed})
+      published_extra=tables.PUBLISHED_EXTRA.get(config.published),
+      info={"commit": info["commit"], "machine": info["machine"], "seed": config.seed,
+            **({"MBPP-R": repair_note} if repair_note else {})})
   print(table)
   writer.close()
   return results
