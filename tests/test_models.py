@@ -3,6 +3,7 @@
 import functools
 
 import jax
+from jax import test_util as jax_test_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from flax import nnx
 
 from score.models import ModelConfig, Transformer, token_logprobs
 from score.models.config import FULL_ATTENTION, SLIDING_ATTENTION
+from score.models.transformer import project
 
 VARIANTS = {
     "llama": {},
@@ -54,6 +56,40 @@ def _left_padded_batch(seed=0, batch=3, length=9, vocab=128):
   mask = (np.arange(length)[None, :] >= (length - lengths)[:, None]).astype(np.int32)
   tokens = np.where(mask > 0, tokens, 0)
   return jnp.asarray(tokens), jnp.asarray(mask)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,w_axes,spec", [
+    ((2, 3, 4), (4, 7), (0,), "btd,df->btf"),  # fewer inputs than outputs
+    ((2, 3, 7), (7, 4), (0,), "btf,fd->btd"),  # more inputs than outputs
+    ((2, 3, 4), (4, 2, 3), (0,), "btd,dnh->btnh"),
+    ((2, 3, 2, 3), (2, 3, 4), (0, 1), "btnh,nhd->btd"),
+    ((2, 3, 4), (6, 4), (1,), "btd,vd->btv"),  # tied unembedding
+])
+def test_project_matches_einsum(x_shape, w_shape, w_axes, spec):
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, x_shape)
+  w = jax.random.normal(kw, w_shape)
+  out = project(x, w, w_axes)
+  ref = jnp.einsum(spec, x, w)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  cot = jax.random.normal(kg, ref.shape)
+  grads = jax.jit(jax.grad(lambda x, w: jnp.sum(project(x, w, w_axes) * cot), (0, 1)))(x, w)
+  refs = jax.grad(lambda x, w: jnp.sum(jnp.einsum(spec, x, w) * cot), (0, 1))(x, w)
+  for g, r in zip(grads, refs):
+    assert g.shape == r.shape
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+  jax_test_util.check_grads(lambda x, w: project(x, w, w_axes), (x, w), order=1,
+                            modes=("rev",))
+
+
+def test_project_bf16_gradient_dtypes():
+  x = jnp.ones((2, 3, 4), jnp.bfloat16)
+  w = jnp.ones((4, 5), jnp.bfloat16)
+  out = project(x, w, (0,), jnp.float32)
+  assert out.dtype == jnp.float32
+  gx, gw = jax.grad(lambda x, w: project(x, w, (0,), jnp.float32).sum(), (0, 1))(x, w)
+  assert gx.dtype == gw.dtype == jnp.bfloat16
+  np.testing.assert_allclose(gw.astype(jnp.float32), 6.0)
 
 
 def test_forward_shape_and_dtype():

@@ -25,6 +25,60 @@ Array = jax.Array
 _NEG_INF = -1e30  # finite, so rows with no allowed key give a uniform softmax, not NaN
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def project(x: Array, w: Array, w_axes: tuple[int, ...] = (0,), out_dtype=None) -> Array:
+  """Contracts the last len(w_axes) axes of `x` with the axes `w_axes` (increasing) of `w`.
+
+  Output axes: x's leading axes, then w's other axes in order; e.g. x [B, T, D] with
+  w [D, N, H] and w_axes=(0,) -> [B, T, N, H]; with a tied unembedding w [V, D] and
+  w_axes=(1,) -> [B, T, V]. `out_dtype` is the accumulation/result type (None: the inputs').
+
+  Same values as `jnp.einsum`; the custom gradient computes the weight gradient with the
+  operand that has fewer features on the left, so XLA transposes the smaller activation
+  (autodiff of einsum transposed the larger one, e.g. the MLP's [B·T, F] gradient, which
+  cost more CPU time than the matmul itself).
+  """
+  return _project(x, w, w_axes, out_dtype)
+
+
+def _project(x, w, w_axes, out_dtype):
+  x_axes = tuple(range(x.ndim - len(w_axes), x.ndim))
+  return jax.lax.dot_general(x, w, ((x_axes, w_axes), ((), ())),
+                             preferred_element_type=out_dtype)
+
+
+def _project_fwd(x, w, w_axes, out_dtype):
+  return _project(x, w, w_axes, out_dtype), (x, w)
+
+
+def _project_bwd(w_axes, out_dtype, res, g):
+  del out_dtype
+  x, w = res
+  n_in = len(w_axes)
+  w_free = tuple(a for a in range(w.ndim) if a not in w_axes)
+  n_batch = x.ndim - n_in
+  g_out = tuple(range(n_batch, g.ndim))
+  # dx [batch..., in...]: g's output axes against w's free axes.
+  dx = jax.lax.dot_general(g.astype(w.dtype), w, ((g_out, w_free), ((), ())),
+                           preferred_element_type=jnp.float32).astype(x.dtype)
+  batch = tuple(range(n_batch))
+  g = g.astype(x.dtype)
+  in_size, out_size = math.prod(x.shape[n_batch:]), math.prod(g.shape[n_batch:])
+  if in_size <= out_size:  # [in..., out...]
+    dw = jax.lax.dot_general(x, g, ((batch, batch), ((), ())),
+                             preferred_element_type=jnp.float32)
+    order = tuple(w_axes) + w_free
+  else:  # [out..., in...]
+    dw = jax.lax.dot_general(g, x, ((batch, batch), ((), ())),
+                             preferred_element_type=jnp.float32)
+    order = w_free + tuple(w_axes)
+  dw = jnp.transpose(dw, np.argsort(order)).astype(w.dtype)
+  return dx, dw
+
+
+project.defvjp(_project_fwd, _project_bwd)
+
+
 def _param(rngs: nnx.Rngs | None, shape, names, config: ModelConfig, init: str = "normal"):
   """A float parameter with logical axis names; init: 'normal' (std 0.02), 'zeros', 'ones'."""
   if init == "normal":
@@ -141,9 +195,9 @@ class Attention(nnx.Module):
   def __call__(self, x_BxTxD, positions_BxT, allowed_BxTxS, kv_cache=None, cache_index=None):
     c, dt = self.config, self.config.dtype
     x = x_BxTxD.astype(dt)
-    q = jnp.einsum("btd,dnh->btnh", x, self.q.value.astype(dt))
-    k = jnp.einsum("btd,dkh->btkh", x, self.k.value.astype(dt))
-    v = jnp.einsum("btd,dkh->btkh", x, self.v.value.astype(dt))
+    q = project(x, self.q.value.astype(dt))
+    k = project(x, self.k.value.astype(dt))
+    v = project(x, self.v.value.astype(dt))
     if c.qkv_bias:
       q = q + self.q_bias.value.astype(dt)
       k = k + self.k_bias.value.astype(dt)
@@ -163,7 +217,7 @@ class Attention(nnx.Module):
       k, v = kv_cache["k"], kv_cache["v"]
     out = attend(q, k, v, allowed_BxTxS, scale=c.attn_scale, softcap=c.attn_logit_softcap,
                  dtype=dt)
-    y = jnp.einsum("btnh,nhd->btd", out, self.o.value.astype(dt))
+    y = project(out, self.o.value.astype(dt), (0, 1))
     if c.o_bias:
       y = y + self.o_bias.value.astype(dt)
     return y, kv_cache
@@ -187,8 +241,8 @@ class MLP(nnx.Module):
   def __call__(self, x_BxTxD):
     c, dt = self.config, self.config.dtype
     x = x_BxTxD.astype(dt)
-    g = jnp.einsum("btd,df->btf", x, self.gate.value.astype(dt))
-    u = jnp.einsum("btd,df->btf", x, self.up.value.astype(dt))
+    g = project(x, self.gate.value.astype(dt))
+    u = project(x, self.up.value.astype(dt))
     if c.mlp_bias:
       g = g + self.gate_bias.value.astype(dt)
       u = u + self.up_bias.value.astype(dt)
@@ -196,7 +250,7 @@ class MLP(nnx.Module):
       a = jax.nn.silu(g)
     else:
       a = jax.nn.gelu(g, approximate=c.activation == "gelu_tanh")
-    y = jnp.einsum("btf,fd->btd", a * u, self.down.value.astype(dt))
+    y = project(a * u, self.down.value.astype(dt))
     if c.mlp_bias:
       y = y + self.down_bias.value.astype(dt)
     return y
@@ -236,8 +290,7 @@ def unembed_logits(h_BxTxD: Array, weight: Array, *, tied: bool, softcap: float 
                    dtype) -> Array:
   """Logits in fp32 from final hidden states; `weight` is V x D when tied, else D x V."""
   h = h_BxTxD.astype(dtype)
-  spec = "btd,vd->btv" if tied else "btd,dv->btv"
-  logits = jnp.einsum(spec, h, weight.astype(dtype), preferred_element_type=jnp.float32)
+  logits = project(h, weight.astype(dtype), (1,) if tied else (0,), jnp.float32)
   if softcap:
     logits = jnp.tanh(logits / softcap) * softcap
   return logits
@@ -362,8 +415,8 @@ def token_logprobs(model: Transformer, tokens_BxL: Array, mask_BxL: Array | None
 
   `mask_BxL` is the padding mask (1 real token, 0 padding). Entries whose token or previous
   token is padding hold 0. The unembedding and log-softmax run over chunks of `chunk_size`
-  positions (rematerialised in the backward pass), so at most B x chunk_size x V fp32 logits
-  exist at once. Differentiable.
+  positions (rematerialised in the backward pass when there is more than one chunk), so at
+  most B x chunk_size x V fp32 logits exist at once. Differentiable.
   """
   c = model.config
   b, l = tokens_BxL.shape
@@ -380,7 +433,6 @@ def token_logprobs(model: Transformer, tokens_BxL: Array, mask_BxL: Array | None
   t_chunks = targets.reshape(b, num_chunks, size).swapaxes(0, 1)
   weight = model.unembed_weight()
 
-  @jax.checkpoint
   def chunk_logp(args):
     h_c, t_c = args
     logits = unembed_logits(h_c, weight, tied=c.tie_embeddings, softcap=c.final_logit_softcap,
@@ -388,7 +440,10 @@ def token_logprobs(model: Transformer, tokens_BxL: Array, mask_BxL: Array | None
     picked = jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
-  logp = jax.lax.map(chunk_logp, (h_chunks, t_chunks))  # C x B x size
+  if num_chunks == 1:  # nothing to save by rematerialising: the one chunk is all the logits
+    logp = chunk_logp((h_chunks[0], t_chunks[0]))[None]
+  else:
+    logp = jax.lax.map(jax.checkpoint(chunk_logp), (h_chunks, t_chunks))  # C x B x size
   logp = logp.swapaxes(0, 1).reshape(b, num_chunks * size)[:, :n]
   if mask_BxL is not None:
     valid = (mask_BxL[:, 1:] > 0) & (mask_BxL[:, :-1] > 0)
