@@ -207,7 +207,7 @@ def _naive_logprobs(model, tokens, mask):
   return jnp.concatenate([jnp.zeros((tokens.shape[0], 1)), picked], axis=1)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 3, 8, 128])
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, 128, None])
 @pytest.mark.parametrize("variant", ["llama", "gemma2"])
 def test_token_logprobs_matches_naive(variant, chunk_size):
   model = _model(variant)
@@ -216,6 +216,18 @@ def test_token_logprobs_matches_naive(variant, chunk_size):
   assert got.shape == tokens.shape and got.dtype == jnp.float32
   np.testing.assert_allclose(got, nnx.jit(_naive_logprobs)(model, tokens, mask), atol=1e-5)
   assert (got[:, 0] == 0).all()
+
+
+def test_token_logprobs_chunks_from_byte_budget():
+  model = _model("qwen2")
+  tokens, mask = _left_padded_batch()  # B = 3, V = 128: 2 positions per 3 KiB chunk
+  fn = nnx.jit(functools.partial(token_logprobs, max_chunk_bytes=4 * 3 * 128 * 2))
+  naive = nnx.jit(_naive_logprobs)(model, tokens, mask)
+  np.testing.assert_allclose(fn(model, tokens, mask), naive, atol=1e-5)
+  jaxpr = str(jax.make_jaxpr(lambda m: fn(m, tokens, mask))(model))
+  assert "scan" in jaxpr  # a (rematerialised) loop over chunks
+  default = str(jax.make_jaxpr(lambda m: token_logprobs(m, tokens, mask))(model))
+  assert "scan" not in default  # 3 x 8 x 128 fp32 logits fit the default budget: one chunk
 
 
 def test_token_logprobs_gradient_matches_naive():

@@ -410,13 +410,15 @@ class Transformer(nnx.Module):
 
 
 def token_logprobs(model: Transformer, tokens_BxL: Array, mask_BxL: Array | None = None, *,
-                   positions_BxL: Array | None = None, chunk_size: int = 128) -> Array:
+                   positions_BxL: Array | None = None, chunk_size: int | None = None,
+                   max_chunk_bytes: int = 2**28) -> Array:
   """logp_BxL[b, t] = log p(tokens[b, t] | tokens[b, :t]) in fp32; position 0 holds 0.
 
   `mask_BxL` is the padding mask (1 real token, 0 padding). Entries whose token or previous
   token is padding hold 0. The unembedding and log-softmax run over chunks of `chunk_size`
-  positions (rematerialised in the backward pass when there is more than one chunk), so at
-  most B x chunk_size x V fp32 logits exist at once. Differentiable.
+  positions (default: as many as fit B x chunk_size x V fp32 logits in `max_chunk_bytes`,
+  256 MiB), rematerialised in the backward pass when there is more than one chunk, so the
+  full B x L x V logits never exist at once. Differentiable.
   """
   c = model.config
   b, l = tokens_BxL.shape
@@ -424,6 +426,8 @@ def token_logprobs(model: Transformer, tokens_BxL: Array, mask_BxL: Array | None
     return jnp.zeros((b, l), jnp.float32)
   h = model.hidden(tokens_BxL, positions_BxL=positions_BxL, mask_BxL=mask_BxL)
   n = l - 1
+  if chunk_size is None:
+    chunk_size = max_chunk_bytes // (4 * b * c.vocab_size)
   size = max(1, min(chunk_size, n))
   num_chunks = -(-n // size)
   pad = num_chunks * size - n
