@@ -83,10 +83,12 @@ def test_reward_model_runlocal_end_to_end(tmp_path):
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in rows if "rm/loss" in r] == [1, 2, 3, 4]
   # The export loads back into the same tree.
-  model = rm_lib.build_scalar_model(config.model, 16, seed=0)
+  task = synthetic.make_task(config.task.name, **{k: v for k, v in config.task.items()
+                                                   if k != "name"})
+  model = rm_lib.build_scalar_model(config.model, task.tokenizer.vocab_size, seed=0)
   _, template = common.Policy.split(model)
   loaded = rm_lib.load_params(str(tmp_path), template)
-  assert set(loaded) == set(template)
+  assert {k: v.shape for k, v in loaded.items()} == {k: v.shape for k, v in template.items()}
 
 
 def test_reward_model_learns_a_visible_preference(tmp_path):
