@@ -62,5 +62,6 @@ def get_config(arg=None):
   if local:
     c.rl.update(dict(steps=1, prompts_per_step=2, samples_per_prompt=2, num_minibatches=2,
                      max_sampling_rounds=2, warmup_steps=0, checkpoint_every=1))
+  score_common.scale(c)
   c.lock()
   return c

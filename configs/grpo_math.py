@@ -53,5 +53,6 @@ def get_config(arg=None):
       checkpoint_every=50, log_every=1)
   if local:
     c.rl.update(dict(steps=1, prompts_per_step=2, samples_per_prompt=2, checkpoint_every=1))
+  score_common.scale(c)
   c.lock()
   return c

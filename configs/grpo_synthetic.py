@@ -30,6 +30,7 @@ step 185. The same base model with PPO (`configs/rlvr_math.py:synthetic`, 100 st
 
 import ml_collections
 
+from configs import score_common
 from configs import sft_synthetic
 from score.utils import config as config_lib
 
@@ -82,5 +83,6 @@ def get_config(arg=None):
       prompts_per_step=4 if arg.runlocal else 32, samples_per_prompt=4 if arg.runlocal else 8,
       num_epochs=2 if arg.runlocal else 1, num_minibatches=2 if arg.runlocal else 1, lr=arg.lr,
       checkpoint_every=1 if arg.runlocal else 20, log_every=1 if arg.runlocal else 5)
+  score_common.scale(c)
   c.lock()
   return c

@@ -15,6 +15,7 @@ zero-initialised head ties every pair at the start (ties count as wrong: 0.0 %).
 
 import ml_collections
 
+from configs import score_common
 from configs import sft_synthetic
 from score.utils import config as config_lib
 
@@ -33,5 +34,6 @@ def get_config(arg=None):
       log_every=1 if arg.runlocal else 20))
   c.eval = ml_collections.ConfigDict(dict(
       num_problems=16 if arg.runlocal else 500, seed=12345, batch_size=256))
+  score_common.scale(c)
   c.lock()
   return c

@@ -83,5 +83,6 @@ def get_config(arg=None):
     c.rl = ppo_rl(seed=arg.seed)
     if local:
       c.rl.update(dict(steps=1, prompts_per_step=2, num_epochs=1, checkpoint_every=1))
+  score_common.scale(c)
   c.lock()
   return c

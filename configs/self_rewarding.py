@@ -39,6 +39,7 @@ for head-to-head and win rates), `reference_path=` (JSONL instruction/output), `
 
 import ml_collections
 
+from configs import score_common
 from score.utils import config as config_lib
 
 
@@ -106,5 +107,6 @@ def get_config(arg=None):
       pairwise_judge_dir=arg.pairwise_judge_dir,
       head_to_head_baseline="sft_baseline",  # paper: M_t vs the SFT baseline
       reference_path=arg.reference_path))
+  score_common.scale(c)
   c.lock()
   return c

@@ -5,6 +5,7 @@ r"""SFT warm-up of a tiny char-level model on synthetic addition (the SCoRe demo
 
 import ml_collections
 
+from configs import score_common
 from score.utils import config as config_lib
 
 
@@ -42,5 +43,6 @@ def get_config(arg=None):
       lr=1e-3, warmup_steps=0, schedule="constant", grad_clip=1.0, weight_decay=0.0,
       checkpoint_every=10 if arg.runlocal else 100))
   c.eval = ml_collections.ConfigDict(dict(num_problems=1000, seed=12345))
+  score_common.scale(c)
   c.lock()
   return c

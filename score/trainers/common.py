@@ -8,6 +8,7 @@ them back into an NNX model inside traced functions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Any, Callable
@@ -18,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from score.models import ModelConfig, Transformer
+from score.models import ModelConfig, Transformer, token_logprobs
 from score.utils import checkpoint as ckpt_lib
 from score.utils import metrics as metrics_lib
 from score.utils import progress
@@ -196,26 +197,82 @@ def train_loop(*, workdir: str, name: str, state: dict, update: Callable, num_st
   return state
 
 
-def shard(policy: Policy, params: Params, opt_state, step_fn, mesh_cfg, *,
-          static_argnames=()):
-  """Puts params, optimizer state and `step_fn` on the mesh of `mesh_cfg` (`score.parallel`).
+def mesh_from_config(mesh_cfg):
+  """The `jax.sharding.Mesh` of a config's `mesh` section, or None to run unsharded.
 
-  `mesh_cfg` is a config's `mesh` section; None or a one-device mesh leaves everything as it
-  is. Returns `(params, opt_state, step_fn)`.
+  None (no section) and a 1×1×1 mesh give None: the trainers then run their plain jitted code
+  on the default device. Fixed sizes use the first devices; a -1 axis fills all of them.
   """
   if mesh_cfg is None:
-    return params, opt_state, step_fn
+    return None
   sizes = (mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)
   if sizes == (1, 1, 1):
-    return params, opt_state, step_fn
+    return None
   from score import parallel  # pylint: disable=g-import-not-at-top
-  # Fixed sizes use the first devices; a -1 axis fills all of them.
   devices = None if -1 in sizes else jax.devices()[:math.prod(sizes)]
-  mesh = parallel.mesh_from_config(mesh_cfg, devices=devices)
-  axes = parallel.logical_axes(policy.model(params))
-  params, opt_state, shardings = parallel.shard_train_state(params, opt_state, mesh, axes)
-  return params, opt_state, parallel.shard_step(step_fn, shardings,
+  return parallel.mesh_from_config(mesh_cfg, devices=devices)
+
+
+def shard_models(step_fn, mesh_cfg, *models, static_argnames=()):
+  """Puts the train state of one or more models and `step_fn` on the mesh of `mesh_cfg`.
+
+  Args:
+    step_fn: `(params_1, opt_state_1, ..., params_n, opt_state_n, *batch, **static) ->
+      (params_1, opt_state_1, ..., metrics)`, jitted or not.
+    mesh_cfg: a config's `mesh` section (see `mesh_from_config`; None: unsharded).
+    *models: `(policy, params, opt_state)` per model, in the order of `step_fn`'s state
+      arguments (PPO: the policy, then the value model).
+    static_argnames: keyword arguments of `step_fn` that are compile-time constants.
+
+  Returns:
+    `([(params, opt_state), ...], step_fn)`: params and optimizer state laid out by
+    `score.parallel.RULES`, and the step compiled with those shardings (batch arrays split over
+    `data × fsdp`). Unsharded, everything comes back as it was.
+  """
+  mesh = mesh_from_config(mesh_cfg)
+  if mesh is None:
+    return [(params, opt_state) for _, params, opt_state in models], step_fn
+  from score import parallel  # pylint: disable=g-import-not-at-top
+  states, shardings = [], ()
+  for policy, params, opt_state in models:
+    axes = parallel.logical_axes(policy.model(params))
+    params, opt_state, s = parallel.shard_train_state(params, opt_state, mesh, axes)
+    states.append((params, opt_state))
+    shardings += tuple(s)
+  return states, parallel.shard_step(step_fn, shardings, mesh=mesh,
+                                     static_argnames=static_argnames)
+
+
+def shard(policy: Policy, params: Params, opt_state, step_fn, mesh_cfg, *,
+          static_argnames=()):
+  """`shard_models` for one model: returns `(params, opt_state, step_fn)`."""
+  [(params, opt_state)], step_fn = shard_models(step_fn, mesh_cfg, (policy, params, opt_state),
                                                 static_argnames=static_argnames)
+  return params, opt_state, step_fn
+
+
+def shard_like(params: Params, like: Params) -> Params:
+  """`params` (e.g. a frozen reference model's) on the shardings of `like` (the policy's
+  params as `shard` returned them); unchanged when `like` is not on a mesh."""
+  from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+  shardings = {k: v.sharding for k, v in like.items()
+               if isinstance(getattr(v, "sharding", None), NamedSharding)}
+  if not shardings:
+    return params
+  from score import parallel  # pylint: disable=g-import-not-at-top
+  return parallel.put(dict(params), {k: shardings[k] for k in params})
+
+
+@functools.lru_cache(maxsize=None)
+def logprobs_fn(policy: Policy) -> Callable:
+  """Jitted `(params, tokens_BxL, mask_BxL) -> logp_BxL` of a `Policy`'s model (the frozen
+  reference's log-probs in RL; sharded params give a sharded computation)."""
+
+  @jax.jit
+  def fn(params, tokens_BxL, mask_BxL):
+    return token_logprobs(policy.model(params), tokens_BxL, mask_BxL)
+
+  return fn
 
 
 def pad_batch(rows: list[list[int]], *, pad_id: int = 0, length: int | None = None,

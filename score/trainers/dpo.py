@@ -148,7 +148,7 @@ def num_steps(cfg, num_pairs: int) -> int:
 
 def train_dpo(policy: common.Policy, params, ref_params, pairs: Sequence[PairTokens], cfg, *,
               workdir: str, name: str, seed: int, pad_id: int = 0,
-              writer: metrics_lib.MetricWriter | None = None):
+              writer: metrics_lib.MetricWriter | None = None, mesh_cfg=None):
   """DPO of `params` against the frozen `ref_params` on `pairs`; a resumable phase.
 
   Args:
@@ -162,29 +162,33 @@ def train_dpo(policy: common.Policy, params, ref_params, pairs: Sequence[PairTok
     seed: data order.
     pad_id: padding token.
     writer: metrics writer.
+    mesh_cfg: the config's `mesh` section (None: one device): params and optimizer state are
+      sharded over it, the reference like the params.
 
   Returns:
     `(params, summary)`: the trained params and the DPO loss / implicit-reward accuracy of
     the final params over all `pairs`.
   """
   logprob_fn = policy_logprob_fn(policy)
+  steps = num_steps(cfg, len(pairs))
+  optimizer = common.make_optimizer(cfg, steps)
+  params, opt_state, step_fn = common.shard(
+      policy, params, optimizer.init(params),
+      make_dpo_step(logprob_fn, optimizer, beta=cfg.beta, label_smoothing=cfg.label_smoothing),
+      mesh_cfg)
+  ref_params = common.shard_like(ref_params, params)
   length = max(max(len(p[0]), len(p[2])) for p in pairs)
   ref_c = reference_logps(logprob_fn, ref_params, [(p[0], p[1]) for p in pairs],
                           length=length, batch_size=cfg.batch_size, pad_id=pad_id)
   ref_r = reference_logps(logprob_fn, ref_params, [(p[2], p[3]) for p in pairs],
                           length=length, batch_size=cfg.batch_size, pad_id=pad_id)
   batches = PairBatches(pairs, ref_c, ref_r, cfg.batch_size, seed=seed, pad_id=pad_id)
-  steps = num_steps(cfg, len(pairs))
-  optimizer = common.make_optimizer(cfg, steps)
-  step_fn = make_dpo_step(logprob_fn, optimizer, beta=cfg.beta,
-                          label_smoothing=cfg.label_smoothing)
 
   def update(step, state):
-    batch = {k: jnp.asarray(v) for k, v in batches(step).items()}
-    p, o, metrics = step_fn(state["params"], state["opt_state"], batch)
+    p, o, metrics = step_fn(state["params"], state["opt_state"], batches(step))
     return {"params": p, "opt_state": o}, metrics
 
-  state = {"params": params, "opt_state": optimizer.init(params)}
+  state = {"params": params, "opt_state": opt_state}
   state = common.train_loop(workdir=workdir, name=name, state=state, update=update,
                             num_steps=steps, checkpoint_every=cfg.checkpoint_every,
                             log_every=cfg.log_every, writer=writer)

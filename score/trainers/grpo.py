@@ -194,15 +194,6 @@ def collect_groups(sample_round, num_groups: int, group_size: int, *, dynamic: b
 # The jitted update.
 
 
-@functools.lru_cache(maxsize=None)
-def logprobs_fn(policy):
-  """Jitted `(params, tokens_BxL, mask_BxL) -> logp_BxL` (the reference model's log-probs)."""
-  @jax.jit
-  def fn(params, tokens_BxL, mask_BxL):
-    return token_logprobs(policy.model(params), tokens_BxL, mask_BxL)
-  return fn
-
-
 def grpo_loss(params, batch, *, policy, rl, loss_constant):
   """The per-update objective on a minibatch; returns `(loss, metrics)`.
 
@@ -258,19 +249,24 @@ def _check_rl(rl):
 
 
 def train_grpo(policy, params, ref_params, env, rl, reward_cfg, *, workdir: str,
-               name: str = "grpo", writer=None):
+               name: str = "grpo", writer=None, mesh_cfg=None):
   """Runs `rl.steps` GRPO-family steps from `params`; resumable; returns the new params.
 
   `rl`: see `configs/grpo_synthetic.py`. The RNG and the problems of every step are pure
   functions of (seed, step, sampling round), so a resumed run samples the same batches.
+  `mesh_cfg`: the config's `mesh` section (None: one device); the policy's params and
+  optimizer state are sharded over it, the frozen reference like the policy.
   """
   _check_rl(rl)
   updates_per_step = rl.num_epochs * rl.num_minibatches
   optimizer = common.make_optimizer(rl, rl.steps * updates_per_step)
   loss_constant = rl.loss_constant or env.max_new_tokens
-  update_fn = make_update(policy, optimizer, rl, float(loss_constant))
-  ref_fn = logprobs_fn(policy)
+  params, opt_state, update_fn = common.shard(
+      policy, params, optimizer.init(params),
+      make_update(policy, optimizer, rl, float(loss_constant)), mesh_cfg)
+  ref_fn = common.logprobs_fn(policy)
   use_ref = rl.beta > 0
+  ref_params = common.shard_like(ref_params, params) if use_ref else None
   base_key = jax.random.fold_in(jax.random.key(rl.seed), stable_hash(name))
   group_size = rl.samples_per_prompt
 
@@ -288,9 +284,10 @@ def train_grpo(policy, params, ref_params, env, rl, reward_cfg, *, workdir: str,
                                     dynamic=rl.dynamic_sampling,
                                     max_rounds=rl.max_sampling_rounds)
     t_sample = time.perf_counter() - t0
-    tokens, mask = jnp.asarray(batch.tokens_NxL), jnp.asarray(batch.mask_NxL)
-    ref_logp = (ref_fn(ref_params, tokens, mask) if use_ref
-                else jnp.zeros(tokens.shape, jnp.float32))
+    tokens, mask = batch.tokens_NxL, batch.mask_NxL
+    # On the host, so that a sharded update can lay it out like the rest of the batch.
+    ref_logp = (np.asarray(ref_fn(ref_params, tokens, mask)) if use_ref
+                else np.zeros(tokens.shape, np.float32))
     rewards = batch.rewards_N
     if use_ref and rl.kl_placement == "reward":
       seq_kl = sequence_kl(batch.old_logp_NxL, ref_logp, batch.loss_mask_NxL, rl.kl_estimator)
@@ -298,9 +295,9 @@ def train_grpo(policy, params, ref_params, env, rl, reward_cfg, *, workdir: str,
       metrics["kl_seq"] = float(np.mean(seq_kl))
     adv = np.asarray(pg.flat_advantages(jnp.asarray(rewards), group_size, rl.advantage))
     adv = adv * batch.active_N
-    arrays = {"tokens": tokens, "mask": mask, "loss_mask": jnp.asarray(batch.loss_mask_NxL),
-              "old_logp": jnp.asarray(batch.old_logp_NxL), "ref_logp": ref_logp,
-              "advantages": jnp.asarray(adv, jnp.float32)}
+    arrays = {"tokens": tokens, "mask": mask, "loss_mask": batch.loss_mask_NxL,
+              "old_logp": batch.old_logp_NxL, "ref_logp": ref_logp,
+              "advantages": adv.astype(np.float32)}
     history = []
     for epoch in range(rl.num_epochs):
       for idx in minibatches(len(batch), rl.num_minibatches, [rl.seed, step, epoch]):
@@ -316,7 +313,7 @@ def train_grpo(policy, params, ref_params, env, rl, reward_cfg, *, workdir: str,
     out["time/step_s"] = time.perf_counter() - t0
     return {"params": params, "opt_state": opt_state}, out
 
-  state = {"params": params, "opt_state": optimizer.init(params)}
+  state = {"params": params, "opt_state": opt_state}
   state = common.train_loop(workdir=workdir, name=name, state=state, update=update,
                             num_steps=rl.steps, checkpoint_every=rl.checkpoint_every,
                             writer=writer, log_every=rl.log_every)
@@ -362,7 +359,7 @@ def init_policy(config, env, *, workdir: str, writer=None):
     batches = sft_lib.synthetic_warmup_batches(env.task, env.tokenizer, config.warmup.batch_size,
                                                seed=config.seed, exclude=env.heldout)
     params = sft_lib.train_sft(policy, params, batches, config.warmup, workdir=workdir,
-                               name="warmup", writer=writer)
+                               name="warmup", writer=writer, mesh_cfg=config.get("mesh"))
   return policy, params
 
 
@@ -413,6 +410,6 @@ def train(config, workdir: str):
   """`config.trainer = "grpo"` (configs/grpo_synthetic.py, grpo_math.py, dapo_math.py)."""
   def train_fn(policy, base, env, writer):
     return train_grpo(policy, base, base, env, config.rl, config.reward, workdir=workdir,
-                      writer=writer)
+                      writer=writer, mesh_cfg=config.get("mesh"))
   return run_single_turn(config, workdir, train_fn,
                          title=config.get("title", "GRPO, greedy held-out accuracy"))

@@ -173,15 +173,23 @@ def _check_rl(rl):
 
 
 def train_ppo(policy, params, ref_params, value_def, value_params, env, rl, reward_cfg, *,
-              workdir: str, name: str = "ppo", writer=None):
-  """Runs `rl.steps` PPO steps; resumable; returns `(params, value_params)`."""
+              workdir: str, name: str = "ppo", writer=None, mesh_cfg=None):
+  """Runs `rl.steps` PPO steps; resumable; returns `(params, value_params)`.
+
+  `mesh_cfg`: the config's `mesh` section (None: one device); both models' params and
+  optimizer states are sharded over it, the frozen reference like the policy.
+  """
   _check_rl(rl)
   updates_per_step = rl.num_epochs * rl.num_minibatches
   policy_opt = common.make_optimizer(rl, rl.steps * updates_per_step)
   value_opt = common.make_optimizer(ml_collections.ConfigDict(dict(rl.to_dict(), lr=rl.value_lr)),
                                     rl.steps * updates_per_step)
-  update_fn = make_update(policy, value_def, policy_opt, value_opt, rl)
-  ref_fn = grpo_lib.logprobs_fn(policy)
+  [(params, opt_state), (value_params, value_opt_state)], update_fn = common.shard_models(
+      make_update(policy, value_def, policy_opt, value_opt, rl), mesh_cfg,
+      (policy, params, policy_opt.init(params)),
+      (value_def, value_params, value_opt.init(value_params)))
+  ref_fn = common.logprobs_fn(policy)
+  ref_params = common.shard_like(ref_params, params) if rl.beta > 0 else None
   v_fn = values_fn(value_def)
   base_key = jax.random.fold_in(jax.random.key(rl.seed), stable_hash(name))
 
@@ -192,14 +200,15 @@ def train_ppo(policy, params, ref_params, value_def, value_params, env, rl, rewa
         policy, state["params"], env, problems, group_size=rl.samples_per_prompt,
         temperature=rl.temperature, reward_cfg=reward_cfg, seed=jax.random.fold_in(base_key, step))
     t_sample = time.perf_counter() - t0
-    tokens, mask = jnp.asarray(batch.tokens_NxL), jnp.asarray(batch.mask_NxL)
-    ref_logp = (ref_fn(ref_params, tokens, mask) if rl.beta > 0
-                else jnp.zeros(tokens.shape, jnp.float32))
-    old_values = v_fn(state["value_params"], tokens, mask)
-    adv, returns, r_tok = compute_advantages(batch.rewards_N, batch.old_logp_NxL, ref_logp,
-                                             old_values, batch.loss_mask_NxL, rl)
-    arrays = {"tokens": tokens, "mask": mask, "loss_mask": jnp.asarray(batch.loss_mask_NxL),
-              "old_logp": jnp.asarray(batch.old_logp_NxL), "ref_logp": ref_logp,
+    tokens, mask = batch.tokens_NxL, batch.mask_NxL
+    # On the host, so that a sharded update can lay them out like the rest of the batch.
+    ref_logp = (np.asarray(ref_fn(ref_params, tokens, mask)) if rl.beta > 0
+                else np.zeros(tokens.shape, np.float32))
+    old_values = np.asarray(v_fn(state["value_params"], tokens, mask))
+    adv, returns, r_tok = jax.device_get(compute_advantages(
+        batch.rewards_N, batch.old_logp_NxL, ref_logp, old_values, batch.loss_mask_NxL, rl))
+    arrays = {"tokens": tokens, "mask": mask, "loss_mask": batch.loss_mask_NxL,
+              "old_logp": batch.old_logp_NxL, "ref_logp": ref_logp,
               "advantages": adv, "returns": returns, "old_values": old_values}
     p, o = state["params"], state["opt_state"]
     vp, vo = state["value_params"], state["value_opt_state"]
@@ -219,8 +228,8 @@ def train_ppo(policy, params, ref_params, value_def, value_params, env, rl, rewa
     out["time/step_s"] = time.perf_counter() - t0
     return {"params": p, "opt_state": o, "value_params": vp, "value_opt_state": vo}, out
 
-  state = {"params": params, "opt_state": policy_opt.init(params),
-           "value_params": value_params, "value_opt_state": value_opt.init(value_params)}
+  state = {"params": params, "opt_state": opt_state,
+           "value_params": value_params, "value_opt_state": value_opt_state}
   state = common.train_loop(workdir=workdir, name=name, state=state, update=update,
                             num_steps=rl.steps, checkpoint_every=rl.checkpoint_every,
                             writer=writer, log_every=rl.log_every)
@@ -234,7 +243,8 @@ def train(config, workdir: str):
     value_def, value_params = init_value_model(config.value, config.model, base,
                                                vocab_size=vocab, seed=config.seed)
     params, _ = train_ppo(policy, base, base, value_def, value_params, env, config.rl,
-                          config.reward, workdir=workdir, writer=writer)
+                          config.reward, workdir=workdir, writer=writer,
+                          mesh_cfg=config.get("mesh"))
     return params
   return grpo_lib.run_single_turn(config, workdir, train_fn,
                                   title=config.get("title", "PPO (RLVR), greedy held-out accuracy"))

@@ -194,18 +194,23 @@ def load_params(workdir: str, template):
 
 
 def train_reward_model(model_def, params, batches, cfg, *, workdir: str, name: str = "rm",
-                       writer=None):
-  """`cfg.steps` Bradley–Terry steps on `batches(step) -> (tokens_BxKxL, mask, ranks)`."""
+                       writer=None, mesh_cfg=None):
+  """`cfg.steps` Bradley–Terry steps on `batches(step) -> (tokens_BxKxL, mask, ranks)`.
+
+  `mesh_cfg`: the config's `mesh` section (None: one device); params and optimizer state are
+  sharded over it, each batch over `data × fsdp` on its prompt dimension B.
+  """
   optimizer = common.make_optimizer(cfg, cfg.steps)
-  step_fn = make_rm_step(model_def, optimizer)
+  params, opt_state, step_fn = common.shard(model_def, params, optimizer.init(params),
+                                            make_rm_step(model_def, optimizer), mesh_cfg)
 
   def update(step, state):
     tokens, mask, ranks = batches(step)
-    p, o, m = step_fn(state["params"], state["opt_state"], jnp.asarray(tokens),
-                      jnp.asarray(mask), jnp.asarray(ranks))
+    p, o, m = step_fn(state["params"], state["opt_state"], np.asarray(tokens),
+                      np.asarray(mask), np.asarray(ranks))
     return {"params": p, "opt_state": o}, m
 
-  state = {"params": params, "opt_state": optimizer.init(params)}
+  state = {"params": params, "opt_state": opt_state}
   state = common.train_loop(workdir=workdir, name=name, state=state, update=update,
                             num_steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
                             writer=writer, log_every=cfg.log_every)
@@ -239,7 +244,7 @@ def train(config, workdir: str):
 
   results = {"init": evaluate(model_def, params, heldout, batch_size=config.eval.batch_size)}
   params = train_reward_model(model_def, params, batches, config.rm, workdir=workdir,
-                              writer=writer)
+                              writer=writer, mesh_cfg=config.get("mesh"))
   results["trained"] = evaluate(model_def, params, heldout, batch_size=config.eval.batch_size)
   export_params(workdir, params)
   info = run_lib.write_run_info(workdir, config)

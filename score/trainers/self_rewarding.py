@@ -601,7 +601,8 @@ class Loop:
     batches = sft_lib.ExampleBatches(kept, self.config.sft.batch_size, seed=self.config.seed,
                                      pad_id=self.codec.pad_id)
     return sft_lib.train_sft(self.policy, params, batches, self.config.sft,
-                             workdir=self.workdir, name=name, writer=self.writer)
+                             workdir=self.workdir, name=name, writer=self.writer,
+                             mesh_cfg=self.config.get("mesh"))
 
   # -- one iteration ---------------------------------------------------------------------------
 
@@ -696,7 +697,7 @@ class Loop:
     params, summary = dpo_lib.train_dpo(
         self.policy, self.current, self.current, tokens, self.config.dpo, workdir=self.workdir,
         name=f"m{t + 1}_dpo", seed=stable_seed(self.config.seed, t, "dpo"),
-        pad_id=self.codec.pad_id, writer=self.writer)
+        pad_id=self.codec.pad_id, writer=self.writer, mesh_cfg=self.config.get("mesh"))
     _write_json(self.path(f"iter{t}", "dpo.json"), summary)
     return params, summary
 

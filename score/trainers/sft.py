@@ -137,6 +137,6 @@ def train(config, workdir: str):
   batches = synthetic_warmup_batches(task, tokenizer, config.warmup.batch_size,
                                      seed=config.seed, exclude=heldout)
   params = train_sft(policy, params, batches, config.warmup, workdir=workdir, name="warmup",
-                     writer=writer)
+                     writer=writer, mesh_cfg=config.get("mesh"))
   writer.close()
   return policy, params
