@@ -183,8 +183,17 @@ def test_no_recompile_for_the_same_bucket(tiny_model):
     generate(tiny_model, PROMPTS + [[1] * 16], max_new_tokens=12, temperature=0.0, eos_ids=(3, 4))
     assert compile_count() == before
     assert sampler._generate_core._cache_size() == size
-    generate(tiny_model, [[1] * 17] * 4, max_new_tokens=16, temperature=1.0)  # Length bucket 32.
+    generate(tiny_model, [[1] * 17] * 4, max_new_tokens=16, temperature=1.0)  # Length bucket 20.
     assert compile_count() == before + 1
+
+
+def test_bucket_length_quarter_octaves():
+    got = [sampler.bucket_length(n) for n in (1, 16, 17, 20, 21, 29, 33, 100, 129, 1000)]
+    assert got == [16, 16, 20, 20, 24, 32, 40, 112, 160, 1024]
+    assert sampler.bucket_length(3, minimum=4) == 4 and sampler.bucket_length(5, minimum=4) == 5
+    for n in range(1, 3000):
+        b = sampler.bucket_length(n)
+        assert b >= n and (b <= 16 or b < 1.25 * n + 1)
 
 
 def test_prefill_last_logits_equals_decode(tiny_model):

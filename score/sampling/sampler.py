@@ -343,9 +343,20 @@ def left_pad(
     return tokens_BxP, mask_BxP
 
 
+def bucket_length(n: int, minimum: int = 16) -> int:
+    """The smallest of 2^k · {1, 5/4, 3/2, 7/4} (≥ `minimum`, a power of two ≥ 4) that is ≥ n:
+    16, 20, 24, 28, 32, 40, 48, ...: four buckets per doubling, so padding wastes < 25 %
+    (powers of two wasted up to half, e.g. a 19-token prompt padded to 32)."""
+    n = max(int(n), minimum)
+    base = _next_pow2(n) // 2
+    if base < minimum:
+        return minimum
+    return next(base * q // 4 for q in (5, 6, 7, 8) if base * q // 4 >= n)
+
+
 def bucket_shape(batch: int, prompt_len: int, *, min_len: int = 16) -> tuple[int, int]:
-    """Powers of two ≥ the batch size and the prompt length (prompt bucket ≥ `min_len`)."""
-    return _next_pow2(batch), _next_pow2(prompt_len, min_len)
+    """A power of two ≥ the batch size and `bucket_length(prompt_len, min_len)`."""
+    return _next_pow2(batch), bucket_length(prompt_len, min_len)
 
 
 def find_stop_string(
@@ -389,8 +400,9 @@ def generate(
     `max_new_tokens` is an int or one limit per prompt. Stop strings need `decode_fn`
     (token ids → text): they are checked after decoding, and a row is cut right after the
     token that completed the first stop string (finish reason "stop"). With `bucket=True`
-    the batch size, prompt length and `max_new_tokens` are rounded up to powers of two (the
-    true limits are enforced per row) so that calls with similar shapes share one compilation.
+    the batch size and `max_new_tokens` are rounded up to powers of two and the prompt length
+    to a quarter-octave bucket (`bucket_length`; the true limits are enforced per row) so that
+    calls with similar shapes share one compilation.
     """
     if stop_strings and decode_fn is None:
         raise ValueError("generate: stop_strings need decode_fn (token ids -> text)")
