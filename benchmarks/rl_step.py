@@ -7,7 +7,7 @@ The model is freshly initialised (no SFT warm-up), so attempts mostly run to the
 and rewards are mostly 0: the work per iteration is that of the longest episodes.
 
   score    `score.trainers.score.sample_episodes` (jitted KV-cache rollouts of both turns +
-           the environment's rewards), `_ref_logprobs_fn` (jitted reference log-probs), the
+           the environment's rewards), `common.logprobs_fn` (jitted reference log-probs), the
            jitted Stage II update of `make_rl_step` — exactly what `train_score` runs per step.
   torch    the same weights written by `score.models.hf.save_pretrained` and loaded by
            `transformers.AutoModelForCausalLM.from_pretrained` (a `LlamaForCausalLM`; a second
@@ -120,7 +120,7 @@ def main(argv=None):
   n_params = int(sum(np.size(v) for v in params.values()))
   optimizer = trainer_common.make_optimizer(rl, rl.stage2_steps)
   step_fn = score_trainer.make_rl_step(policy, optimizer, rl)
-  ref_fn = score_trainer._ref_logprobs_fn(policy)  # pylint: disable=protected-access
+  ref_fn = trainer_common.logprobs_fn(policy)
   group = rl.samples_per_prompt
   jstate = {"params": params, "opt": optimizer.init(params), "it": 0}
 

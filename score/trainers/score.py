@@ -55,14 +55,6 @@ def sample_episodes(policy, params, env, problems, *, samples_per_prompt, temper
   return episodes, rewards
 
 
-@functools.lru_cache(maxsize=None)
-def _ref_logprobs_fn(policy):
-  @jax.jit
-  def fn(params, tokens_BxL, mask_BxL):
-    return token_logprobs(policy.model(params), tokens_BxL, mask_BxL)
-  return fn
-
-
 def stable_hash(text: str) -> int:
   """A process-independent 31-bit hash (Python's `hash` of a str changes between runs)."""
   return zlib.crc32(text.encode()) & 0x7FFFFFFF
@@ -131,7 +123,7 @@ def train_score(policy, params, ref_params, env, rl, *, workdir: str, name: str 
   common.check_names(rl, advantage=pg.ADVANTAGES, kl_placement=kl_lib.PLACEMENTS,
                      kl_estimator=kl_lib.ESTIMATORS, reduction=reduce_lib.MODES,
                      stage2_method=("reinforce", "star"))
-  ref_fn = _ref_logprobs_fn(policy)
+  ref_fn = common.logprobs_fn(policy)
   stages = [(1, rl.stage1_steps), (2, rl.stage2_steps)]
   for rnd in range(rl.rounds):
     for stage, steps in stages:
@@ -145,9 +137,10 @@ def train_score(policy, params, ref_params, env, rl, *, workdir: str, name: str 
       p, o, step_fn = common.shard(policy, params, optimizer.init(params), step_fn, mesh_cfg,
                                    static_argnames=("stage",))
       state = {"params": p, "opt_state": o}
+      ref = common.shard_like(ref_params, p)
 
       def update(step, state, stage=stage, phase=phase, step_fn=step_fn, sft_step=sft_step,
-                 base_key=base_key):
+                 base_key=base_key, ref=ref):
         t0 = time.perf_counter()
         problems = env.train_problems(stable_hash(f"{phase}/{step}"), rl.prompts_per_step)
         episodes, rewards = sample_episodes(
@@ -169,7 +162,7 @@ def train_score(policy, params, ref_params, env, rl, *, workdir: str, name: str 
           batch = {"tokens": tokens, "mask": mask,
                    "turn_mask": jnp.asarray(episodes.turn_mask_BxL),
                    # On the host, so a sharded step can lay it out like the batch.
-                   "ref_logp": np.asarray(ref_fn(ref_params, tokens, mask)),
+                   "ref_logp": np.asarray(ref_fn(ref, tokens, mask)),
                    "r1": jnp.asarray(rewards[:, 0]), "r2": jnp.asarray(rewards[:, 1])}
           p, o, metrics = step_fn(state["params"], state["opt_state"], batch, stage=stage)
         metrics = dict(metrics, **{"reward/t1_sampled": rewards[:, 0].mean(),
