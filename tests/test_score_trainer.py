@@ -180,3 +180,21 @@ def test_unknown_variant_names_are_config_errors(tmp_path):
       common.build_model(c.model, env.tokenizer.vocab_size, seed=0))
   with pytest.raises(ValueError, match="advantage='rlooo'.*rloo"):
     score_lib.train_score(policy, params, params, env, c.rl, workdir=str(tmp_path))
+
+
+def test_cached_eval_is_redone_for_other_problems(tmp_path, monkeypatch):
+  from score.eval import self_correction  # pylint: disable=g-import-not-at-top
+  from score.data.records import Problem  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def fake(model, env, problems, **kwargs):
+    calls.append([p.id for p in problems])
+    return {"correct_t1": [0] * len(problems), "correct_t2": [1] * len(problems),
+            "attempts": [{"id": p.id} for p in problems]}
+
+  monkeypatch.setattr(self_correction, "two_attempts", fake)
+  problems = [Problem(id=str(i), problem="", answer="") for i in range(4)]
+  for ps in (problems, problems, problems[:3]):
+    out = self_correction.evaluate_cached(str(tmp_path), "m", lambda: None, None, ps)
+    assert out["metrics"]["n"] == len(ps)
+  assert calls == [["0", "1", "2", "3"], ["0", "1", "2"]]  # the second call used the cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from absl import logging
 
 from score.eval import metrics as metrics_lib
 from score.sampling import rollouts
@@ -38,12 +39,17 @@ def two_attempts(model, env, problems, *, batch_size: int = 256, temperature: fl
 
 
 def evaluate_cached(workdir: str, method: str, model_fn, env, problems, **kwargs) -> dict:
-  """`two_attempts` for `method`, stored in `<workdir>/evals/<method>.json` and reused."""
+  """`two_attempts` for `method`, stored in `<workdir>/evals/<method>.json` and reused while
+  the problems are the same (e.g. not after `--config.eval.num_problems` changed)."""
   path = os.path.join(workdir, "evals", f"{method}.json")
+  out = None
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       out = json.load(f)
-  else:
+    if [a["id"] for a in out["attempts"]] != [p.id for p in problems]:
+      logging.warning("%s was evaluated on other problems; re-evaluating", method)
+      out = None
+  if out is None:
     out = two_attempts(model_fn(), env, problems, **kwargs)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
