@@ -7,7 +7,9 @@ SFT, GRPO, PPO and the reward model hands `config.mesh` to the sharding (the ful
 runs on a mesh are `slow`). Self-Rewarding is covered through DPO and SFT (SFT on a mesh:
 tests/test_parallel.py, tests/test_score_trainer.py): its loop only forwards `config.mesh` to
 `train_sft` and `train_dpo`. Also: a sharded train state survives a checkpoint round trip
-through `common.train_loop` with its shardings.
+through `common.train_loop` with its shardings. The RL trainers sample their rollouts on the
+mesh (`generate`/`rollout` with `mesh=`: the batch split over data×fsdp), with the greedy
+tokens of one device.
 """
 
 import json
@@ -26,6 +28,9 @@ from configs import rlvr_math
 from configs import sft_synthetic
 from score import parallel
 from score.models import ModelConfig, Transformer
+from score.parallel import sampling as parallel_sampling
+from score.sampling import rollouts
+from score.sampling import sampler
 from score.trainers import common
 from score.trainers import dpo
 from score.trainers import grpo
@@ -58,6 +63,20 @@ def assert_on_mesh(params, sizes=MESH):
       split.append(k)
   assert split, "no parameter is split over the mesh"
   return split
+
+
+@pytest.fixture
+def sharded_sampling(monkeypatch):
+  """The batch size of every `score.parallel.sampling.sharded_generate_arrays` call."""
+  seen = []
+  fn = parallel_sampling.sharded_generate_arrays
+
+  def recording(model, prompt_BxP, *args, **kwargs):
+    seen.append(np.shape(prompt_BxP)[0])
+    return fn(model, prompt_BxP, *args, **kwargs)
+
+  monkeypatch.setattr(parallel_sampling, "sharded_generate_arrays", recording)
+  return seen
 
 
 @pytest.fixture
@@ -103,16 +122,19 @@ def assert_params_close(one, sharded, init, rtol=2e-2, skip=()):
 # One device vs the mesh, trainer by trainer.
 
 
-def test_grpo_on_a_mesh_matches_one_device(tmp_path, references):
-  """β > 0 and the KL in the loss: the frozen reference is used and sharded like the policy."""
+def test_grpo_on_a_mesh_matches_one_device(tmp_path, references, sharded_sampling):
+  """β > 0 and the KL in the loss: the frozen reference is used and sharded like the policy.
+  The rollouts are sampled on the mesh (one sharded sampler call per step)."""
   policy, params = tiny_policy()
   env = ToyEnv(target=5)
   rl = rl_cfg(steps=2, prompts_per_step=4, samples_per_prompt=4, num_minibatches=2,
               beta=0.04, kl_placement="loss", lr=1e-2)
   one = grpo.train_grpo(policy, params, params, env, rl, reward_cfg(),
                         workdir=str(tmp_path / "one"))
+  assert not sharded_sampling
   sharded = grpo.train_grpo(policy, params, params, env, rl, reward_cfg(),
                             workdir=str(tmp_path / "mesh"), mesh_cfg=mesh_cfg())
+  assert sharded_sampling == [16, 16]
   assert_on_mesh(sharded)
   assert_on_mesh(references[-1])
   assert_params_close(one, sharded, params)
@@ -206,6 +228,63 @@ def test_dpo_on_a_mesh_matches_one_device(tmp_path, references):
   np.testing.assert_allclose(sharded_summary["final_loss"], one_summary["final_loss"],
                              rtol=1e-4)
   assert sharded_summary["reward_accuracy"] == one_summary["reward_accuracy"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling on the mesh.
+
+
+def _sharded_model(model):
+  """`model` with its params on a (2, 2, 1) mesh (as `common.shard` puts a trainer's)."""
+  policy, params = common.Policy.split(model)
+  mesh = common.mesh_from_config(mesh_cfg())
+  sharded = parallel.shard_params(params, mesh, parallel.logical_axes(model))
+  assert common.mesh_of(params) is None and common.mesh_of(sharded) is mesh
+  return policy.model(sharded), mesh
+
+
+def _sampling_model():
+  config = ModelConfig.tiny(vocab_size=32, hidden_size=32, num_layers=1, num_heads=4,
+                            num_kv_heads=2, head_dim=8, intermediate_size=64)
+  return Transformer(config, rngs=nnx.Rngs(3))
+
+
+def _prompts(n, seed=0):
+  rng = np.random.default_rng(seed)
+  return [rng.integers(1, 32, size=int(rng.integers(1, 6))).tolist() for _ in range(n)]
+
+
+@pytest.mark.parametrize("bucket", [True, False])
+def test_generate_on_a_mesh_gives_the_greedy_tokens_of_one_device(bucket, sharded_sampling):
+  """6 prompts (not a multiple of data×fsdp = 4): bucketed to 8 rows, or padded with filler
+  rows to 8 without bucketing; sampled by the sharded sampler, same tokens as one device."""
+  model = _sampling_model()
+  sharded_model, mesh = _sharded_model(model)
+  prompts = _prompts(6)
+  kwargs = dict(max_new_tokens=[6, 3, 6, 5, 6, 1], temperature=0.0, eos_ids=(7,),
+                bucket=bucket)
+  one = sampler.generate(model, prompts, **kwargs)
+  assert not sharded_sampling
+  out = sampler.generate(sharded_model, prompts, mesh=mesh, **kwargs)
+  assert sharded_sampling == [8]
+  assert out.tokens == one.tokens and out.finish_reason == one.finish_reason
+  for a, b in zip(out.logprobs, one.logprobs):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_rollout_on_a_mesh_gives_the_greedy_episodes_of_one_device(sharded_sampling):
+  """Two turns, 3 prompts × G=2: each turn is one sharded sampler call (6 rows → 8)."""
+  model = _sampling_model()
+  sharded_model, mesh = _sharded_model(model)
+  kwargs = dict(num_turns=2, max_new_tokens=4, instruction=[5, 6], samples_per_prompt=2,
+                temperature=0.0, eos_ids=(7,), max_len=24, seed=1)
+  one = rollouts.rollout(model, _prompts(3, seed=1), **kwargs)
+  out = rollouts.rollout(sharded_model, _prompts(3, seed=1), mesh=mesh, **kwargs)
+  assert sharded_sampling == [8, 8]
+  assert out.responses == one.responses
+  np.testing.assert_array_equal(out.tokens_BxL, one.tokens_BxL)
+  np.testing.assert_array_equal(out.turn_mask_BxL, one.turn_mask_BxL)
+  np.testing.assert_allclose(out.logprobs_BxL, one.logprobs_BxL, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,8 +415,10 @@ def test_runlocal_configs_run_on_a_mesh(module, trainer, phases, tmp_path, monke
     assert json.load(f)["results"]
 
 
-def test_score_on_a_mesh_matches_one_device(tmp_path, references, monkeypatch):
-  """SCoRe Stage I + Stage II (β1, β2 > 0: the reference is used, sharded like the policy)."""
+def test_score_on_a_mesh_matches_one_device(tmp_path, references, sharded_sampling,
+                                            monkeypatch):
+  """SCoRe Stage I + Stage II (β1, β2 > 0: the reference is used, sharded like the policy);
+  both attempts of every step's episodes are sampled on the mesh."""
   from score.trainers import envs  # pylint: disable=g-import-not-at-top
   from score.trainers import score as score_lib  # pylint: disable=g-import-not-at-top
   from test_score_trainer import _runlocal_config  # pylint: disable=g-import-not-at-top
@@ -350,8 +431,10 @@ def test_score_on_a_mesh_matches_one_device(tmp_path, references, monkeypatch):
   policy, params = common.Policy.split(
       common.build_model(c.model, env.tokenizer.vocab_size, seed=0))
   one = score_lib.train_score(policy, params, params, env, c.rl, workdir=str(tmp_path / "one"))
+  assert not sharded_sampling
   sharded = score_lib.train_score(policy, params, params, env, c.rl,
                                   workdir=str(tmp_path / "mesh"), mesh_cfg=mesh_cfg())
+  assert len(sharded_sampling) == 4  # 2 stages × 1 step × 2 turns
   assert_on_mesh(sharded)
   assert_on_mesh(references[-1])
   assert_params_close(one, sharded, params)

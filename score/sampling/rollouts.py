@@ -100,6 +100,7 @@ def rollout(
     pad_id: int = 0,
     seed: int | jax.Array = 0,
     first_responses: Sequence[Sequence[int]] | None = None,
+    mesh: Any = None,
 ) -> Episodes:
     """Samples `samples_per_prompt` episodes of `num_turns` turns for every prompt.
 
@@ -122,6 +123,8 @@ def rollout(
         `max_len`, not to `max_new_tokens`). They are context, not generated: `turn_mask` and
         log-probs are 0 on them; `responses[b][0]` holds them, finish reason "stop" if they
         end in an `eos_ids` token (else "length").
+      mesh: optional `jax.sharding.Mesh`; with more than one device every turn is sampled on
+        it, the batch split over data×fsdp (see `generate`).
     """
     if num_turns < 1:
         raise ValueError(f"rollout: num_turns must be ≥ 1, got {num_turns}")
@@ -175,6 +178,7 @@ def rollout(
                 decode_fn=decode_fn,
                 seed=jax.random.fold_in(key, k),
                 pad_id=pad_id,
+                mesh=mesh,
             )
         for b in range(batch):
             y = samples.tokens[b] if limits[b] > 0 else []

@@ -12,7 +12,8 @@ Two levels:
   exits as soon as every row has stopped.
 * `generate(model, prompts, ...)` — lists in, lists out. Buckets the batch size, prompt
   length and `max_new_tokens` to powers of two (so a handful of shapes cover all calls),
-  handles stop strings.
+  handles stop strings. With `mesh=`, the batch is split over the mesh's data×fsdp devices
+  (`score.parallel.sharded_generate_arrays`).
 
 Log-probabilities. `logprobs` are `log softmax(logits)[token]` of the *raw* model at
 temperature 1, without top-k/top-p: exactly what the trainer recomputes with
@@ -394,6 +395,7 @@ def generate(
     seed: int | jax.Array = 0,
     pad_id: int = 0,
     bucket: bool = True,
+    mesh: Any = None,
 ) -> Samples:
     """Samples completions for a list of token-id prompts (see `generate_arrays`).
 
@@ -403,6 +405,11 @@ def generate(
     the batch size and `max_new_tokens` are rounded up to powers of two and the prompt length
     to a quarter-octave bucket (`bucket_length`; the true limits are enforced per row) so that
     calls with similar shapes share one compilation.
+
+    With a `jax.sharding.Mesh` of more than one device as `mesh`, the batch is padded with
+    filler rows to a multiple of data×fsdp and sampled by
+    `score.parallel.sharded_generate_arrays` (params on the mesh, prompts split over
+    data×fsdp); otherwise by `generate_arrays`.
     """
     if stop_strings and decode_fn is None:
         raise ValueError("generate: stop_strings need decode_fn (token ids -> text)")
@@ -423,15 +430,18 @@ def generate(
         # Per-row limits end each row; the loop exits once all rows are done, so a larger
         # slot count costs only cache memory, and nearby budgets share a compilation.
         n = _next_pow2(n, 8)
+    sharded = mesh is not None and mesh.size > 1
+    if sharded:
+        # Imported here: score.parallel imports score.sampling.
+        from score import parallel  # pylint: disable=g-import-not-at-top
+
+        div = parallel.batch_divisor(mesh)
+        batch = -(-batch // div) * div
     tokens_BxP, mask_BxP = left_pad(prompts, length=length, batch_size=batch, pad_id=pad_id)
     max_new_B = np.zeros((batch,), np.int32)
     max_new_B[: len(prompts)] = limits
     rng = jax.random.key(int(seed)) if isinstance(seed, (int, np.integer)) else seed
-    out = generate_arrays(
-        model,
-        tokens_BxP,
-        mask_BxP,
-        rng,
+    options = dict(
         max_new_tokens=n,
         temperature=temperature,
         top_k=top_k,
@@ -440,6 +450,12 @@ def generate(
         max_new_B=max_new_B,
         pad_id=pad_id,
     )
+    if sharded:
+        out = parallel.sampling.sharded_generate_arrays(
+            model, tokens_BxP, mask_BxP, rng, mesh=mesh, **options
+        )
+    else:
+        out = generate_arrays(model, tokens_BxP, mask_BxP, rng, **options)
     tokens_BxN, logp_BxN, slogp_BxN, lengths_B, stopped_B = jax.device_get(
         (out.tokens_BxN, out.logprobs_BxN, out.sample_logprobs_BxN, out.lengths_B, out.stopped_B)
     )

@@ -263,6 +263,14 @@ def shard_like(params: Params, like: Params) -> Params:
   return parallel.put(dict(params), {k: shardings[k] for k in params})
 
 
+def mesh_of(params: Params):
+  """The `jax.sharding.Mesh` that `params` live on (`shard`'s output), or None when they are
+  not on a mesh (the rollouts then sample on one device)."""
+  from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+  sharding = getattr(next(iter(params.values()), None), "sharding", None)
+  return sharding.mesh if isinstance(sharding, NamedSharding) else None
+
+
 @functools.lru_cache(maxsize=None)
 def logprobs_fn(policy: Policy) -> Callable:
   """Jitted `(params, tokens_BxL, mask_BxL) -> logp_BxL` of a `Policy`'s model (the frozen

@@ -112,12 +112,13 @@ class RolloutBatch:
 
 def sample_batch(policy, params, env, problems, *, group_size, temperature, seed,
                  reward_cfg, top_p=None) -> tuple[RolloutBatch, dict]:
-  """G single-turn samples per problem, rewarded; returns `(batch, reward metrics)`."""
+  """G single-turn samples per problem, rewarded; returns `(batch, reward metrics)`. Sampled
+  on the mesh `params` live on, if any (the batch split over data×fsdp)."""
   episodes = rollouts.rollout(
       policy.model(params), [env.prompt_tokens(p) for p in problems], num_turns=1,
       max_new_tokens=env.max_new_tokens, samples_per_prompt=group_size,
       temperature=temperature, top_p=top_p, eos_ids=env.eos_ids, max_len=env.max_len,
-      pad_id=env.pad_id, seed=seed)
+      pad_id=env.pad_id, seed=seed, mesh=common.mesh_of(params))
   row_problems = [problems[int(i)] for i in episodes.prompt_index_B]
   responses = [r[0] for r in episodes.responses]
   finished = ~episodes.truncated_BxK[:, 0]

@@ -40,12 +40,13 @@ from score.trainers import sft as sft_lib
 
 def sample_episodes(policy, params, env, problems, *, samples_per_prompt, temperature, seed,
                     num_turns=2):
-  """Two-attempt episodes for `problems` and their per-turn rewards `r_BxK`."""
+  """Two-attempt episodes for `problems` and their per-turn rewards `r_BxK`; sampled on the
+  mesh `params` live on, if any (the batch split over data×fsdp)."""
   episodes = rollouts.rollout(
       policy.model(params), [env.prompt_tokens(p) for p in problems], num_turns=num_turns,
       max_new_tokens=env.max_new_tokens, instruction=env.instruction,
       samples_per_prompt=samples_per_prompt, temperature=temperature, eos_ids=env.eos_ids,
-      max_len=env.max_len, pad_id=env.pad_id, seed=seed)
+      max_len=env.max_len, pad_id=env.pad_id, seed=seed, mesh=common.mesh_of(params))
   rewards = np.zeros((len(episodes.responses), num_turns), np.float32)
   for k in range(num_turns):
     rows = [b for b, r in enumerate(episodes.responses) if len(r) > k]
