@@ -191,10 +191,11 @@ def test_decode_hidden_then_unembed_equals_decode():
 
 def test_cache_layout():
   model = _model()
-  cache = model.init_cache(2, 16)
+  cache = model.init_cache(3, 10)
   assert len(cache) == model.config.num_layers
+  c = model.config
   for leaf in jax.tree.leaves(cache):
-    assert leaf.shape == (2, 16, 2, 16)
+    assert leaf.shape == (3, c.num_kv_heads, 10, c.head_dim)  # [B, K, S, H]
     assert leaf.dtype == jnp.float32
   assert jax.tree.leaves(model.init_cache(2, 16, dtype=jnp.bfloat16))[0].dtype == jnp.bfloat16
 
@@ -307,7 +308,7 @@ def test_eval_shape_presets(name, billions):
                        jax.ShapeDtypeStruct((2, 16), jnp.int32))
   assert out.shape == (2, 16, config.vocab_size) and out.dtype == jnp.float32
   cache = jax.eval_shape(lambda: model.init_cache(2, 32))
-  assert jax.tree.leaves(cache)[0].shape == (2, 32, config.num_kv_heads, config.head_dim)
+  assert jax.tree.leaves(cache)[0].shape == (2, config.num_kv_heads, 32, config.head_dim)
 
 
 def test_config_validation():

@@ -239,9 +239,9 @@ def test_kv_cache_shardings_split_batch_and_kv_heads():
   mesh = parallel.make_mesh(2, 2, 2)
   cache = model.init_cache(4, 16)
   shardings = parallel.kv_cache_shardings(cache, mesh)
-  assert shardings[0]["k"].spec == P(("data", "fsdp"), None, "tensor")
+  assert shardings[0]["k"].spec == P(("data", "fsdp"), "tensor")
   placed = jax.device_put(cache, shardings)
-  assert placed[0]["v"].addressable_shards[0].data.shape == (1, 16, 1, 8)
+  assert placed[0]["v"].addressable_shards[0].data.shape == (1, 1, 16, 8)
 
 
 # ---------------------------------------------------------------------------------------------

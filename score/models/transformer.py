@@ -146,18 +146,24 @@ def apply_rope(x_BxTxNxH: Array, positions_BxT: Array, inv_freq: np.ndarray) -> 
   return (x * cos + rotated * sin).astype(x_BxTxNxH.dtype)
 
 
-def attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, allowed_BxTxS, *, scale, softcap, dtype):
-  """Grouped-query attention; scores and softmax in fp32."""
+def attend(q_BxTxNxH, k, v, allowed_BxTxS, *, scale, softcap, dtype, cache_layout=False):
+  """Grouped-query attention; scores and softmax in fp32.
+
+  Keys and values are [B, S, K, H] (the projections' layout), or with `cache_layout` [B, K,
+  S, H], the KV cache's layout, which a decode step's matmuls read in place (with the cache
+  stored [B, S, K, H], XLA copied all of it into this layout at every step).
+  """
   b, t, n, h = q_BxTxNxH.shape
-  k = k_BxSxKxH.shape[2]
-  q = q_BxTxNxH.reshape(b, t, k, n // k, h)
-  scores = jnp.einsum("btkgh,bskh->bkgts", q, k_BxSxKxH.astype(dtype),
+  kv = "bksh" if cache_layout else "bskh"
+  num_kv = k.shape[1 if cache_layout else 2]
+  q = q_BxTxNxH.reshape(b, t, num_kv, n // num_kv, h)
+  scores = jnp.einsum(f"btkgh,{kv}->bkgts", q, k.astype(dtype),
                       preferred_element_type=jnp.float32) * scale
   if softcap:
     scores = jnp.tanh(scores / softcap) * softcap
   scores = jnp.where(allowed_BxTxS[:, None, None], scores, _NEG_INF)
   probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-  out = jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH.astype(dtype))
+  out = jnp.einsum(f"bkgts,{kv}->btkgh", probs, v.astype(dtype))
   return out.reshape(b, t, n, h)
 
 
@@ -207,16 +213,16 @@ class Attention(nnx.Module):
     inv_freq = _cached_inv_freq(c)
     q = apply_rope(q, positions_BxT, inv_freq)
     k = apply_rope(k, positions_BxT, inv_freq)
-    if kv_cache is not None:
+    if kv_cache is not None:  # the cache is [B, K, S, H]
       zero = jnp.zeros((), jnp.int32)
-      start = (zero, jnp.asarray(cache_index, jnp.int32), zero, zero)
+      start = (zero, zero, jnp.asarray(cache_index, jnp.int32), zero)
       kv_cache = {
-          "k": jax.lax.dynamic_update_slice(kv_cache["k"], k.astype(kv_cache["k"].dtype), start),
-          "v": jax.lax.dynamic_update_slice(kv_cache["v"], v.astype(kv_cache["v"].dtype), start),
-      }
+          name: jax.lax.dynamic_update_slice(
+              kv_cache[name], new.swapaxes(1, 2).astype(kv_cache[name].dtype), start)
+          for name, new in (("k", k), ("v", v))}
       k, v = kv_cache["k"], kv_cache["v"]
     out = attend(q, k, v, allowed_BxTxS, scale=c.attn_scale, softcap=c.attn_logit_softcap,
-                 dtype=dt)
+                 dtype=dt, cache_layout=kv_cache is not None)
     y = project(out, self.o.value.astype(dt), (0, 1))
     if c.o_bias:
       y = y + self.o_bias.value.astype(dt)
@@ -374,9 +380,10 @@ class Transformer(nnx.Module):
   # -- KV cache -----------------------------------------------------------------------------
 
   def init_cache(self, batch_size: int, max_len: int, dtype=None) -> list[dict[str, Array]]:
-    """Zeroed cache: one {'k', 'v'} dict per layer, each [B, S, K, H] (batch first)."""
+    """Zeroed cache: one {'k', 'v'} dict per layer, each [B, K, S, H] (batch, kv head, slot,
+    head dim)."""
     c = self.config
-    shape = (batch_size, max_len, c.num_kv_heads, c.head_dim)
+    shape = (batch_size, c.num_kv_heads, max_len, c.head_dim)
     dtype = c.dtype if dtype is None else dtype
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
             for _ in range(c.num_layers)]

@@ -64,7 +64,7 @@ RULES: tuple[tuple[str, Any], ...] = (
 # Logical names of the arrays that are not params.
 BATCH_NAMES = ("batch",)  # any [B, ...] array: only the first dimension is split
 ACTIVATION_NAMES = ("batch", "length", "act_embed")  # x_BxLxD
-KV_CACHE_NAMES = ("batch", "length", "act_kv_heads", "kv")  # k/v [B, S, K, H]
+KV_CACHE_NAMES = ("batch", "act_kv_heads", "length", "kv")  # k/v [B, K, S, H]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def activation_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = RULES) ->
 
 
 def kv_cache_shardings(cache, mesh: Mesh, rules: Sequence[tuple[str, Any]] = RULES):
-  """Shardings for a `Transformer.init_cache` cache (a list of {'k','v'} [B, S, K, H])."""
+  """Shardings for a `Transformer.init_cache` cache (a list of {'k','v'} [B, K, S, H])."""
   return jax.tree.map(lambda x: named_sharding(mesh, KV_CACHE_NAMES, x.shape, rules), cache)
 
 
