@@ -38,7 +38,7 @@ def get_config(arg=None):
   c.pair_sft = score_common.sampled_sft(lr=3e-4, **sft)
   c.rl = score_common.rl(
       seed=arg.seed, lr=3e-4, alpha=10.0, beta1=0.01, beta2=0.1,
-      stage1_steps=2 if arg.runlocal else 100, stage2_steps=2 if arg.runlocal else 120,
+      stage1_steps=2 if arg.runlocal else 250, stage2_steps=2 if arg.runlocal else 120,
       prompts_per_step=4 if arg.runlocal else 64, samples_per_prompt=4,
       checkpoint_every=2 if arg.runlocal else 50, log_every=1 if arg.runlocal else 10)
   score_common.scale(c)
