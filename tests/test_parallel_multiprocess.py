@@ -1,7 +1,8 @@
 """Two JAX processes on localhost (`jax.distributed`, coordinator on 127.0.0.1), 4 CPU devices
 each, run one sharded SFT step on a (data=2, fsdp=4) mesh over all 8 devices, save and
 restore a sharded orbax checkpoint together and sample greedily with the sharded sampler
-(each process feeding its half of the prompts); they must agree with each other and with
+(each process feeding its half of the prompts) and through `generate(mesh=...)` (each
+passing all prompts, as the trainers do); they must agree with each other and with
 the same step and sampler run by one process on 8 devices.
 
 This file is also the worker: `python tests/test_parallel_multiprocess.py PORT ID OUT CKPT`.
@@ -41,6 +42,11 @@ def _problem():
   return model, params, optimizer, make_sft_step(policy, optimizer), (tokens, mask, loss_mask)
 
 
+def _prompt_lists(batch):
+  """Prompts of different lengths (3 to 5 tokens) from the batch's tokens."""
+  return [row[:3 + i % 3].tolist() for i, row in enumerate(batch[0])]
+
+
 def _summary(params, metrics):
   return {"loss": float(metrics["loss"]),
           "sums": {k: float(np.asarray(v, np.float64).sum()) for k, v in params.items()}}
@@ -76,6 +82,10 @@ def _worker(port: int, process_id: int, out_path: str, ckpt_dir: str):
   samples = parallel.sharded_generate_arrays(
       model, prompts[rows], prompt_mask[rows], jax.random.key(0), mesh=mesh, max_new_tokens=6)
   result["greedy_tokens"] = parallel.gather(samples.tokens_BxN).tolist()
+  # The trainers' path: every process passes all prompts to `generate(mesh=...)`.
+  from score.sampling import generate  # pylint: disable=g-import-not-at-top
+  result["generate_tokens"] = generate(model, _prompt_lists(batch), max_new_tokens=6,
+                                       mesh=mesh).tokens
   result["restored_equal"] = all(
       np.array_equal(restored_gathered[k], gathered[k]) for k in gathered)
   result["extra"] = extra
@@ -140,6 +150,9 @@ def test_two_processes_agree_with_one(tmp_path):
   samples = parallel.sharded_generate_arrays(
       model, batch[0][:, :5], batch[1][:, :5], jax.random.key(0), mesh=mesh, max_new_tokens=6)
   assert results[0]["greedy_tokens"] == results[1]["greedy_tokens"]
+  from score.sampling import generate  # pylint: disable=g-import-not-at-top
+  expected = generate(model, _prompt_lists(batch), max_new_tokens=6).tokens
+  assert results[0]["generate_tokens"] == results[1]["generate_tokens"] == expected
   np.testing.assert_array_equal(results[0]["greedy_tokens"], jax.device_get(samples.tokens_BxN))
   np.testing.assert_allclose(results[0]["loss"], ref["loss"], rtol=1e-5)
   for k, v in ref["sums"].items():

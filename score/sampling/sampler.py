@@ -29,6 +29,7 @@ position `P_b + i`; `logprobs_BxN[b, i] = log p(tokens_BxN[b, i] | prompt, token
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -435,7 +436,8 @@ def generate(
         # Imported here: score.parallel imports score.sampling.
         from score import parallel  # pylint: disable=g-import-not-at-top
 
-        div = parallel.batch_divisor(mesh)
+        # Rows split over data×fsdp devices and, with several processes, equally over them.
+        div = math.lcm(parallel.batch_divisor(mesh), jax.process_count())
         batch = -(-batch // div) * div
     tokens_BxP, mask_BxP = left_pad(prompts, length=length, batch_size=batch, pad_id=pad_id)
     max_new_B = np.zeros((batch,), np.int32)
@@ -450,13 +452,19 @@ def generate(
         max_new_B=max_new_B,
         pad_id=pad_id,
     )
+    fetch = jax.device_get
     if sharded:
+        # Every process holds all prompts (SPMD); each feeds its rows of the global batch and
+        # gets every row back.
+        rows = parallel.process_batch_slice(batch)
+        fetch = parallel.gather
+        options["max_new_B"] = max_new_B[rows]
         out = parallel.sampling.sharded_generate_arrays(
-            model, tokens_BxP, mask_BxP, rng, mesh=mesh, **options
+            model, tokens_BxP[rows], mask_BxP[rows], rng, mesh=mesh, **options
         )
     else:
         out = generate_arrays(model, tokens_BxP, mask_BxP, rng, **options)
-    tokens_BxN, logp_BxN, slogp_BxN, lengths_B, stopped_B = jax.device_get(
+    tokens_BxN, logp_BxN, slogp_BxN, lengths_B, stopped_B = fetch(
         (out.tokens_BxN, out.logprobs_BxN, out.sample_logprobs_BxN, out.lengths_B, out.stopped_B)
     )
     samples = Samples([], [], [], [])
