@@ -198,3 +198,16 @@ def test_cached_eval_is_redone_for_other_problems(tmp_path, monkeypatch):
     out = self_correction.evaluate_cached(str(tmp_path), "m", lambda: None, None, ps)
     assert out["metrics"]["n"] == len(ps)
   assert calls == [["0", "1", "2", "3"], ["0", "1", "2"]]  # the second call used the cache
+
+
+def test_a_workdir_refuses_other_training_settings(tmp_path):
+  """Resuming with another Stage I length would put the old Stage II on top of it."""
+  from score.trainers import suite  # pylint: disable=g-import-not-at-top
+  from score.utils import config as config_lib  # pylint: disable=g-import-not-at-top
+  suite.check_same_training(_runlocal_config(), str(tmp_path))
+  # Evaluation, methods, the mesh and checkpoint cadence may change ...
+  suite.check_same_training(_runlocal_config(**{
+      "eval.num_problems": 3, "mesh.fsdp": 2, "rl.checkpoint_every": 7}), str(tmp_path))
+  # ... training settings may not.
+  with pytest.raises(config_lib.ConfigError, match=r"rl\.stage1_steps: 2 -> 5.*new --workdir"):
+    suite.check_same_training(_runlocal_config(**{"rl.stage1_steps": 5}), str(tmp_path))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
 
 import numpy as np
@@ -157,9 +158,52 @@ def _repair_set(config, env, model_fn, workdir):
                           f"{len(problems)} {r.task} {r.split} problems (mbpp_r.jsonl)")
 
 
+# Settings that may change between runs in one workdir: they choose what is evaluated and how,
+# not what was trained.
+_NOT_TRAINED = ("title", "published", "methods", "ablations", "eval", "repair", "mesh",
+                "distributed")
+
+
+def check_same_training(config, workdir: str):
+  """Stops a run whose training settings differ from those of the workdir's earlier run.
+
+  Every phase resumes from its checkpoint and every evaluation is cached, so a changed
+  setting (more Stage I steps, another lr, another task) would otherwise silently mix models
+  trained two ways (e.g. a Stage II resumed on top of another Stage I) or reuse evaluations
+  of the old models. Evaluation settings, method lists and the mesh may change.
+  """
+  flat = {k: v for k, v in _flatten(config.to_dict()).items()
+          if k.split(".")[0] not in _NOT_TRAINED
+          and not k.endswith((".checkpoint_every", ".log_every"))}
+  path = os.path.join(workdir, "training_config.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      old = json.load(f)
+    changed = sorted(k for k in set(old) | set(flat) if old.get(k) != flat.get(k))
+    if changed:
+      diffs = "; ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed[:8])
+      raise config_lib.ConfigError(
+          f"{workdir} holds a run trained with other settings ({diffs}). Its checkpoints and "
+          "evaluations would be reused or extended; use a new --workdir (or delete this one).")
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(flat, f, indent=1, sort_keys=True)
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
 def train(config, workdir: str):
   if config.task.name in ("math", "code") and config.get("runlocal_model"):
-    envs.make_runlocal_model(config, workdir)
+    envs.make_runlocal_model(config, workdir)  # sets config.model.model_dir
+  check_same_training(config, workdir)
   env = envs.make_env(config)
   writer = metrics_lib.MetricWriter(workdir)
   policy, base = _base_model(config, env, workdir, writer)
