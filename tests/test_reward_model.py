@@ -111,3 +111,10 @@ def test_reward_model_learns_a_visible_preference(tmp_path):
   heldout = batches(10_000)
   acc = rm_lib.evaluate(model_def, params, heldout)["accuracy"]
   assert acc > 90.0, acc
+
+
+def test_a_second_export_replaces_the_first(tmp_path):
+  rm_lib.export_params(str(tmp_path), {"a": np.zeros(3, np.float32)})
+  rm_lib.export_params(str(tmp_path), {"a": np.ones(3, np.float32)})
+  np.testing.assert_array_equal(
+      rm_lib.load_params(str(tmp_path), {"a": np.zeros(3, np.float32)})["a"], 1.0)

@@ -173,7 +173,8 @@ def synthetic_preferences(task: synthetic.AdditionTask, problems, num_responses:
 def export_params(workdir: str, params) -> str:
   directory = os.path.join(workdir, EXPORT_DIR)
   ckpt = ckpt_lib.Checkpointer(directory, every=1, keep=1)
-  ckpt.save(0, {"params": params}, force=True)
+  latest = ckpt.latest_step()  # a new step replaces an earlier export (orbax keeps one)
+  ckpt.save(0 if latest is None else latest + 1, {"params": params}, force=True)
   ckpt.close()
   return directory
 
