@@ -175,6 +175,17 @@ def test_sharded_sft_step_matches_single_device(shape, sft_setup):
   assert not np.allclose(ref_params["['embed'].value"], params["['embed'].value"])
 
 
+def test_shard_step_names_a_batch_that_does_not_split(sft_setup):
+  require_devices()
+  model, _, params, optimizer, step, batch, _ = sft_setup
+  mesh = parallel.make_mesh(2, 2, 2)
+  p, o, shardings = parallel.shard_train_state(params, optimizer.init(params), mesh,
+                                               parallel.logical_axes(model))
+  odd = tuple(np.asarray(x)[:3] for x in batch)
+  with pytest.raises(ValueError, match=r"shape \(3, .*data×fsdp = 4 devices"):
+    parallel.shard_step(step, shardings)(p, o, *odd)
+
+
 def test_shard_step_takes_dict_batches_static_args_and_two_models():
   """GRPO/SCoRe/PPO-shaped steps: dict batch with a scalar, a static kwarg, 4 state args."""
   require_devices()

@@ -61,6 +61,7 @@ def shard_step(step_fn: Callable, state_shardings, *, mesh: Mesh | None = None,
   n = len(state)
   fn = getattr(step_fn, "__wrapped__", step_fn)
   batch = mesh_lib.batch_sharding(mesh, rules)
+  div = mesh_lib.batch_divisor(mesh)
   rep = mesh_lib.replicated(mesh)
   static_names = frozenset(static_argnames)
   compiled: dict[Any, Callable] = {}
@@ -72,6 +73,12 @@ def shard_step(step_fn: Callable, state_shardings, *, mesh: Mesh | None = None,
     if unknown:
       raise TypeError(f"shard_step: keyword arguments {sorted(unknown)} are not static_argnames")
     leaves, treedef = jax.tree.flatten(args[n:])
+    for x in leaves:
+      if np.ndim(x) and np.shape(x)[0] % div:
+        raise ValueError(
+            f"shard_step: a batch array of shape {np.shape(x)} does not split over data×fsdp "
+            f"= {div} devices; make the batch (e.g. prompts_per_step × samples_per_prompt, "
+            "batch_size, or a minibatch) a multiple of it")
     key = (treedef, tuple(np.ndim(x) for x in leaves), tuple(sorted(kwargs.items())))
     jitted = compiled.get(key)
     if jitted is None:
