@@ -82,7 +82,12 @@ def _worker(port: int, process_id: int, out_path: str, ckpt_dir: str):
   samples = parallel.sharded_generate_arrays(
       model, prompts[rows], prompt_mask[rows], jax.random.key(0), mesh=mesh, max_new_tokens=6)
   result["greedy_tokens"] = parallel.gather(samples.tokens_BxN).tolist()
-  # The trainers' path: every process passes all prompts to `generate(mesh=...)`.
+  # The trainers' path: log-probs of the global batch under the sharded params, gathered.
+  from score.trainers import common  # pylint: disable=g-import-not-at-top
+  policy = common.Policy.split(model)[0]
+  logp = common.to_host(common.logprobs_fn(policy)(new_p, batch[0], batch[1]))
+  result["logp"] = np.asarray(logp).tolist()
+  # ... and every process passes all prompts to `generate(mesh=...)`.
   from score.sampling import generate  # pylint: disable=g-import-not-at-top
   result["generate_tokens"] = generate(model, _prompt_lists(batch), max_new_tokens=6,
                                        mesh=mesh).tokens
@@ -150,6 +155,11 @@ def test_two_processes_agree_with_one(tmp_path):
   samples = parallel.sharded_generate_arrays(
       model, batch[0][:, :5], batch[1][:, :5], jax.random.key(0), mesh=mesh, max_new_tokens=6)
   assert results[0]["greedy_tokens"] == results[1]["greedy_tokens"]
+  from score.trainers import common  # pylint: disable=g-import-not-at-top
+  ref_logp = common.logprobs_fn(common.Policy.split(model)[0])(
+      jax.device_get(new_p), batch[0], batch[1])
+  for r in results:
+    np.testing.assert_allclose(r["logp"], np.asarray(ref_logp), rtol=1e-4, atol=1e-5)
   from score.sampling import generate  # pylint: disable=g-import-not-at-top
   expected = generate(model, _prompt_lists(batch), max_new_tokens=6).tokens
   assert results[0]["generate_tokens"] == results[1]["generate_tokens"] == expected

@@ -287,7 +287,7 @@ def train_grpo(policy, params, ref_params, env, rl, reward_cfg, *, workdir: str,
     t_sample = time.perf_counter() - t0
     tokens, mask = batch.tokens_NxL, batch.mask_NxL
     # On the host, so that a sharded update can lay it out like the rest of the batch.
-    ref_logp = (np.asarray(ref_fn(ref_params, tokens, mask)) if use_ref
+    ref_logp = (common.to_host(ref_fn(ref_params, tokens, mask)) if use_ref
                 else np.zeros(tokens.shape, np.float32))
     rewards = batch.rewards_N
     if use_ref and rl.kl_placement == "reward":

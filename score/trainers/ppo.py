@@ -202,10 +202,10 @@ def train_ppo(policy, params, ref_params, value_def, value_params, env, rl, rewa
     t_sample = time.perf_counter() - t0
     tokens, mask = batch.tokens_NxL, batch.mask_NxL
     # On the host, so that a sharded update can lay them out like the rest of the batch.
-    ref_logp = (np.asarray(ref_fn(ref_params, tokens, mask)) if rl.beta > 0
+    ref_logp = (common.to_host(ref_fn(ref_params, tokens, mask)) if rl.beta > 0
                 else np.zeros(tokens.shape, np.float32))
-    old_values = np.asarray(v_fn(state["value_params"], tokens, mask))
-    adv, returns, r_tok = jax.device_get(compute_advantages(
+    old_values = common.to_host(v_fn(state["value_params"], tokens, mask))
+    adv, returns, r_tok = common.to_host(compute_advantages(
         batch.rewards_N, batch.old_logp_NxL, ref_logp, old_values, batch.loss_mask_NxL, rl))
     arrays = {"tokens": tokens, "mask": mask, "loss_mask": batch.loss_mask_NxL,
               "old_logp": batch.old_logp_NxL, "ref_logp": ref_logp,
