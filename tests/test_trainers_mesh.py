@@ -140,7 +140,7 @@ def test_grpo_on_a_mesh_matches_one_device(tmp_path, references, sharded_samplin
   assert_params_close(one, sharded, params)
 
 
-def test_ppo_on_a_mesh_matches_one_device(tmp_path, references):
+def test_ppo_on_a_mesh_matches_one_device(tmp_path, references, sharded_sampling):
   """Policy and value model both sharded; KL to the (sharded) reference in the reward."""
   policy, params = tiny_policy(seed=1)
   env = ToyEnv(target=6)
@@ -151,9 +151,11 @@ def test_ppo_on_a_mesh_matches_one_device(tmp_path, references):
   reward = grpo_synthetic.reward_config(verifiable=1.0)
   one, one_v = ppo.train_ppo(policy, params, params, value_def, vparams, env, rl, reward,
                              workdir=str(tmp_path / "one"))
+  assert not sharded_sampling
   sharded, sharded_v = ppo.train_ppo(policy, params, params, value_def, vparams, env, rl,
                                      reward, workdir=str(tmp_path / "mesh"),
                                      mesh_cfg=mesh_cfg())
+  assert len(sharded_sampling) == rl.steps  # one sharded rollout per step
   assert_on_mesh(sharded)
   assert_on_mesh(sharded_v)
   assert_on_mesh(references[-1])
