@@ -440,3 +440,13 @@ def test_score_on_a_mesh_matches_one_device(tmp_path, references, sharded_sampli
   assert_on_mesh(sharded)
   assert_on_mesh(references[-1])
   assert_params_close(one, sharded, params)
+
+
+@pytest.mark.parametrize("knob", [{"remat": "block"}, {"micro_batches": 2}])
+def test_trainers_refuse_mesh_knobs_they_do_not_apply(knob):
+  """`mesh.remat` / `mesh.micro_batches` are `score.parallel` API the trainers do not wire in
+  yet: a config that sets them stops instead of silently training without them."""
+  from score.utils import config as config_lib  # pylint: disable=g-import-not-at-top
+  for sizes in ({}, {"data": 1, "fsdp": 1}):  # also on one device, where nothing is sharded
+    with pytest.raises(config_lib.ConfigError, match="do not apply these yet"):
+      common.mesh_from_config(mesh_cfg(**sizes, **knob))

@@ -21,6 +21,7 @@ from flax import nnx
 
 from score.models import ModelConfig, Transformer, token_logprobs
 from score.utils import checkpoint as ckpt_lib
+from score.utils import config as config_lib
 from score.utils import metrics as metrics_lib
 from score.utils import progress
 from score.utils import run as run_lib
@@ -205,6 +206,11 @@ def mesh_from_config(mesh_cfg):
   """
   if mesh_cfg is None:
     return None
+  if mesh_cfg.get("remat", "none") != "none" or mesh_cfg.get("micro_batches", 1) != 1:
+    raise config_lib.ConfigError(
+        f"mesh.remat={mesh_cfg.get('remat')!r}, mesh.micro_batches="
+        f"{mesh_cfg.get('micro_batches')!r}: the trainers do not apply these yet (they are "
+        "score.parallel API: set_remat / accumulate_gradients); leave them at 'none' and 1")
   sizes = (mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)
   if sizes == (1, 1, 1):
     return None
