@@ -12,9 +12,17 @@ the same left-padded batch of prompts of different lengths and the same number o
                                            than wall time on a machine shared with other jobs
     jax_first_call_s                       the first call, compilation included
     tokens_identical                       greedy outputs agree token for token
+    bandwidth_gb_s                         host memory bandwidth measured in the same run
+                                           (best of 5 copies of 256 MiB: bytes read + written)
+    bandwidth_bound_tokens_per_s           batch × bandwidth / weight bytes: the decode speed
+                                           if every step only had to read all weights once
+    jax/torch_fraction_of_bound            tokens/s ÷ that bound. Weights that fit in the CPU
+                                           caches (the default model: about 4 MB) are read
+                                           faster than DRAM, so fractions above 1 can occur
 
     python benchmarks/sampler.py                      # batch 8, 128 new tokens
     python benchmarks/sampler.py --batch 32 --hidden 512 --layers 8
+    python benchmarks/sampler.py --smoke              # seconds; records nothing
 """
 
 from __future__ import annotations
@@ -44,7 +52,13 @@ def _parse():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
     p.add_argument("--no_record", action="store_true", help="do not append to RESULTS.md")
-    return p.parse_args()
+    p.add_argument("--smoke", action="store_true", help="seconds-long run; records nothing")
+    args = p.parse_args()
+    if args.smoke:
+        args.batch, args.new_tokens, args.min_prompt, args.max_prompt = 2, 4, 3, 5
+        args.vocab, args.hidden, args.layers, args.heads, args.kv_heads = 64, 32, 1, 2, 1
+        args.intermediate, args.repeats, args.no_record = 64, 1, True
+    return args
 
 
 def _timed(fn):
@@ -54,6 +68,18 @@ def _timed(fn):
     return out, time.perf_counter() - t, time.process_time() - c
 
 
+def _bandwidth_bytes_per_s(np, mib: int = 256, trials: int = 5) -> float:
+    """Host memory bandwidth: the best of `trials` copies of `mib` MiB (read + write bytes)."""
+    src = np.ones(mib * 2**20 // 4, np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(trials):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.nbytes / best
+
+
 def main():
     args = _parse()
     import numpy as np
@@ -61,6 +87,7 @@ def main():
     import transformers
 
     import jax
+    from flax import nnx
     from score.models import hf
     from score.sampling import generate, left_pad
 
@@ -118,6 +145,9 @@ def main():
     torch_tokens = torch_out[:, tokens_BxP.shape[1]:].tolist()
 
     generated = args.batch * n
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    bandwidth = _bandwidth_bytes_per_s(np)
+    bound = args.batch * bandwidth / weight_bytes
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -136,6 +166,11 @@ def main():
         "torch_cpu_s": round(torch_cpu, 4),
         "cpu_time_ratio": round(torch_cpu / jax_cpu, 2),
         "jax_first_call_s": round(jax_first, 2),
+        "bandwidth_gb_s": round(bandwidth / 1e9, 2),
+        "weight_mb": round(weight_bytes / 2**20, 2),
+        "bandwidth_bound_tokens_per_s": round(bound, 1),
+        "jax_fraction_of_bound": float(f"{generated / jax_time / bound:.4g}"),
+        "torch_fraction_of_bound": float(f"{generated / torch_time / bound:.4g}"),
         "tokens_identical": jax_out.tokens == torch_tokens,
         "batch": args.batch,
         "new_tokens": n,
@@ -156,6 +191,9 @@ def main():
         common.record(result, {
             "jax/torch tok/s": f"{result['jax_tokens_per_s']}/{result['torch_tokens_per_s']}",
             "ratio (cpu)": f"{result['ratio']} ({result['cpu_time_ratio']})",
+            "fraction of bandwidth bound jax/torch":
+                f"{result['jax_fraction_of_bound']}/{result['torch_fraction_of_bound']} "
+                f"({result['bandwidth_gb_s']} GB/s, {result['weight_mb']} MB weights)",
             "batch": args.batch, "new_tokens": n, "tokens_identical": result["tokens_identical"],
             "model": f"d{args.hidden}x{args.layers}L vocab {args.vocab}",
             "peak RSS MB": result["peak_rss_mb"],

@@ -54,6 +54,16 @@ def test_rl_step_smoke():
   _machine_ok(r)
 
 
+def test_sampler_smoke():
+  r = _run("sampler.py")
+  assert r["benchmark"] == "sampler" and r["tokens_identical"]
+  for key in ("jax_tokens_per_s", "torch_tokens_per_s", "bandwidth_gb_s", "weight_mb",
+              "bandwidth_bound_tokens_per_s", "jax_fraction_of_bound", "torch_fraction_of_bound"):
+    assert r[key] > 0, key
+  assert r["jax_fraction_of_bound"] == pytest.approx(
+      r["jax_tokens_per_s"] / r["bandwidth_bound_tokens_per_s"], rel=0.01)
+
+
 def test_rewards_smoke():
   r = _run("rewards.py")
   assert r["benchmark"] == "rewards"
