@@ -175,6 +175,7 @@ def check_same_training(config, workdir: str):
   flat = {k: v for k, v in _flatten(config.to_dict()).items()
           if k.split(".")[0] not in _NOT_TRAINED
           and not k.endswith((".checkpoint_every", ".log_every"))}
+  flat = json.loads(json.dumps(flat, default=str))  # as it reads back (tuples -> lists, ...)
   path = os.path.join(workdir, "training_config.json")
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
@@ -196,7 +197,7 @@ def _flatten(d, prefix=""):
     if isinstance(v, dict):
       out.update(_flatten(v, f"{prefix}{k}."))
     else:
-      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+      out[f"{prefix}{k}"] = v
   return out
 
 
