@@ -292,11 +292,8 @@ def logprobs_fn(policy: Policy) -> Callable:
 def to_host(tree):
   """Arrays as numpy on this process, gathering those other processes hold a part of (e.g.
   log-probs computed on a multi-host mesh, brought back to build the next batch)."""
-  leaves = jax.tree.leaves(tree)
-  if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in leaves):
-    from score import parallel  # pylint: disable=g-import-not-at-top
-    return parallel.gather(tree)
-  return jax.device_get(tree)
+  from score import parallel  # pylint: disable=g-import-not-at-top
+  return parallel.gather(tree)  # jax.device_get on one process
 
 
 def pad_batch(rows: list[list[int]], *, pad_id: int = 0, length: int | None = None,
