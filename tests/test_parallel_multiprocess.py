@@ -91,6 +91,11 @@ def _worker(port: int, process_id: int, out_path: str, ckpt_dir: str):
   from score.sampling import generate  # pylint: disable=g-import-not-at-top
   result["generate_tokens"] = generate(model, _prompt_lists(batch), max_new_tokens=6,
                                        mesh=mesh).tokens
+  # A two-turn rollout: turn 2 continues turn 1's KV cache, which spans both processes.
+  from score.sampling import rollouts  # pylint: disable=g-import-not-at-top
+  result["rollout_responses"] = rollouts.rollout(
+      model, _prompt_lists(batch), num_turns=2, max_new_tokens=4, instruction=[3, 4],
+      temperature=0.0, mesh=mesh).responses
   result["restored_equal"] = all(
       np.array_equal(restored_gathered[k], gathered[k]) for k in gathered)
   result["extra"] = extra
@@ -163,6 +168,10 @@ def test_two_processes_agree_with_one(tmp_path):
   from score.sampling import generate  # pylint: disable=g-import-not-at-top
   expected = generate(model, _prompt_lists(batch), max_new_tokens=6).tokens
   assert results[0]["generate_tokens"] == results[1]["generate_tokens"] == expected
+  from score.sampling import rollouts  # pylint: disable=g-import-not-at-top
+  expected = rollouts.rollout(model, _prompt_lists(batch), num_turns=2, max_new_tokens=4,
+                              instruction=[3, 4], temperature=0.0).responses
+  assert results[0]["rollout_responses"] == results[1]["rollout_responses"] == expected
   np.testing.assert_array_equal(results[0]["greedy_tokens"], jax.device_get(samples.tokens_BxN))
   np.testing.assert_allclose(results[0]["loss"], ref["loss"], rtol=1e-5)
   for k, v in ref["sums"].items():

@@ -130,3 +130,89 @@ def test_chat_template_helpers():
     assert fn(1, [], [a, b]) == [eos] + tail
     # Response that ended on <|im_end|>: not repeated.
     assert fn(1, [], [a, b, eos]) == tail
+
+
+# -- Later turns continue the KV cache of the earlier ones ------------------------------------
+
+
+def _without_cache_reuse(monkeypatch):
+    from score.sampling import rollouts  # pylint: disable=g-import-not-at-top
+    monkeypatch.setattr(rollouts, "continues_cache", lambda model: False)
+
+
+def _varying_instruction(turn, context, response):
+    return [100 + turn] * (1 + len(response) % 3)  # 1-3 tokens, row by row
+
+
+@pytest.mark.parametrize("options", [
+    dict(eos_ids=(7, 11, 19)),
+    dict(stop_strings=["ab"], decode_fn=lambda ids: "".join(chr(97 + i % 3) for i in ids)),
+    dict(max_len=20),
+])
+def test_continued_cache_equals_prefilling_every_turn(model, monkeypatch, options):
+    # Greedy, three turns, instructions of different lengths per row, rows stopping early (stop
+    # ids, stop strings cut on the host) or running out of room: the turns sampled from the
+    # continued cache are the ones sampled by prefilling x_k afresh, with the same log-probs.
+    kwargs = dict(num_turns=3, max_new_tokens=[5, 6, 4], instruction=_varying_instruction,
+                  samples_per_prompt=2, temperature=0.0, **options)
+    reused = rollout(model, PROMPTS + [[3] * 9], **kwargs)
+    _without_cache_reuse(monkeypatch)
+    fresh = rollout(model, PROMPTS + [[3] * 9], **kwargs)
+    assert reused.responses == fresh.responses
+    assert reused.instructions == fresh.instructions
+    assert reused.finish_reason == fresh.finish_reason
+    np.testing.assert_array_equal(reused.tokens_BxL, fresh.tokens_BxL)
+    np.testing.assert_allclose(reused.logprobs_BxL, fresh.logprobs_BxL, atol=1e-5)
+
+
+def test_later_turns_prefill_only_the_instruction(model, monkeypatch):
+    from score.sampling import rollouts  # pylint: disable=g-import-not-at-top
+    calls = []
+    real = rollouts.generate
+
+    def spy(model_, prompts, **kw):
+        calls.append(([list(p) for p in prompts], kw.get("continuation") is not None))
+        return real(model_, prompts, **kw)
+
+    monkeypatch.setattr(rollouts, "generate", spy)
+    ep = rollout(model, PROMPTS, num_turns=3, max_new_tokens=4, instruction=INSTRUCTION,
+                 samples_per_prompt=2, temperature=1.0, seed=3)
+    assert [c[1] for c in calls] == [False, True, True]
+    assert calls[0][0] == [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2
+    assert calls[1][0] == calls[2][0] == [INSTRUCTION] * 4
+    # Sampled at temperature 1 from the continued cache, the log-probs are still exactly the
+    # trainer's recomputation on the packed episode.
+    logp_BxL = np.asarray(
+        token_logprobs(model, jnp.asarray(ep.tokens_BxL), jnp.asarray(ep.mask_BxL)))
+    gen = ep.turn_mask_BxL > 0
+    np.testing.assert_allclose(logp_BxL[gen], ep.logprobs_BxL[gen], atol=1e-4)
+
+
+def test_sliding_window_models_and_empty_instructions_prefill_again(monkeypatch):
+    from score.sampling import rollouts  # pylint: disable=g-import-not-at-top
+    calls = []
+    real = rollouts.generate
+
+    def spy(model_, prompts, **kw):
+        calls.append(kw.get("continuation") is not None)
+        return real(model_, prompts, **kw)
+
+    monkeypatch.setattr(rollouts, "generate", spy)
+    sliding = Transformer(ModelConfig.tiny(vocab_size=128, layer_types=(
+        "sliding_attention", "full_attention"), sliding_window=4), rngs=nnx.Rngs(0))
+    rollout(sliding, PROMPTS, num_turns=2, max_new_tokens=3, instruction=INSTRUCTION)
+    assert calls == [False, False]
+    calls.clear()
+    full = Transformer(ModelConfig.tiny(vocab_size=128), rngs=nnx.Rngs(0))
+    rollout(full, PROMPTS, num_turns=3, max_new_tokens=3,
+            instruction=lambda turn, context, response: [] if turn == 1 else [9])
+    assert calls == [False, False, True]
+
+
+def test_generate_continuation_rejects_another_batch(model):
+    from score.sampling import sampler  # pylint: disable=g-import-not-at-top
+    _, cont = generate(model, PROMPTS, max_new_tokens=3, return_continuation=True)
+    assert cont.kv_mask_BxS.shape[0] == 2
+    with pytest.raises(ValueError, match="3 prompts continue 2 rows"):
+        generate(model, [[1]] * 3, max_new_tokens=3, continuation=cont)
+    assert sampler.continues_cache(model)

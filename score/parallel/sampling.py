@@ -31,24 +31,29 @@ def shard_model_state(model: nnx.Module, mesh: Mesh, rules=mesh_lib.RULES):
 def _sharded_core(graphdef, mesh: Mesh, rules, key_impl, options: tuple):
   out = mesh_lib.batch_sharding(mesh, rules)
 
-  def run(state, prompt_BxP, prompt_mask_BxP, key_data, max_new_B):
+  def run(state, continuation, prompt_BxP, prompt_mask_BxP, key_data, max_new_B):
     model = nnx.merge(graphdef, state)
     rng = jax.random.wrap_key_data(key_data, impl=key_impl) if key_impl else key_data
-    samples = sampler_lib.generate_arrays(model, prompt_BxP, prompt_mask_BxP, rng,
-                                          max_new_B=max_new_B, **dict(options))
+    samples, cont = sampler_lib.generate_arrays(
+        model, prompt_BxP, prompt_mask_BxP, rng, max_new_B=max_new_B, continuation=continuation,
+        return_continuation=True, **dict(options))
+    cont = cont._replace(cache=jax.lax.with_sharding_constraint(
+        cont.cache, mesh_lib.kv_cache_shardings(cont.cache, mesh, rules)))
     return samples._replace(num_steps=jax.lax.with_sharding_constraint(
-        samples.num_steps, mesh_lib.replicated(mesh)))
+        samples.num_steps, mesh_lib.replicated(mesh))), cont
 
   shardings = sampler_lib.SampleArrays(*([out] * 6), mesh_lib.replicated(mesh))
-  return jax.jit(run, out_shardings=shardings)
+  cont = sampler_lib.Continuation(None, out, out)  # None: the cache's constraint above
+  return jax.jit(run, out_shardings=(shardings, cont))
 
 
 def sharded_generate_arrays(model: nnx.Module | tuple[Any, Any], prompt_BxP, prompt_mask_BxP,
                             rng: jax.Array, *, mesh: Mesh, max_new_tokens: int,
                             temperature: float = 0.0, top_k: int | None = None,
                             top_p: float | None = None, eos_ids=(), max_new_B=None,
-                            pad_id: int = 0, cache_dtype: Any = None, rules=mesh_lib.RULES
-                            ) -> sampler_lib.SampleArrays:
+                            pad_id: int = 0, cache_dtype: Any = None, rules=mesh_lib.RULES,
+                            continuation: sampler_lib.Continuation | None = None,
+                            return_continuation: bool = False):
   """`generate_arrays` on a mesh (same arguments, plus `mesh` and `rules`).
 
   Args:
@@ -58,9 +63,12 @@ def sharded_generate_arrays(model: nnx.Module | tuple[Any, Any], prompt_BxP, pro
       (several processes; see `shard_batch`). B must split over data×fsdp.
     rng: a `jax.random` key (replicated).
     mesh: the device mesh; the remaining arguments are `generate_arrays`'.
+    continuation: an earlier call's `Continuation` (its cache as that call returned it, on
+      the mesh; `kv_mask_BxS` / `next_pos_B` for this process's rows, like the prompts).
 
   Returns:
-    `SampleArrays` with every `[B, ...]` field split over data×fsdp (`jax.device_get` or
+    `SampleArrays` (and with `return_continuation` the `Continuation`, cache split like the
+    KV cache rules say, masks over data×fsdp) with every `[B, ...]` field split over data×fsdp (`jax.device_get` or
     `process_allgather` to read it). Greedy tokens equal the single-device ones up to
     floating-point ties (sharded matmuls sum in a different order).
   """
@@ -74,6 +82,10 @@ def sharded_generate_arrays(model: nnx.Module | tuple[Any, Any], prompt_BxP, pro
     max_new_B = np.full((prompt_BxP.shape[0],), max_new_tokens, np.int32)
   prompt_BxP, prompt_mask_BxP, max_new_B = mesh_lib.shard_batch(
       (prompt_BxP, prompt_mask_BxP, np.asarray(max_new_B, np.int32)), mesh, rules)
+  if continuation is not None:
+    continuation = continuation._replace(**mesh_lib.shard_batch(
+        dict(kv_mask_BxS=np.asarray(continuation.kv_mask_BxS, np.int32),
+             next_pos_B=np.asarray(continuation.next_pos_B, np.int32)), mesh, rules))
   # Keys travel as their raw uint32 data (host values can be placed on every process).
   key_impl = None
   if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
@@ -84,4 +96,5 @@ def sharded_generate_arrays(model: nnx.Module | tuple[Any, Any], prompt_BxP, pro
              ("top_k", top_k), ("top_p", top_p), ("eos_ids", tuple(int(e) for e in eos_ids)),
              ("pad_id", int(pad_id)), ("cache_dtype", cache_dtype))
   fn = _sharded_core(graphdef, mesh, tuple(rules), key_impl, options)
-  return fn(state, prompt_BxP, prompt_mask_BxP, key_data, max_new_B)
+  samples, cont = fn(state, continuation, prompt_BxP, prompt_mask_BxP, key_data, max_new_B)
+  return (samples, cont) if return_continuation else samples

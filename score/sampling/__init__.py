@@ -4,10 +4,12 @@ from score.sampling.filters import filter_logits, sample_token, top_k_filter, to
 from score.sampling.sampler import (
     FINISH_LENGTH,
     FINISH_STOP,
+    Continuation,
     SampleArrays,
     Samples,
     bucket_shape,
     compile_count,
+    continues_cache,
     find_stop_string,
     generate,
     generate_arrays,

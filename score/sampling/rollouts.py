@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from score.sampling.sampler import FINISH_LENGTH, FINISH_STOP, Samples, generate
+from score.sampling.sampler import FINISH_LENGTH, FINISH_STOP, Samples, continues_cache, generate
 
 # instruction(turn k, context x_k, response y_k) -> tokens p_k appended before turn k+1.
 InstructionFn = Callable[[int, list[int], list[int]], list[int]]
@@ -125,6 +125,10 @@ def rollout(
         end in an `eos_ids` token (else "length").
       mesh: optional `jax.sharding.Mesh`; with more than one device every turn is sampled on
         it, the batch split over data×fsdp (see `generate`).
+
+    Turn k+1 continues turn k's KV cache (`generate(continuation=)`): only the instruction
+    p_k is prefilled, not x_k ⊕ y_k again. Models with sliding-window layers, and a turn
+    where some row has an empty instruction, prefill the whole context instead.
     """
     if num_turns < 1:
         raise ValueError(f"rollout: num_turns must be ≥ 1, got {num_turns}")
@@ -157,19 +161,32 @@ def rollout(
     instructions: list[list[list[int]]] = [[] for _ in range(batch)]
     reasons: list[list[str]] = [[] for _ in range(batch)]
     alive = [True] * batch  # False once an episode ran out of room (max_len).
+    reuse = num_turns > 1 and continues_cache(model)
+    continuation = None  # The KV cache of the turns so far, when `reuse`.
 
     for k in range(num_turns):
         limits = []
         for b in range(batch):
             room = budgets[k] if max_len is None else min(budgets[k], max_len - len(contexts[b]))
             limits.append(max(room, 0) if alive[b] else 0)
+        # With a cache, each row's prompt is what it lacks: the instruction after turn k
+        # (a finished episode, which samples nothing more, gets one filler token).
+        pending = None
+        if continuation is not None:
+            pending = [
+                instructions[b][k - 1] if alive[b] else [pad_id] for b in range(batch)
+            ]
+            if any(len(p) == 0 for p in pending):
+                continuation, pending = None, None
         if k == 0 and first_responses is not None:
             samples = _forced(first_responses, prompt_index_B, contexts, max_len, eos_ids)
         else:
             samples = generate(
                 model,
-                contexts,
+                contexts if pending is None else pending,
                 max_new_tokens=limits if max(limits) > 0 else [1] * batch,
+                continuation=continuation,
+                return_continuation=reuse and k + 1 < num_turns,
                 temperature=temperature,
                 top_k=top_k,
                 top_p=top_p,
@@ -180,6 +197,10 @@ def rollout(
                 pad_id=pad_id,
                 mesh=mesh,
             )
+            if reuse and k + 1 < num_turns:
+                samples, continuation = samples
+                if max(limits) == 0:  # The one token sampled for shape's sake is not kept.
+                    continuation = None
         for b in range(batch):
             y = samples.tokens[b] if limits[b] > 0 else []
             reason = samples.finish_reason[b] if limits[b] > 0 else FINISH_LENGTH

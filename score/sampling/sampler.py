@@ -103,14 +103,35 @@ def _next_pow2(n: int, minimum: int = 1) -> int:
 # Jitted core.
 
 
+class Continuation(NamedTuple):
+    """The KV cache and masks a finished call hands to the next turn of the same rows.
+
+    `generate_arrays(..., return_continuation=True)` returns one; passing it back as
+    `continuation=` appends that call's prompt (e.g. a self-correction instruction) to every
+    row's cache and samples on, so earlier turns are never prefilled again.
+
+    cache: the model's KV cache, one {'k', 'v'} per layer, [B, K, S, H]. Slots are laid out
+        call after call (`[prompt | N generated | next prompt | N generated | ...]`); the slots
+        a row did not fill are masked out, so a row's real tokens need not be contiguous.
+    kv_mask_BxS: 1 on the slots of real tokens (prompt tokens and valid generated ones).
+    next_pos_B: the position (RoPE index) of each row's next token: its number of real tokens.
+    """
+
+    cache: Any
+    kv_mask_BxS: jax.Array
+    next_pos_B: jax.Array
+
+
 def prefill_last_logits(
     model: Any,
     prompt_BxP: jax.Array,
     positions_BxP: jax.Array,
     cache: Any,
     kv_mask_BxS: jax.Array,
+    cache_index: int = 0,
 ) -> tuple[jax.Array, Any]:
-    """Writes the prompt into cache slots [0, P) and returns the last position's fp32 logits.
+    """Writes the prompt into cache slots [cache_index, cache_index + P) and returns the last
+    position's fp32 logits.
 
     With left padding the last slot holds every row's last real token, so `logits_BxV`
     predicts the first new token. Only the last hidden state is unembedded (`decode` would
@@ -118,9 +139,11 @@ def prefill_last_logits(
     fall back to `decode`.
     """
     if hasattr(model, "decode_hidden"):
-        h_BxPxD, cache = model.decode_hidden(prompt_BxP, positions_BxP, cache, 0, kv_mask_BxS)
+        h_BxPxD, cache = model.decode_hidden(
+            prompt_BxP, positions_BxP, cache, cache_index, kv_mask_BxS
+        )
         return model.unembed(h_BxPxD[:, -1:])[:, 0].astype(jnp.float32), cache
-    logits_BxPxV, cache = model.decode(prompt_BxP, positions_BxP, cache, 0, kv_mask_BxS)
+    logits_BxPxV, cache = model.decode(prompt_BxP, positions_BxP, cache, cache_index, kv_mask_BxS)
     return logits_BxPxV[:, -1].astype(jnp.float32), cache
 
 
@@ -136,6 +159,7 @@ def prefill_last_logits(
 )
 def _generate_core(
     state: Any,
+    continuation: Continuation | None,
     prompt_BxP: jax.Array,
     prompt_mask_BxP: jax.Array,
     rng: jax.Array,
@@ -151,7 +175,7 @@ def _generate_core(
     use_top_p: bool,
     pad_id: int,
     cache_dtype: Any,
-) -> SampleArrays:
+) -> tuple[SampleArrays, Continuation]:
     global _TRACE_COUNT
     _TRACE_COUNT += 1  # Runs at trace time only.
 
@@ -161,12 +185,29 @@ def _generate_core(
     prompt_mask_BxP = prompt_mask_BxP.astype(jnp.int32)
     prompt_lens_B = prompt_mask_BxP.sum(axis=-1)
 
-    cache = model.init_cache(batch, prompt_len + n, dtype=cache_dtype)
+    if continuation is None:
+        start = 0
+        cache = model.init_cache(batch, prompt_len + n, dtype=cache_dtype)
+        kv_mask_BxS = jnp.zeros((batch, 0), jnp.int32)
+        first_pos_B = jnp.zeros((batch,), jnp.int32)
+    else:
+        # Room for this call after the earlier turns' slots (one copy of the cache per turn).
+        start = continuation.kv_mask_BxS.shape[1]
+        cache = jax.tree.map(
+            lambda a: jnp.pad(a, ((0, 0), (0, 0), (0, prompt_len + n), (0, 0))),
+            continuation.cache,
+        )
+        kv_mask_BxS = continuation.kv_mask_BxS.astype(jnp.int32)
+        first_pos_B = continuation.next_pos_B.astype(jnp.int32)
+    gen_start = start + prompt_len
     kv_mask_BxS = jnp.concatenate(
-        [prompt_mask_BxP, jnp.ones((batch, n), jnp.int32)], axis=1
+        [kv_mask_BxS, prompt_mask_BxP, jnp.ones((batch, n), jnp.int32)], axis=1
     )
-    positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=-1) - 1, 0)
-    logits_BxV, cache = prefill_last_logits(model, prompt_BxP, positions_BxP, cache, kv_mask_BxS)
+    positions_BxP = first_pos_B[:, None] + jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=-1) - 1, 0)
+    logits_BxV, cache = prefill_last_logits(
+        model, prompt_BxP, positions_BxP, cache, kv_mask_BxS, start
+    )
+    first_new_pos_B = first_pos_B + prompt_lens_B
 
     max_new_B = jnp.minimum(max_new_B.astype(jnp.int32), n)
     init = dict(
@@ -211,24 +252,28 @@ def _generate_core(
             done_B=done_B,
             stopped_B=c["stopped_B"] | hit_stop_B,
         )
-        positions_Bx1 = (prompt_lens_B + i)[:, None]
+        positions_Bx1 = (first_new_pos_B + i)[:, None]
         next_logits_Bx1xV, cache = model.decode(
-            token_B[:, None], positions_Bx1, c["cache"], prompt_len + i, kv_mask_BxS
+            token_B[:, None], positions_Bx1, c["cache"], gen_start + i, kv_mask_BxS
         )
         out["cache"] = cache
         out["logits_BxV"] = next_logits_Bx1xV[:, 0].astype(jnp.float32)
         return out
 
     final = jax.lax.while_loop(cond, body, init)
-    return SampleArrays(
+    lengths_B = final["valid_BxN"].sum(axis=-1).astype(jnp.int32)
+    samples = SampleArrays(
         tokens_BxN=final["tokens_BxN"],
         logprobs_BxN=final["logprobs_BxN"],
         sample_logprobs_BxN=final["sample_logprobs_BxN"],
         valid_BxN=final["valid_BxN"],
-        lengths_B=final["valid_BxN"].sum(axis=-1).astype(jnp.int32),
+        lengths_B=lengths_B,
         stopped_B=final["stopped_B"],
         num_steps=final["i"],
     )
+    # Slots after a row finished hold pad tokens: masked out for the next turn.
+    kv_mask_BxS = kv_mask_BxS.at[:, gen_start:].set(final["valid_BxN"].astype(jnp.int32))
+    return samples, Continuation(final["cache"], kv_mask_BxS, first_new_pos_B + lengths_B)
 
 
 def generate_arrays(
@@ -245,7 +290,9 @@ def generate_arrays(
     max_new_B: jax.Array | None = None,
     pad_id: int = 0,
     cache_dtype: Any = None,
-) -> SampleArrays:
+    continuation: Continuation | None = None,
+    return_continuation: bool = False,
+) -> SampleArrays | tuple[SampleArrays, Continuation]:
     """Samples up to `max_new_tokens` tokens for each left-padded prompt, in one jitted call.
 
     Args:
@@ -260,10 +307,15 @@ def generate_arrays(
       max_new_B: optional per-row limits (≤ N) on the number of new tokens.
       pad_id: written into slots after a row finished.
       cache_dtype: KV-cache dtype (default: the model's choice).
+      continuation: the `Continuation` of an earlier call on the same rows: the prompts are
+        then appended to what those rows already hold (prompt + earlier turns) instead of
+        starting afresh. Needs full attention on every layer (a sliding window counts slots,
+        and a continued cache has masked gaps between turns).
+      return_continuation: also return this call's `Continuation` (for the next turn).
 
     Returns:
-      `SampleArrays`. Calls with the same shapes and static options reuse one compilation.
-      The loop exits as soon as every row has finished.
+      `SampleArrays` (and the `Continuation`). Calls with the same shapes and static options
+      reuse one compilation. The loop exits as soon as every row has finished.
     """
     if temperature < 0:
         raise ValueError(f"generate_arrays: temperature must be ≥ 0, got {temperature}")
@@ -294,8 +346,14 @@ def generate_arrays(
     eos_ids = [int(e) for e in eos_ids]
     eos_ids_E = np.full((_next_pow2(len(eos_ids), 4),), -1, np.int32)
     eos_ids_E[: len(eos_ids)] = eos_ids
-    return _generate_core(
+    if continuation is not None and continuation.kv_mask_BxS.shape[0] != batch:
+        raise ValueError(
+            f"generate_arrays: {batch} prompts continue a cache of "
+            f"{continuation.kv_mask_BxS.shape[0]} rows"
+        )
+    samples, cont = _generate_core(
         state,
+        continuation,
         prompt_BxP,
         prompt_mask_BxP,
         rng,
@@ -311,6 +369,15 @@ def generate_arrays(
         pad_id=int(pad_id),
         cache_dtype=cache_dtype,
     )
+    return (samples, cont) if return_continuation else samples
+
+
+def continues_cache(model: Any) -> bool:
+    """Whether `model` can continue a `Continuation` (full attention on every layer)."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "init_cache"):
+        return False
+    return all(config.layer_window(i) is None for i in range(config.num_layers))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,7 +464,9 @@ def generate(
     pad_id: int = 0,
     bucket: bool = True,
     mesh: Any = None,
-) -> Samples:
+    continuation: Continuation | None = None,
+    return_continuation: bool = False,
+) -> Samples | tuple[Samples, Continuation]:
     """Samples completions for a list of token-id prompts (see `generate_arrays`).
 
     `max_new_tokens` is an int or one limit per prompt. Stop strings need `decode_fn`
@@ -411,6 +480,13 @@ def generate(
     filler rows to a multiple of data×fsdp and sampled by
     `score.parallel.sharded_generate_arrays` (params on the mesh, prompts split over
     data×fsdp); otherwise by `generate_arrays`.
+
+    Turns. With `return_continuation=True` the call also returns a `Continuation` (the KV
+    cache on the device(s); `kv_mask_BxS` / `next_pos_B` as host arrays, with tokens after a
+    stop string masked out). Passing it back as `continuation=` with the same number of
+    prompts, each now holding only the tokens to append (e.g. the instruction of the next
+    turn, ≥ 1 token per row), continues every row where it stopped: nothing is prefilled
+    again (`continues_cache(model)` says whether the model allows it).
     """
     if stop_strings and decode_fn is None:
         raise ValueError("generate: stop_strings need decode_fn (token ids -> text)")
@@ -427,7 +503,7 @@ def generate(
     n = max(max(limits), 1)
     batch, length = len(prompts), max(len(p) for p in prompts)
     if bucket:
-        batch, length = bucket_shape(batch, length)
+        batch, length = bucket_shape(batch, length, min_len=16 if continuation is None else 8)
         # Per-row limits end each row; the loop exits once all rows are done, so a larger
         # slot count costs only cache memory, and nearby budgets share a compilation.
         n = _next_pow2(n, 8)
@@ -435,7 +511,11 @@ def generate(
     if sharded:
         # Imported here: score.parallel imports score.sampling.
         from score import parallel  # pylint: disable=g-import-not-at-top
-
+    if continuation is not None:
+        batch = continuation.kv_mask_BxS.shape[0]  # The rows (fillers included) of turn 1.
+        if len(prompts) > batch:
+            raise ValueError(f"generate: {len(prompts)} prompts continue {batch} rows")
+    elif sharded:
         # Rows split over data×fsdp devices and, with several processes, equally over them.
         div = math.lcm(parallel.batch_divisor(mesh), jax.process_count())
         batch = -(-batch // div) * div
@@ -459,14 +539,25 @@ def generate(
         rows = parallel.process_batch_slice(batch)
         fetch = parallel.gather
         options["max_new_B"] = max_new_B[rows]
-        out = parallel.sampling.sharded_generate_arrays(
-            model, tokens_BxP[rows], mask_BxP[rows], rng, mesh=mesh, **options
+        if continuation is not None:
+            continuation = continuation._replace(
+                kv_mask_BxS=continuation.kv_mask_BxS[rows], next_pos_B=continuation.next_pos_B[rows]
+            )
+        out, cont = parallel.sampling.sharded_generate_arrays(
+            model, tokens_BxP[rows], mask_BxP[rows], rng, mesh=mesh, continuation=continuation,
+            return_continuation=True, **options
         )
     else:
-        out = generate_arrays(model, tokens_BxP, mask_BxP, rng, **options)
+        out, cont = generate_arrays(
+            model, tokens_BxP, mask_BxP, rng, continuation=continuation, return_continuation=True,
+            **options
+        )
     tokens_BxN, logp_BxN, slogp_BxN, lengths_B, stopped_B = fetch(
         (out.tokens_BxN, out.logprobs_BxN, out.sample_logprobs_BxN, out.lengths_B, out.stopped_B)
     )
+    if return_continuation:
+        kv_mask_BxS, next_pos_B = (np.array(a) for a in fetch((cont.kv_mask_BxS, cont.next_pos_B)))
+        gen_start = kv_mask_BxS.shape[1] - tokens_BxN.shape[1]
     samples = Samples([], [], [], [])
     for b in range(len(prompts)):
         m = int(lengths_B[b])
@@ -474,9 +565,14 @@ def generate(
         if stop_strings:
             cut = find_stop_string(tokens_BxN[b, :m].tolist(), stop_strings, decode_fn)
             if cut is not None:
+                if return_continuation:  # The next turn must not see the tokens cut off.
+                    kv_mask_BxS[b, gen_start + cut:] = 0
+                    next_pos_B[b] -= m - cut
                 m, reason = cut, FINISH_STOP
         samples.tokens.append(tokens_BxN[b, :m].tolist())
         samples.logprobs.append(logp_BxN[b, :m].tolist())
         samples.sample_logprobs.append(slogp_BxN[b, :m].tolist())
         samples.finish_reason.append(reason)
+    if return_continuation:
+        return samples, Continuation(cont.cache, kv_mask_BxS, next_pos_B)
     return samples
