@@ -158,6 +158,21 @@ def test_repair_set_keeps_only_failing_first_attempts_and_is_cached(scripted, tm
   good = ScriptedModel(first={p.id: "GOOD" for p in PROBLEMS})
   assert repair.build_repair_set(good, scripted, PROBLEMS, path=empty) == []
   assert repair.build_repair_set(other, scripted, PROBLEMS, path=empty) == []
+  # Built from other problems (repair.num_problems grew): rebuilt, not silently reused.
+  assert repair.build_repair_set(other, scripted, PROBLEMS[:2], path=empty) == [
+      {"id": p.id, "first_attempt": "x", "first_attempt_ids": [ord("x"), EOS]}
+      for p in PROBLEMS[:2]]
+  assert other.calls == 1
+  assert repair.build_repair_set(good, scripted, PROBLEMS[:2], path=empty) != []
+  assert repair.build_repair_set(good, scripted, PROBLEMS, path=empty) == []
+
+
+def test_first_attempt_ids_of_another_tokenizer_are_not_used(scripted):
+  record = {"id": "p1", "first_attempt": "bad1", "first_attempt_ids": [ord(c) for c in "bad1"]}
+  assert repair.first_attempt_ids(scripted, record) == [ord(c) for c in "bad1"]
+  # Ids some other tokenizer made for the same text: the text is tokenised here instead.
+  foreign = dict(record, first_attempt_ids=[7, 3])
+  assert repair.first_attempt_ids(scripted, foreign) == [ord(c) for c in "bad1"] + [EOS]
 
 
 def test_evaluate_repair_scores_the_second_attempt_on_the_fixed_first(scripted):

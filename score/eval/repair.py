@@ -50,8 +50,10 @@ def build_repair_set(model, env, problems: Sequence[Any], *, path: str | None = 
                      batch_size: int = 64, seed: int = 0) -> list[dict]:
   """Records of the problems whose greedy first attempt by `model` fails the tests.
 
-  Written to `path` (JSONL, the module docstring's format) when given; an existing `path` is
-  read instead (`load_repair_set`) and nothing is sampled: delete it to rebuild.
+  Written to `path` (JSONL, the module docstring's format) when given, with the ids of the
+  attempted problems beside it (`<path>.problems.json`). An existing `path` made from the same
+  problems is read instead (`load_repair_set`) and nothing is sampled; made from other problems
+  (e.g. after `repair.num_problems` changed) or without that list, it is rebuilt.
 
   Args:
     model: the base model (`score.models.Transformer`).
@@ -61,11 +63,14 @@ def build_repair_set(model, env, problems: Sequence[Any], *, path: str | None = 
     batch_size: prompts per rollout call.
     seed: rollout seed (greedy decoding does not use it).
   """
+  ids = [p.id for p in problems]
   if path and os.path.exists(path):
-    records = [] if os.path.getsize(path) == 0 else load_repair_set(
-        path, problems_by_id={p.id: p for p in problems})
-    logging.warning("MBPP-R: reusing %d first attempts from %s", len(records), path)
-    return records
+    if _read_json(path + ".problems.json") == ids:
+      records = [] if os.path.getsize(path) == 0 else load_repair_set(
+          path, problems_by_id={p.id: p for p in problems})
+      logging.warning("MBPP-R: reusing %d first attempts from %s", len(records), path)
+      return records
+    logging.warning("MBPP-R: %s was built from other problems; rebuilding it", path)
   records = []
   for start in progress.bar(range(0, len(problems), batch_size), desc="repair set"):
     chunk = list(problems[start:start + batch_size])
@@ -82,7 +87,15 @@ def build_repair_set(model, env, problems: Sequence[Any], *, path: str | None = 
                   len(problems))
   if path:
     _write_json(path, records, lines=True)
+    _write_json(path + ".problems.json", ids)
   return records
+
+
+def _read_json(path: str) -> Any:
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
 
 
 def load_repair_set(path: str, *, problems_by_id: Mapping[str, Any] | None = None
@@ -122,9 +135,21 @@ def load_repair_set(path: str, *, problems_by_id: Mapping[str, Any] | None = Non
 
 
 def first_attempt_ids(env, record: Mapping[str, Any]) -> list[int]:
-  """The token ids of a record's fixed first attempt (see the module docstring)."""
-  if record.get("first_attempt_ids") is not None:
-    return [int(t) for t in record["first_attempt_ids"]]
+  """The token ids of a record's fixed first attempt (see the module docstring).
+
+  Stored ids that do not decode to the record's text under `env` (another tokenizer made
+  them) are ignored: the text is tokenised instead.
+  """
+  ids = record.get("first_attempt_ids")
+  if ids is not None:
+    ids = [int(t) for t in ids]
+    vocab = getattr(env.tokenizer, "vocab_size", None)
+    if (vocab is None or max(ids, default=0) < vocab) and env.decode(ids) == record[
+        "first_attempt"]:
+      return ids
+    logging.log_first_n(logging.WARNING, "MBPP-R: record %s's first_attempt_ids are not this "
+                        "tokenizer's (they do not decode to its text); tokenising the text", 1,
+                        record["id"])
   ids = env.tokenizer.encode(record["first_attempt"], add_special_tokens=False)
   return [int(t) for t in ids] + [int(env.eos_ids[0])]
 
