@@ -508,12 +508,16 @@ def results_table(runs: Sequence[Run]) -> str:
     header += [metrics_lib.LABELS.get(name, name) + (f" ({r.name})" if multi else "")
                for r in runs]
   published_names = {r.config.get("published") or "" for r in runs}
-  published = (tables.PUBLISHED.get(published_names.pop())
-               if len(published_names) == 1 else None)
+  published_name = published_names.pop() if len(published_names) == 1 else ""
+  published = tables.PUBLISHED.get(published_name)
   if published and not set(metrics_lib.METRICS) <= set(columns):
     published = None
+  # Columns the paper reports beside the main ones (Table 3's MBPP-R), when measured.
+  extra = {k: v for k, v in tables.PUBLISHED_EXTRA.get(published_name, {}).items()
+           if published and k in columns}
   if published:
-    header += [f"{metrics_lib.LABELS[m]} (published)" for m in metrics_lib.METRICS]
+    header += [f"{metrics_lib.LABELS.get(m, m)} (published)"
+               for m in list(metrics_lib.METRICS) + list(extra)]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for method in methods:
     ns = sorted({str(r.results[method]["n"]) for r in runs
@@ -525,6 +529,7 @@ def results_table(runs: Sequence[Run]) -> str:
       pub = published.get(method)
       row += ([f"{v:.1f}" for v in pub] + [""] * (len(metrics_lib.METRICS) - len(pub))
               if pub else ["—"] * len(metrics_lib.METRICS))
+      row += [f"{v[method]:.1f}" if method in v else "—" for v in extra.values()]
     lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines) + "\n"
 

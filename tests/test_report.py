@@ -239,3 +239,23 @@ def test_report_cli_on_a_runlocal_run(tmp_path):
     assert f"| {method} | 16 |" in md
   for fn in ("results.png", "reward.png", "kl.png", "flips.png", "lengths.png", "loss.png"):
     assert open(os.path.join(out, fn), "rb").read(8) == PNG
+
+
+def test_results_table_puts_published_mbpp_r_beside_the_measured_one():
+  c1, c2 = [0, 1, 1, 0], [1, 1, 1, 0]
+  results = {m: dict(metrics_lib.self_correction_metrics(c1, c2, num_bootstrap=20),
+                     mbpp_r=metrics_lib.accuracy([1, 0, 1], num_bootstrap=20))
+             for m in ("base", "score", "star")}
+  run = report.Run(workdir="w", name="w", config={"published": "humaneval"}, info={},
+                   rows=[], results=results, evals={})
+  lines = report.results_table([run]).splitlines()
+  header = [c.strip() for c in lines[0].strip("|").split("|")]
+  assert header[-1] == "MBPP-R (published)" and "MBPP-R" in header
+  rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")]
+          for r in lines[2:]}
+  assert rows["score"][-1] == f"{tables.PUBLISHED_MBPP_R['score']:.1f}" == "60.6"
+  assert rows["base"][-1] == "47.3" and rows["star"][-1] == "—"  # the paper has no STaR MBPP-R
+  # Without an MBPP-R measurement there is no published MBPP-R column either.
+  for r in results.values():
+    del r["mbpp_r"]
+  assert "MBPP-R" not in report.results_table([run])
