@@ -7,12 +7,15 @@ Two levels:
   shapes, `max_new_tokens`, `top_k` and whether top-p is on are static and key jax's
   compilation cache. Temperature (greedy included), top-p value, stop ids, per-row limits and
   the key are data, so repeated calls with the same shapes never retrace (`compile_count`).
-  The KV cache is allocated *inside* the jitted function and lives only in the loop carry,
-  so XLA updates it in place: it is never copied in or out (nothing to donate). The loop
-  exits as soon as every row has stopped.
-* `generate(model, prompts, ...)` — lists in, lists out. Buckets the batch size, prompt
-  length and `max_new_tokens` to powers of two (so a handful of shapes cover all calls),
-  handles stop strings. With `mesh=`, the batch is split over the mesh's data×fsdp devices
+  The KV cache is allocated *inside* the jitted function and lives in the loop carry, so XLA
+  updates it in place. The loop exits as soon as every row has stopped. With
+  `return_continuation=True` the cache comes back as a `Continuation`, which a next call
+  (the next turn of the same rows) extends by its prompt and new slots (one copy per turn)
+  instead of prefilling the earlier turns again.
+* `generate(model, prompts, ...)` — lists in, lists out. Buckets the batch size and
+  `max_new_tokens` to powers of two and the prompt length to quarter octaves (so a handful
+  of shapes cover all calls), handles stop strings, passes continuations on. With `mesh=`,
+  the batch is split over the mesh's data×fsdp devices
   (`score.parallel.sharded_generate_arrays`).
 
 Log-probabilities. `logprobs` are `log softmax(logits)[token]` of the *raw* model at
