@@ -291,6 +291,14 @@ def test_split_micro_batches_is_strided():
                                 [[0, 2, 4, 6], [1, 3, 5, 7]])
   with pytest.raises(ValueError, match="micro-batches"):
     parallel.split_micro_batches(x, 3)
+  # Groups of consecutive rows (e.g. the samples of one prompt) stay whole; the stride is over
+  # groups.
+  np.testing.assert_array_equal(parallel.split_micro_batches(np.arange(12), 2, group_size=3),
+                                [[0, 1, 2, 6, 7, 8], [3, 4, 5, 9, 10, 11]])
+  np.testing.assert_array_equal(parallel.split_micro_batches(x, 2, group_size=2),
+                                [[0, 1, 4, 5], [2, 3, 6, 7]])
+  with pytest.raises(ValueError, match="whole groups of 3 rows"):
+    parallel.split_micro_batches(np.arange(12), 3, group_size=3)
 
 
 def test_multisteps_accumulation_applies_every_k_calls():

@@ -9,7 +9,9 @@ tests/test_parallel.py, tests/test_score_trainer.py): its loop only forwards `co
 `train_sft` and `train_dpo`. Also: a sharded train state survives a checkpoint round trip
 through `common.train_loop` with its shardings. The RL trainers sample their rollouts on the
 mesh (`generate`/`rollout` with `mesh=`: the batch split over data×fsdp), with the greedy
-tokens of one device.
+tokens of one device. `mesh.micro_batches` (gradient accumulation in `common.make_step`, the
+SFT step, PPO's update; SCoRe's groups kept whole) and `mesh.remat` give the params of the
+plain full-batch run; bad values and batches that do not split stop with a clear error.
 """
 
 import json
@@ -18,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -442,11 +445,241 @@ def test_score_on_a_mesh_matches_one_device(tmp_path, references, sharded_sampli
   assert_params_close(one, sharded, params)
 
 
-@pytest.mark.parametrize("knob", [{"remat": "block"}, {"micro_batches": 2}])
-def test_trainers_refuse_mesh_knobs_they_do_not_apply(knob):
-  """`mesh.remat` / `mesh.micro_batches` are `score.parallel` API the trainers do not wire in
-  yet: a config that sets them stops instead of silently training without them."""
+# ---------------------------------------------------------------------------------------------
+# `mesh.micro_batches` (gradient accumulation) and `mesh.remat`.
+
+
+def _toy_runs(micro_batches, *, group_size=1, grouped=False, steps=3):
+  """`steps` Adam steps of `common.make_step` on a toy regression whose loss is a mean over
+  rows; with `grouped`, of each row's error minus its group's mean error (groups of 2
+  consecutive rows: a per-group statistic like SCoRe's baseline). A static keyword argument
+  (`scale`, like SCoRe's `stage`) is bound before the accumulation. Returns
+  `(params, [metrics])`."""
+  rng = np.random.default_rng(0)
+  x_BxD = jnp.asarray(rng.normal(size=(8, 3)), jnp.float32)
+  y_B = jnp.asarray(rng.normal(size=8), jnp.float32)
+
+  def loss_fn(params, x_BxD, y_B, *, scale):
+    pred_B = x_BxD @ params["w"] + params["b"]
+    err_B = pred_B - y_B
+    if grouped:
+      err_GxN = err_B.reshape(-1, 2)
+      err_B = (err_GxN - err_GxN.mean(axis=1, keepdims=True)).reshape(-1)
+    return scale * jnp.mean(jnp.square(err_B)), {"pred_mean": jnp.mean(pred_B)}
+
+  optimizer = optax.adam(0.1)
+  step = common.make_step(loss_fn, optimizer, static_argnames=("scale",),
+                          micro_batches=micro_batches, group_size=group_size)
+  params = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+  opt_state = optimizer.init(params)
+  history = []
+  for _ in range(steps):
+    params, opt_state, metrics = step(params, opt_state, x_BxD, y_B, scale=2.0)
+    history.append(metrics)
+  return params, history
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_make_step_micro_batches_give_the_full_batch_steps(grouped):
+  """A loss that is a mean over rows (of equal weight): accumulating over 2 or 4 micro-batches
+  gives the params, loss and (mean) metrics of one full-batch step. A per-group statistic
+  needs whole groups in a micro-batch (`group_size`): strided single rows change the loss."""
+  group_size = 2 if grouped else 1
+  one, one_m = _toy_runs(1, grouped=grouped)
+  for m in (2, 4):
+    acc, acc_m = _toy_runs(m, group_size=group_size, grouped=grouped)
+    for k in one:
+      np.testing.assert_allclose(acc[k], one[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    for a, b in zip(acc_m, one_m):
+      for k in ("loss", "grad_norm", "pred_mean"):
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  assert np.abs(np.asarray(one["w"])).max() > 0.1  # it trained
+  if grouped:
+    wrong, _ = _toy_runs(2, grouped=True)  # rows 0, 2, 4, ... form the "groups"
+    assert np.abs(np.asarray(wrong["w"]) - np.asarray(one["w"])).max() > 1e-2
+
+
+def test_make_step_micro_batches_reject_batches_that_do_not_split():
+  with pytest.raises(ValueError, match="8 rows does not split into 3 micro-batches"):
+    _toy_runs(3)
+  with pytest.raises(ValueError, match="whole groups of 2 rows"):
+    _toy_runs(8, group_size=2, grouped=True)
+  optimizer = optax.sgd(1.0)
+  step = common.make_step(lambda p, x_B, s: (jnp.mean(p * x_B) * s, {}), optimizer,
+                          micro_batches=2)
+  with pytest.raises(ValueError, match="must be the batch"):  # a scalar among batch args
+    step(jnp.ones(()), optimizer.init(jnp.ones(())), jnp.ones(4), jnp.float32(2.0))
+
+
+def _sft_batch(rows, seed=0):
+  """Rows with very unequal loss-token counts (1 to 6), so that a mean of per-micro-batch
+  token means would differ from the batch's token mean."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(1, 8, size=(rows, 8)).astype(np.int32)
+  mask = np.ones_like(tokens)
+  loss_mask = np.zeros_like(tokens)
+  for r in range(rows):
+    loss_mask[r, 8 - 1 - r % 6:] = 1
+  return jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(loss_mask)
+
+
+@pytest.mark.parametrize("rows", [8, 5])
+def test_sft_step_micro_batches_are_the_full_batch_token_mean(rows):
+  """`make_sft_step` divides every micro-batch's token sum by the whole batch's token count:
+  exactly the full-batch loss and gradient (SGD, so params = params − grad), also for a batch
+  that is not a multiple of M (5 rows: padded with loss-free copies inside the step)."""
+  policy, params = tiny_policy()
+  optimizer = optax.sgd(1.0)
+  batch = _sft_batch(rows)
+  one = sft.make_sft_step(policy, optimizer)(params, optimizer.init(params), *batch)
+  for m in (2, 4):
+    acc = sft.make_sft_step(policy, optimizer, micro_batches=m)(
+        params, optimizer.init(params), *batch)
+    np.testing.assert_allclose(acc[2]["loss"], one[2]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(acc[2]["grad_norm"], one[2]["grad_norm"], rtol=1e-4)
+    for k in params:
+      np.testing.assert_allclose(acc[0][k], one[0][k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def _random_minibatch(policy, params, rows=8, length=8, seed=0):
+  """A GRPO/PPO minibatch with the policy's own log-probs as `old_logp` (ratio 1)."""
+  from score.models import token_logprobs  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(1, 8, size=(rows, length)).astype(np.int32)
+  mask = np.ones_like(tokens)
+  loss_mask = np.zeros_like(tokens)
+  for r in range(rows):
+    loss_mask[r, length - 1 - r % 5:] = 1
+  logp = np.asarray(token_logprobs(policy.model(params), tokens, mask))
+  f = lambda *shape: rng.normal(size=shape).astype(np.float32)  # pylint: disable=unnecessary-lambda-assignment
+  return {"tokens": tokens, "mask": mask, "loss_mask": loss_mask, "old_logp": logp,
+          "ref_logp": logp + 0.1 * f(rows, length), "advantages": f(rows),
+          "returns": f(rows, length), "old_values": f(rows, length)}
+
+
+def test_grpo_and_ppo_updates_accumulate_micro_batches():
+  """GRPO's and PPO's (two models, their own step) updates with 2 micro-batches: the params
+  of the full-batch update (sequence-normalised losses: exact)."""
+  policy, params = tiny_policy()
+  batch = _random_minibatch(policy, params)
+  sgd = optax.sgd(1.0)
+  rl = rl_cfg(beta=0.04, kl_placement="loss", reduction="sequence")
+  outs = [grpo.make_update(policy, sgd, rl, 8.0, micro_batches=m)(
+      params, sgd.init(params), batch) for m in (1, 2)]
+  value_def, vparams = value_model(params)
+  ppo_batch = dict(batch, advantages=np.repeat(batch["advantages"][:, None], 8, axis=1))
+  prl = rlvr_math.ppo_rl(reduction="sequence", beta=0.05, kl_placement="loss")
+  ppo_outs = [ppo.make_update(policy, value_def, sgd, sgd, prl, micro_batches=m)(
+      params, sgd.init(params), vparams, sgd.init(vparams), ppo_batch) for m in (1, 2)]
+  (one, _, one_m), (acc, _, acc_m) = outs
+  for k in one:
+    np.testing.assert_allclose(acc[k], one[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  for k in ("loss", "pg_loss"):
+    np.testing.assert_allclose(acc_m[k], one_m[k], rtol=1e-5, err_msg=k)
+  # The `kl` metric is a token mean: the mean of the micro-batches' token means is close.
+  np.testing.assert_allclose(acc_m["kl"], one_m["kl"], rtol=5e-2)
+  (one, _, one_v, _, one_m), (acc, _, acc_v, _, acc_m) = ppo_outs
+  for k in one:
+    np.testing.assert_allclose(acc[k], one[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  for k in one_v:
+    np.testing.assert_allclose(acc_v[k], one_v[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  for k in ("loss", "pg_loss", "value_loss"):
+    np.testing.assert_allclose(acc_m[k], one_m[k], rtol=1e-5, err_msg=k)
+
+
+def test_sft_train_applies_micro_batches_and_remat_on_a_mesh(tmp_path, monkeypatch):
+  """`sft.train(config)` on the (2, 2, 1) mesh with `mesh.micro_batches=2`, and with
+  `mesh.remat="block"`: the params of the plain mesh run (micro-batching: the same token mean;
+  remat: the same math, recomputed), and the remat run's model (as `Policy.split` saw it, and
+  as the returned policy builds it) really rematerialises."""
+  seen = []
+  split = common.Policy.split
+
+  def recording(model):
+    policy, params = split(model)
+    seen.append((model.config.remat, params))
+    return policy, params
+
+  monkeypatch.setattr(common.Policy, "split", recording)
+  runs = {}
+  for name, knobs in [("plain", {}), ("micro", {"micro_batches": 2}),
+                      ("remat", {"remat": "block"})]:
+    config = sft_synthetic.get_config("runlocal")
+    config.mesh.update(MESH, **knobs)
+    config.warmup.steps = 3
+    config.warmup.checkpoint_every = 3
+    runs[name] = sft.train(config, str(tmp_path / name))
+  assert [remat for remat, _ in seen] == [False, False, True]
+  assert runs["remat"][0].model(runs["remat"][1]).config.remat
+  assert not runs["plain"][0].model(runs["plain"][1]).config.remat
+  init, plain = seen[0][1], runs["plain"][1]
+  assert_on_mesh(plain)
+  for name in ("micro", "remat"):
+    assert_on_mesh(runs[name][1])
+    assert_params_close(plain, runs[name][1], init)
+
+
+def test_score_micro_batches_on_a_mesh_keep_groups_whole(tmp_path, monkeypatch):
+  """SCoRe Stage I with `mesh.micro_batches=2` on the (2, 2, 1) mesh: 16 rows = 4 prompts × G=4
+  in 2 micro-batches of 2 whole groups (its leave-one-out baseline is per group), the params
+  of the one-device full-batch run."""
+  from score.trainers import envs  # pylint: disable=g-import-not-at-top
+  from score.trainers import score as score_lib  # pylint: disable=g-import-not-at-top
+  from test_score_trainer import _runlocal_config  # pylint: disable=g-import-not-at-top
+  c = _runlocal_config(**{"rl.stage1_steps": 1, "rl.stage2_steps": 0, "rl.lr": 1e-2})
+  env = envs.make_env(c)
+  monkeypatch.setattr(env, "rewards", lambda problems, responses: [  # see the test above
+      float(sum(r) % 2) for r in responses])
+  policy, params = common.Policy.split(
+      common.build_model(c.model, env.tokenizer.vocab_size, seed=0))
+  one = score_lib.train_score(policy, params, params, env, c.rl, workdir=str(tmp_path / "one"))
+  micro = score_lib.train_score(policy, params, params, env, c.rl,
+                                workdir=str(tmp_path / "micro"),
+                                mesh_cfg=mesh_cfg(micro_batches=2))
+  assert_on_mesh(micro)
+  assert_params_close(one, micro, params)
+
+
+def test_mesh_options_reject_bad_values():
   from score.utils import config as config_lib  # pylint: disable=g-import-not-at-top
   for sizes in ({}, {"data": 1, "fsdp": 1}):  # also on one device, where nothing is sharded
-    with pytest.raises(config_lib.ConfigError, match="do not apply these yet"):
-      common.mesh_from_config(mesh_cfg(**sizes, **knob))
+    with pytest.raises(config_lib.ConfigError, match="mesh.remat='foo'"):
+      common.mesh_from_config(mesh_cfg(**sizes, remat="foo"))
+    for bad in (0, -2, 1.5, True, "2"):
+      with pytest.raises(config_lib.ConfigError, match="mesh.micro_batches"):
+        common.mesh_from_config(mesh_cfg(**sizes, micro_batches=bad))
+  with pytest.raises(config_lib.ConfigError, match="mesh.remat"):
+    common.apply_mesh_options(tiny_policy_model(), mesh_cfg(remat="full"))
+  assert common.mesh_options(None) == ("none", 1)
+  assert common.mesh_options(ml_collections.ConfigDict(dict(data=1))) == ("none", 1)
+  assert common.mesh_options(mesh_cfg(remat="block", micro_batches=4)) == ("block", 4)
+
+
+def tiny_policy_model():
+  policy, params = tiny_policy()
+  return policy.model(params)
+
+
+def test_trainers_reject_batches_that_do_not_split_into_micro_batches(tmp_path):
+  """At the start of the run, before anything is compiled: the message names the batch, its
+  size, the micro-batches and the multiple to use."""
+  from score.utils import config as config_lib  # pylint: disable=g-import-not-at-top
+  policy, params = tiny_policy()
+  cfg = ml_collections.ConfigDict(dict(beta=0.1, label_smoothing=0.0, batch_size=8, steps=1,
+                                       epochs=1.0, lr=1e-2, checkpoint_every=100,
+                                       log_every=1))
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"dpo.batch_size = 8 rows .*micro_batches = 3 .* multiple of 12"):
+    dpo.train_dpo(policy, params, params, _dpo_pairs(), cfg, workdir=str(tmp_path), name="d",
+                  seed=0, mesh_cfg=mesh_cfg(micro_batches=3))
+  with pytest.raises(config_lib.ConfigError, match=r"= 8 rows .*data×fsdp = 8 .* multiple of 16"):
+    dpo.train_dpo(policy, params, params, _dpo_pairs(), cfg, workdir=str(tmp_path), name="d",
+                  seed=0, mesh_cfg=mesh_cfg(micro_batches=2, data=1, fsdp=8))
+  rl = rl_cfg(prompts_per_step=4, samples_per_prompt=4, num_minibatches=2)  # 8-row minibatches
+  with pytest.raises(config_lib.ConfigError, match=r"the minibatch .* = 8 rows .*multiple of 16"):
+    grpo.train_grpo(policy, params, params, ToyEnv(target=5), rl, reward_cfg(),
+                    workdir=str(tmp_path), mesh_cfg=mesh_cfg(micro_batches=4))
+  with pytest.raises(config_lib.ConfigError, match=r"the SFT batch_size = 6 rows"):
+    sft.train_sft(policy, params, None, ml_collections.ConfigDict(dict(
+        batch_size=6, steps=1, lr=1e-3, checkpoint_every=1)), workdir=str(tmp_path), name="s",
+                  mesh_cfg=parallel.mesh_config(data=1, fsdp=1, micro_batches=4))

@@ -292,6 +292,22 @@ def _run_block(block, x, positions, allowed, kv_cache, cache_index):
   return block(x, positions, allowed, kv_cache, cache_index)
 
 
+def _remat_block(block, x, positions, allowed, kv_cache, cache_index):
+  """`_run_block` under `jax.checkpoint`: only the block's input is kept for the backward
+  pass, the block is recomputed there.
+
+  The block's state goes in as an argument and the block is rebuilt inside (not
+  `nnx.remat`, which writes the state back into the module and so fails on a model that a
+  jitted function closes over, e.g. `jax.jit(lambda t: model(t))`).
+  """
+  graphdef, state = nnx.split(block)
+
+  def pure(state, x, positions, allowed, kv_cache, cache_index):
+    return _run_block(nnx.merge(graphdef, state), x, positions, allowed, kv_cache, cache_index)
+
+  return jax.checkpoint(pure)(state, x, positions, allowed, kv_cache, cache_index)
+
+
 def unembed_logits(h_BxTxD: Array, weight: Array, *, tied: bool, softcap: float | None,
                    dtype) -> Array:
   """Logits in fp32 from final hidden states; `weight` is V x D when tied, else D x V."""
@@ -345,7 +361,9 @@ class Transformer(nnx.Module):
                           softcap=c.final_logit_softcap, dtype=c.dtype)
 
   def _blocks(self, x, positions, masks, caches, cache_index):
-    run = nnx.remat(_run_block) if self.config.remat else _run_block
+    # Remat only pays off in a backward pass, i.e. over a full sequence; a decode step against
+    # a KV cache (inside the sampler's loop, never differentiated) runs the blocks as they are.
+    run = _remat_block if self.config.remat and caches is None else _run_block
     new_caches = []
     for i, block in enumerate(self.layers):
       allowed = masks[self.config.layer_window(i)]

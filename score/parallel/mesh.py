@@ -110,8 +110,10 @@ def mesh_config(data: int = 1, fsdp: int = -1, tensor: int = 1, remat: str = "no
 
   Args:
     data, fsdp, tensor: axis sizes; -1 = the remaining devices (at most one axis).
-    remat: "none" or "block" (recompute each Transformer block in the backward pass).
-    micro_batches: gradient accumulation steps per optimizer step.
+    remat: "none" or "block" (recompute each Transformer block in the backward pass; the
+      trainers apply it through `score.trainers.common.apply_mesh_options`).
+    micro_batches: micro-batches whose gradients each optimizer step accumulates (the
+      trainers' steps: `score.trainers.common.make_step(micro_batches=)`).
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, remat=remat,

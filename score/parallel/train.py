@@ -94,43 +94,60 @@ def shard_step(step_fn: Callable, state_shardings, *, mesh: Mesh | None = None,
   return call
 
 
-def split_micro_batches(x_BxR: jax.Array, num_micro_batches: int) -> jax.Array:
+def split_micro_batches(x_BxR: jax.Array, num_micro_batches: int, *,
+                        group_size: int = 1) -> jax.Array:
   """`[B, ...] -> [M, B/M, ...]`, micro-batch m = rows m, m+M, m+2M, ...
 
   Strided (not contiguous) rows, so with the batch split over devices in contiguous blocks
   every micro-batch stays spread over all devices: no data moves.
+
+  With `group_size` G > 1 the batch is read as B/G groups of G consecutive rows (e.g. the G
+  samples of one prompt, whose group baseline the loss computes) and the stride is over
+  groups: micro-batch m = groups m, m+M, m+2M, ..., each whole and in order.
   """
   b = x_BxR.shape[0]
-  if b % num_micro_batches:
-    raise ValueError(f"batch of {b} rows does not split into {num_micro_batches} micro-batches")
-  x = x_BxR.reshape((b // num_micro_batches, num_micro_batches) + x_BxR.shape[1:])
-  return jnp.swapaxes(x, 0, 1)
+  if b % (num_micro_batches * group_size):
+    whole = f" of whole groups of {group_size} rows" if group_size > 1 else ""
+    raise ValueError(f"batch of {b} rows does not split into {num_micro_batches} "
+                     f"micro-batches{whole}")
+  rest = x_BxR.shape[1:]
+  x = x_BxR.reshape((b // (num_micro_batches * group_size), num_micro_batches, group_size)
+                    + rest)
+  return jnp.swapaxes(x, 0, 1).reshape((num_micro_batches, b // num_micro_batches) + rest)
 
 
 def accumulate_gradients(loss_fn: Callable, num_micro_batches: int, *, has_aux: bool = False,
-                         mesh: Mesh | None = None, rules=mesh_lib.RULES) -> Callable:
+                         mesh: Mesh | None = None, rules=mesh_lib.RULES,
+                         group_size: int = 1) -> Callable:
   """`jax.value_and_grad(loss_fn)` over micro-batches, accumulated with `lax.scan`.
 
-  `loss_fn(params, *batch)` with `[B, ...]` batch arrays. Returns a function with the same
-  arguments giving `(loss, grads)` (or `((loss, aux), grads)`), where loss, grads and aux
-  are the *means* over the M micro-batches. That equals the full-batch value when the loss is
-  a mean over rows of equal weight (sequence- or constant-normalised losses); a token-level
-  mean over micro-batches of unequal token counts weights tokens slightly differently.
+  `loss_fn(params, *batch)` with `[B, ...]` batch arrays (every leaf of `batch`: its first
+  dimension is the batch). Returns a function with the same arguments giving
+  `(loss, grads)` (or `((loss, aux), grads)`), where loss, grads and aux are the *means* over
+  the M micro-batches. That equals the full-batch value when the loss is a mean over rows of
+  equal weight (sequence- or constant-normalised losses); a token-level mean over
+  micro-batches of unequal token counts weights tokens slightly differently, and an aux
+  value that is not a mean (a max, a count) becomes the mean of the micro-batches' values.
   Peak activation memory is that of one micro-batch of B/M rows.
 
   Args:
-    loss_fn: the per-batch loss.
+    loss_fn: the per-batch loss (differentiated in its first argument, which may be a tuple
+      of parameter trees).
     num_micro_batches: M; 1 is plain `value_and_grad`.
     has_aux: `loss_fn` returns `(loss, aux)`.
     mesh: if given, each micro-batch is constrained to the batch sharding.
     rules: logical-axis rules (with `mesh`).
+    group_size: keep groups of this many consecutive rows in one micro-batch (see
+      `split_micro_batches`): for losses with a per-group statistic such as a group
+      baseline; B must then be a multiple of M × group_size.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
   if num_micro_batches == 1:
     return grad_fn
 
   def accumulated(params, *batch):
-    micro = jax.tree.map(lambda x: split_micro_batches(x, num_micro_batches), batch)
+    micro = jax.tree.map(
+        lambda x: split_micro_batches(x, num_micro_batches, group_size=group_size), batch)
 
     def body(carry, mb):
       if mesh is not None:

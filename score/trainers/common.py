@@ -86,21 +86,55 @@ def unfrozen(items: tuple):
 
 
 def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
-              static_argnames: tuple[str, ...] = ()) -> Callable:
+              static_argnames: tuple[str, ...] = (), micro_batches: int = 1,
+              group_size: int = 1) -> Callable:
   """A jitted `(params, opt_state, *batch, **static) -> (params, opt_state, metrics)` step.
 
   `loss_fn(params, *batch, **static) -> (loss, metrics)`; the returned metrics also hold
   `loss` and the gradients' global norm `grad_norm`.
+
+  With `micro_batches` M > 1 (a config's `mesh.micro_batches`) the loss and its gradient are
+  accumulated over M micro-batches of B/M rows (`score.parallel.accumulate_gradients`: a
+  `lax.scan`, so activations are those of one micro-batch) before the one optimizer update.
+  Every leaf of `batch` must have the batch B as its first dimension. The loss, its gradient
+  and the metrics are then *means over the micro-batches*: exactly the full batch's for a
+  loss that is a mean over rows of equal weight (a sequence- or constant-normalised loss, a
+  batch mean), approximately for a token-level mean (micro-batches with more tokens count
+  as much as those with fewer); a metric that is a max over the batch becomes the mean of
+  the micro-batches' maxima.
+
+  Args:
+    loss_fn: the loss.
+    optimizer: the optimizer.
+    static_argnames: keyword arguments of the step that are compile-time constants (bound
+      before the accumulation).
+    micro_batches: M (1: one `value_and_grad` over the whole batch).
+    group_size: rows come in groups of this many consecutive rows that the loss treats
+      together (e.g. SCoRe's G samples of one prompt, whose baseline it computes); each
+      micro-batch then holds whole groups (B must be a multiple of M × group_size).
   """
+  from score import parallel  # pylint: disable=g-import-not-at-top
 
   def step(params, opt_state, *batch, **static):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *batch,
-                                                                       **static)
+    fn = functools.partial(loss_fn, **static) if static else loss_fn
+    if micro_batches > 1:
+      _check_batch_leaves(batch)
+    grad_fn = parallel.accumulate_gradients(fn, micro_batches, has_aux=True,
+                                            group_size=group_size)
+    (loss, metrics), grads = grad_fn(params, *batch)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return params, opt_state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
 
   return jax.jit(step, static_argnames=static_argnames)
+
+
+def _check_batch_leaves(batch):
+  """Every leaf of a micro-batched step's batch has the same first (batch) dimension."""
+  shapes = [np.shape(x) for x in jax.tree.leaves(batch)]
+  if any(not s for s in shapes) or len({s[0] for s in shapes}) > 1:
+    raise ValueError(f"micro_batches > 1 splits every batch array on its first dimension, "
+                     f"which must be the batch; got shapes {shapes}")
 
 
 def check_names(cfg, **known):
@@ -198,19 +232,86 @@ def train_loop(*, workdir: str, name: str, state: dict, update: Callable, num_st
   return state
 
 
+def mesh_options(mesh_cfg) -> tuple[str, int]:
+  """`(remat, micro_batches)` of a config's `mesh` section, checked.
+
+  No section (None) or a missing field gives the defaults `("none", 1)`.
+
+  Raises:
+    config_lib.ConfigError: `remat` is not in `score.parallel.REMAT_MODES` or
+      `micro_batches` is not a positive int.
+  """
+  if mesh_cfg is None:
+    return "none", 1
+  from score.parallel import train as parallel_train  # pylint: disable=g-import-not-at-top
+  remat = mesh_cfg.get("remat", "none")
+  micro = mesh_cfg.get("micro_batches", 1)
+  if remat not in parallel_train.REMAT_MODES:
+    raise config_lib.ConfigError(
+        f"mesh.remat={remat!r}; expected one of {parallel_train.REMAT_MODES}")
+  if isinstance(micro, bool) or not isinstance(micro, (int, np.integer)) or micro < 1:
+    raise config_lib.ConfigError(f"mesh.micro_batches={micro!r}; expected a positive int "
+                                 "(1: no gradient accumulation)")
+  return remat, int(micro)
+
+
+def micro_batches(mesh_cfg) -> int:
+  """`mesh.micro_batches` of a config's `mesh` section (1 without one), checked."""
+  return mesh_options(mesh_cfg)[1]
+
+
+def apply_mesh_options(model: nnx.Module, mesh_cfg) -> nnx.Module:
+  """`model` with the config's `mesh.remat` applied; call it before `Policy.split`.
+
+  `"block"` switches rematerialisation on (`score.parallel.set_remat`: each Transformer
+  block is recomputed in the backward pass); `"none"` leaves the model as it was built. A
+  model that wraps a Transformer as `backbone` (the reward / value `ScalarModel`) gets it on
+  its backbone.
+  """
+  remat, _ = mesh_options(mesh_cfg)
+  if remat != "none":
+    from score import parallel  # pylint: disable=g-import-not-at-top
+    parallel.set_remat(getattr(model, "backbone", model), remat)
+  return model
+
+
+def check_batch(mesh_cfg, batch_size: int, what: str, *, group_size: int = 1) -> None:
+  """Raises a `ConfigError` unless a step's batch of `batch_size` rows splits into
+  `mesh.micro_batches` micro-batches (of whole groups of `group_size` rows) that each split
+  over the mesh's `data × fsdp` devices.
+
+  Args:
+    mesh_cfg: the config's `mesh` section (None: one device, no accumulation).
+    batch_size: rows of one step's batch.
+    what: how the config sets it, for the message (e.g. "rl.batch_size").
+    group_size: rows that must stay in one micro-batch.
+  """
+  micro = micro_batches(mesh_cfg)
+  mesh = mesh_from_config(mesh_cfg)
+  devices = 1
+  if mesh is not None:
+    from score import parallel  # pylint: disable=g-import-not-at-top
+    devices = parallel.batch_divisor(mesh)
+  rows = batch_size // micro
+  if batch_size % micro or rows % group_size or rows % devices:
+    groups = f" of whole groups of {group_size} rows" if group_size > 1 else ""
+    raise config_lib.ConfigError(
+        f"{what} = {batch_size} rows does not split into mesh.micro_batches = {micro} "
+        f"micro-batches{groups} that each split over data×fsdp = {devices} devices; make it "
+        f"a multiple of {micro * math.lcm(group_size, devices)}")
+
+
 def mesh_from_config(mesh_cfg):
   """The `jax.sharding.Mesh` of a config's `mesh` section, or None to run unsharded.
 
   None (no section) and a 1×1×1 mesh give None: the trainers then run their plain jitted code
   on the default device. Fixed sizes use the first devices; a -1 axis fills all of them.
+  The section's `remat` and `micro_batches` are checked here (`mesh_options`) and applied by
+  the trainers (`apply_mesh_options` on the model, `micro_batches=` of their steps).
   """
   if mesh_cfg is None:
     return None
-  if mesh_cfg.get("remat", "none") != "none" or mesh_cfg.get("micro_batches", 1) != 1:
-    raise config_lib.ConfigError(
-        f"mesh.remat={mesh_cfg.get('remat')!r}, mesh.micro_batches="
-        f"{mesh_cfg.get('micro_batches')!r}: the trainers do not apply these yet (they are "
-        "score.parallel API: set_remat / accumulate_gradients); leave them at 'none' and 1")
+  mesh_options(mesh_cfg)
   sizes = (mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)
   if sizes == (1, 1, 1):
     return None

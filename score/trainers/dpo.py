@@ -42,13 +42,14 @@ def sequence_logps(logp_BxL: jax.Array, loss_mask_BxL: jax.Array) -> jax.Array:
 
 
 def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation, *,
-                  beta: float, label_smoothing: float = 0.0):
+                  beta: float, label_smoothing: float = 0.0, micro_batches: int = 1):
   """A jitted DPO step `(params, opt_state, batch) -> (params, opt_state, metrics)`.
 
   `batch`: `chosen_BxL`, `chosen_mask_BxL` (padding), `chosen_loss_mask_BxL` (response
   tokens), the same three for `rejected_*`, and `ref_chosen_B`, `ref_rejected_B` (reference
   sequence log-probs, constants). Chosen and rejected go through one forward pass. The loss
-  is the batch mean of `preference.dpo`.
+  is the batch mean of `preference.dpo`; with `micro_batches` M > 1 it and its gradient are
+  accumulated over M micro-batches of pairs (`common.make_step`; exact, a mean over pairs).
   """
 
   def loss_fn(params, batch):
@@ -69,7 +70,7 @@ def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation
                "logp/chosen": pc_B.mean(), "logp/rejected": pr_B.mean()}
     return losses_B.mean(), metrics
 
-  return common.make_step(loss_fn, optimizer)
+  return common.make_step(loss_fn, optimizer, micro_batches=micro_batches)
 
 
 def _pad(rows, length, pad_id=0):
@@ -163,18 +164,21 @@ def train_dpo(policy: common.Policy, params, ref_params, pairs: Sequence[PairTok
     pad_id: padding token.
     writer: metrics writer.
     mesh_cfg: the config's `mesh` section (None: one device): params and optimizer state are
-      sharded over it, the reference like the params.
+      sharded over it, the reference like the params; gradients accumulated over its
+      `micro_batches`.
 
   Returns:
     `(params, summary)`: the trained params and the DPO loss / implicit-reward accuracy of
     the final params over all `pairs`.
   """
+  common.check_batch(mesh_cfg, cfg.batch_size, "dpo.batch_size")
   logprob_fn = policy_logprob_fn(policy)
   steps = num_steps(cfg, len(pairs))
   optimizer = common.make_optimizer(cfg, steps)
   params, opt_state, step_fn = common.shard(
       policy, params, optimizer.init(params),
-      make_dpo_step(logprob_fn, optimizer, beta=cfg.beta, label_smoothing=cfg.label_smoothing),
+      make_dpo_step(logprob_fn, optimizer, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
+                    micro_batches=common.micro_batches(mesh_cfg)),
       mesh_cfg)
   ref_params = common.shard_like(ref_params, params)
   length = max(max(len(p[0]), len(p[2])) for p in pairs)

@@ -221,11 +221,12 @@ def grpo_loss(params, batch, *, policy, rl, loss_constant):
   return loss, jax.lax.stop_gradient(metrics)
 
 
-def make_update(policy, optimizer, rl, loss_constant):
-  """Jitted `(params, opt_state, minibatch) -> (params, opt_state, metrics)`."""
+def make_update(policy, optimizer, rl, loss_constant, micro_batches=1):
+  """Jitted `(params, opt_state, minibatch) -> (params, opt_state, metrics)`; gradients
+  accumulated over `micro_batches` micro-batches of the minibatch (`common.make_step`)."""
   loss_fn = functools.partial(grpo_loss, policy=policy, rl=rl, loss_constant=loss_constant)
 
-  return common.make_step(loss_fn, optimizer)
+  return common.make_step(loss_fn, optimizer, micro_batches=micro_batches)
 
 
 def sequence_kl(old_logp_NxL, ref_logp_NxL, loss_mask_NxL, kind) -> np.ndarray:
@@ -249,6 +250,16 @@ def _check_rl(rl):
                      kl_estimator=kl_lib.ESTIMATORS, reduction=reduce_lib.MODES)
 
 
+def check_minibatch(rl, mesh_cfg):
+  """The update's minibatch (`prompts_per_step × samples_per_prompt / num_minibatches` rows)
+  splits into the mesh's `micro_batches` and over its devices (GRPO, PPO)."""
+  rows = rl.prompts_per_step * rl.samples_per_prompt
+  if rows % rl.num_minibatches == 0:  # else `minibatches` says so at the first step
+    common.check_batch(mesh_cfg, rows // rl.num_minibatches,
+                       "the minibatch (rl.prompts_per_step × rl.samples_per_prompt / "
+                       "rl.num_minibatches)")
+
+
 def train_grpo(policy, params, ref_params, env, rl, reward_cfg, *, workdir: str,
                name: str = "grpo", writer=None, mesh_cfg=None):
   """Runs `rl.steps` GRPO-family steps from `params`; resumable; returns the new params.
@@ -256,15 +267,18 @@ def train_grpo(policy, params, ref_params, env, rl, reward_cfg, *, workdir: str,
   `rl`: see `configs/grpo_synthetic.py`. The RNG and the problems of every step are pure
   functions of (seed, step, sampling round), so a resumed run samples the same batches.
   `mesh_cfg`: the config's `mesh` section (None: one device); the policy's params and
-  optimizer state are sharded over it, the frozen reference like the policy.
+  optimizer state are sharded over it, the frozen reference like the policy; each update's
+  gradient is accumulated over its `micro_batches`.
   """
   _check_rl(rl)
+  check_minibatch(rl, mesh_cfg)
   updates_per_step = rl.num_epochs * rl.num_minibatches
   optimizer = common.make_optimizer(rl, rl.steps * updates_per_step)
   loss_constant = rl.loss_constant or env.max_new_tokens
   params, opt_state, update_fn = common.shard(
       policy, params, optimizer.init(params),
-      make_update(policy, optimizer, rl, float(loss_constant)), mesh_cfg)
+      make_update(policy, optimizer, rl, float(loss_constant),
+                  micro_batches=common.micro_batches(mesh_cfg)), mesh_cfg)
   ref_fn = common.logprobs_fn(policy)
   use_ref = rl.beta > 0
   ref_params = common.shard_like(ref_params, params) if use_ref else None
@@ -352,6 +366,7 @@ def init_policy(config, env, *, workdir: str, writer=None):
   tokenizer = getattr(env, "tokenizer", None)
   vocab = getattr(tokenizer, "vocab_size", None)
   model = common.build_model(config.model, vocab, seed=config.seed)
+  model = common.apply_mesh_options(model, config.get("mesh"))
   policy, params = common.Policy.split(model)
   if config.warmup.steps > 0:
     if not hasattr(env, "task"):

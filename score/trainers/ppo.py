@@ -125,14 +125,20 @@ def ppo_loss(params, value_params, batch, *, policy, value_def, rl):
   return pg_loss + rl.vf_coef * vf_loss, jax.lax.stop_gradient(metrics)
 
 
-def make_update(policy, value_def, policy_opt, value_opt, rl):
-  """Jitted update of both models on one minibatch."""
-  loss_fn = functools.partial(ppo_loss, policy=policy, value_def=value_def, rl=rl)
+def make_update(policy, value_def, policy_opt, value_opt, rl, micro_batches=1):
+  """Jitted update of both models on one minibatch; the gradients of both are accumulated
+  over `micro_batches` micro-batches of it (`score.parallel.accumulate_gradients`: loss,
+  gradients and metrics are means over the micro-batches, see `common.make_step`)."""
+  from score import parallel  # pylint: disable=g-import-not-at-top
+
+  def loss_fn(both, batch):
+    return ppo_loss(*both, batch, policy=policy, value_def=value_def, rl=rl)
+
+  grad_fn = parallel.accumulate_gradients(loss_fn, micro_batches, has_aux=True)
 
   @jax.jit
   def update(params, opt_state, value_params, value_opt_state, batch):
-    (loss, metrics), (g_pi, g_v) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-        params, value_params, batch)
+    (loss, metrics), (g_pi, g_v) = grad_fn((params, value_params), batch)
     updates, opt_state = policy_opt.update(g_pi, opt_state, params)
     params = optax.apply_updates(params, updates)
     v_updates, value_opt_state = value_opt.update(g_v, value_opt_state, value_params)
@@ -144,9 +150,11 @@ def make_update(policy, value_def, policy_opt, value_opt, rl):
   return update
 
 
-def init_value_model(value_cfg, model_cfg, policy_params, *, vocab_size, seed):
-  """`(value_def, value_params)` per `value_cfg.init` ("policy", "reward_model", "scratch")."""
-  body = common.build_model(model_cfg, vocab_size, seed=seed + 17)
+def init_value_model(value_cfg, model_cfg, policy_params, *, vocab_size, seed, mesh_cfg=None):
+  """`(value_def, value_params)` per `value_cfg.init` ("policy", "reward_model", "scratch");
+  the body rematerialised per `mesh_cfg.remat` (`common.apply_mesh_options`)."""
+  body = common.apply_mesh_options(common.build_model(model_cfg, vocab_size, seed=seed + 17),
+                                   mesh_cfg)
   model = rm_lib.ScalarModel(body, rngs=nnx.Rngs(seed + 18))
   value_def, value_params = common.Policy.split(model)
   if value_cfg.init == "policy":
@@ -177,15 +185,18 @@ def train_ppo(policy, params, ref_params, value_def, value_params, env, rl, rewa
   """Runs `rl.steps` PPO steps; resumable; returns `(params, value_params)`.
 
   `mesh_cfg`: the config's `mesh` section (None: one device); both models' params and
-  optimizer states are sharded over it, the frozen reference like the policy.
+  optimizer states are sharded over it, the frozen reference like the policy; each update's
+  gradients are accumulated over its `micro_batches`.
   """
   _check_rl(rl)
+  grpo_lib.check_minibatch(rl, mesh_cfg)
   updates_per_step = rl.num_epochs * rl.num_minibatches
   policy_opt = common.make_optimizer(rl, rl.steps * updates_per_step)
   value_opt = common.make_optimizer(ml_collections.ConfigDict(dict(rl.to_dict(), lr=rl.value_lr)),
                                     rl.steps * updates_per_step)
   [(params, opt_state), (value_params, value_opt_state)], update_fn = common.shard_models(
-      make_update(policy, value_def, policy_opt, value_opt, rl), mesh_cfg,
+      make_update(policy, value_def, policy_opt, value_opt, rl,
+                  micro_batches=common.micro_batches(mesh_cfg)), mesh_cfg,
       (policy, params, policy_opt.init(params)),
       (value_def, value_params, value_opt.init(value_params)))
   ref_fn = common.logprobs_fn(policy)
@@ -241,7 +252,8 @@ def train(config, workdir: str):
   def train_fn(policy, base, env, writer):
     vocab = getattr(getattr(env, "tokenizer", None), "vocab_size", None)
     value_def, value_params = init_value_model(config.value, config.model, base,
-                                               vocab_size=vocab, seed=config.seed)
+                                               vocab_size=vocab, seed=config.seed,
+                                               mesh_cfg=config.get("mesh"))
     params, _ = train_ppo(policy, base, base, value_def, value_params, env, config.rl,
                           config.reward, workdir=workdir, writer=writer,
                           mesh_cfg=config.get("mesh"))

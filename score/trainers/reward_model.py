@@ -61,10 +61,12 @@ class ScalarModel(nnx.Module):
     return self.head(h_BxLxD.astype(jnp.float32))[..., 0]
 
 
-def build_scalar_model(model_cfg, vocab_size, *, seed: int) -> ScalarModel:
-  """A `ScalarModel` on a fresh tiny body or on `model_cfg.model_dir` (see `common.build_model`)."""
-  return ScalarModel(common.build_model(model_cfg, vocab_size, seed=seed),
-                     rngs=nnx.Rngs(seed + 1))
+def build_scalar_model(model_cfg, vocab_size, *, seed: int, mesh_cfg=None) -> ScalarModel:
+  """A `ScalarModel` on a fresh tiny body or on `model_cfg.model_dir` (see `common.build_model`),
+  rematerialised per `mesh_cfg.remat` (`common.apply_mesh_options`)."""
+  body = common.apply_mesh_options(common.build_model(model_cfg, vocab_size, seed=seed),
+                                   mesh_cfg)
+  return ScalarModel(body, rngs=nnx.Rngs(seed + 1))
 
 
 def last_token_scores(scores_BxL, mask_BxL):
@@ -101,11 +103,12 @@ def rm_loss(params, tokens_BxKxL, mask_BxKxL, ranks_BxK, *, model_def):
   return loss, jax.lax.stop_gradient(metrics)
 
 
-def make_rm_step(model_def, optimizer):
-  """Jitted `(params, opt_state, tokens_BxKxL, mask_BxKxL, ranks_BxK) -> (params, opt, m)`."""
+def make_rm_step(model_def, optimizer, micro_batches=1):
+  """Jitted `(params, opt_state, tokens_BxKxL, mask_BxKxL, ranks_BxK) -> (params, opt, m)`;
+  gradients accumulated over `micro_batches` micro-batches of prompts (`common.make_step`)."""
   loss_fn = functools.partial(rm_loss, model_def=model_def)
 
-  return common.make_step(loss_fn, optimizer)
+  return common.make_step(loss_fn, optimizer, micro_batches=micro_batches)
 
 
 @functools.lru_cache(maxsize=None)
@@ -199,11 +202,16 @@ def train_reward_model(model_def, params, batches, cfg, *, workdir: str, name: s
   """`cfg.steps` Bradley–Terry steps on `batches(step) -> (tokens_BxKxL, mask, ranks)`.
 
   `mesh_cfg`: the config's `mesh` section (None: one device); params and optimizer state are
-  sharded over it, each batch over `data × fsdp` on its prompt dimension B.
+  sharded over it, each batch over `data × fsdp` on its prompt dimension B, and the gradient
+  accumulated over its `micro_batches` (of prompts).
   """
+  if cfg.get("batch_size"):
+    common.check_batch(mesh_cfg, cfg.batch_size, "rm.batch_size")
   optimizer = common.make_optimizer(cfg, cfg.steps)
-  params, opt_state, step_fn = common.shard(model_def, params, optimizer.init(params),
-                                            make_rm_step(model_def, optimizer), mesh_cfg)
+  params, opt_state, step_fn = common.shard(
+      model_def, params, optimizer.init(params),
+      make_rm_step(model_def, optimizer, micro_batches=common.micro_batches(mesh_cfg)),
+      mesh_cfg)
 
   def update(step, state):
     tokens, mask, ranks = batches(step)
@@ -230,7 +238,8 @@ def train(config, workdir: str):
                      "train_reward_model with your own batches).")
   task = synthetic.make_task(config.task.name, **{k: v for k, v in config.task.items()
                                                    if k != "name"})
-  model = build_scalar_model(config.model, task.tokenizer.vocab_size, seed=config.seed)
+  model = build_scalar_model(config.model, task.tokenizer.vocab_size, seed=config.seed,
+                             mesh_cfg=config.get("mesh"))
   model_def, params = common.Policy.split(model)
   writer = metrics_lib.MetricWriter(workdir)
   heldout_problems = task.problems(config.eval.num_problems, seed=config.eval.seed)

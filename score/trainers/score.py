@@ -61,7 +61,7 @@ def stable_hash(text: str) -> int:
   return zlib.crc32(text.encode()) & 0x7FFFFFFF
 
 
-def make_rl_step(policy, optimizer, rl):
+def make_rl_step(policy, optimizer, rl, micro_batches=1):
   """A jitted SCoRe update for one stage; returns `(params, opt_state, metrics)`."""
 
   def loss_fn(params, batch, stage):
@@ -80,7 +80,8 @@ def make_rl_step(policy, optimizer, rl):
         logp_BxL, batch["ref_logp"], turn_mask, batch["r1"], batch["r2"], alpha=rl.alpha,
         **common_kw)
 
-  step = common.make_step(loss_fn, optimizer, static_argnames=("stage",))
+  step = common.make_step(loss_fn, optimizer, static_argnames=("stage",),
+                          micro_batches=micro_batches, group_size=rl.samples_per_prompt)
   return lambda params, opt_state, batch, stage: step(params, opt_state, batch, stage=stage)
 
 
@@ -90,13 +91,13 @@ _NOT_IN_STEP = ("seed", "rounds", "stage1_steps", "stage2_steps", "prompts_per_s
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_steps(policy, rl_items, steps, star):
+def _compiled_steps(policy, rl_items, steps, star, micro_batches=1):
   """One optimiser and jitted steps per (policy, hyper-parameters): phases with the same
   settings (SCoRe and its ablations) share their compilations."""
   rl = common.unfrozen(rl_items)
   optimizer = common.make_optimizer(rl, steps)
-  return (optimizer, make_rl_step(policy, optimizer, rl),
-          sft_lib.make_sft_step(policy, optimizer) if star else None)
+  return (optimizer, make_rl_step(policy, optimizer, rl, micro_batches),
+          sft_lib.make_sft_step(policy, optimizer, micro_batches=micro_batches) if star else None)
 
 
 def _star_batch(env, episodes, rewards, problems, pad_to):
@@ -133,7 +134,7 @@ def train_score(policy, params, ref_params, env, rl, *, workdir: str, name: str 
       phase = f"{name}/r{rnd}_stage{stage}"
       optimizer, step_fn, sft_step = _compiled_steps(
           policy, common.frozen(rl, _NOT_IN_STEP), steps,
-          stage == 2 and rl.stage2_method == "star")
+          stage == 2 and rl.stage2_method == "star", common.micro_batches(mesh_cfg))
       base_key = jax.random.fold_in(jax.random.key(rl.seed), stable_hash(phase))
       p, o, step_fn = common.shard(policy, params, optimizer.init(params), step_fn, mesh_cfg,
                                    static_argnames=("stage",))

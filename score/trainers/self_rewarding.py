@@ -562,7 +562,7 @@ class Loop:
                               "local Hugging Face checkpoint (config.json + *.safetensors)")
     self.model_dir = model_dir
     self.codec = Codec(hf.load_tokenizer(model_dir), self.config.prompt_format)
-    model = hf.from_pretrained(model_dir)
+    model = common.apply_mesh_options(hf.from_pretrained(model_dir), self.config.get("mesh"))
     self.policy, params = common.Policy.split(model)
     return params
 

@@ -20,16 +20,48 @@ from score.trainers import common
 from score.utils import metrics as metrics_lib
 
 
-def make_sft_step(policy: common.Policy, optimizer: optax.GradientTransformation):
-  """A jitted step minimising −Σ log p(token) over `loss_mask_BxL` / its token count."""
+def make_sft_step(policy: common.Policy, optimizer: optax.GradientTransformation, *,
+                  micro_batches: int = 1):
+  """A jitted step minimising −Σ log p(token) over `loss_mask_BxL` / its token count.
+
+  `step(params, opt_state, tokens_BxL, mask_BxL, loss_mask_BxL) -> (params, opt_state,
+  metrics)`. With `micro_batches` M > 1 the gradient is accumulated over M micro-batches
+  (`score.parallel.accumulate_gradients`; activations of B/M rows at a time). Each
+  micro-batch's token sum is divided by the token count of the *whole* batch, so loss and
+  gradient are exactly the full batch's token mean (not a mean of per-micro-batch means). A
+  batch whose B is not a multiple of M (e.g. STaR's successful rows) is padded inside the step
+  with copies of its rows that have an all-zero loss mask.
+  """
 
   def loss_fn(params, tokens_BxL, mask_BxL, loss_mask_BxL):
     logp_BxL = token_logprobs(policy.model(params), tokens_BxL, mask_BxL)
     return reduce_lib.reduce(-logp_BxL, loss_mask_BxL, "token")
 
+  def micro_loss_fn(params, tokens_BxL, mask_BxL, loss_mask_BxL, scale_B):
+    # `scale_B` = M / (the whole batch's token count) on every row.
+    logp_BxL = token_logprobs(policy.model(params), tokens_BxL, mask_BxL)
+    weight_BxL = loss_mask_BxL.astype(logp_BxL.dtype)
+    return jnp.sum(jnp.where(weight_BxL > 0, -logp_BxL * weight_BxL, 0.0)) * scale_B[0]
+
+  def grads_of(params, tokens_BxL, mask_BxL, loss_mask_BxL):
+    if micro_batches == 1:
+      return jax.value_and_grad(loss_fn)(params, tokens_BxL, mask_BxL, loss_mask_BxL)
+    from score import parallel  # pylint: disable=g-import-not-at-top
+    b = tokens_BxL.shape[0]
+    pad = -b % micro_batches
+    if pad:  # copies of real rows (whole attention masks), no loss tokens
+      rows_P = jnp.arange(pad) % b
+      tokens_BxL = jnp.concatenate([tokens_BxL, tokens_BxL[rows_P]])
+      mask_BxL = jnp.concatenate([mask_BxL, mask_BxL[rows_P]])
+      loss_mask_BxL = jnp.concatenate([loss_mask_BxL, jnp.zeros_like(loss_mask_BxL[rows_P])])
+    count = jnp.maximum(jnp.sum(loss_mask_BxL.astype(jnp.float32)), 1.0)  # as "token" does
+    scale_B = jnp.full((b + pad,), micro_batches / count, jnp.float32)
+    return parallel.accumulate_gradients(micro_loss_fn, micro_batches)(
+        params, tokens_BxL, mask_BxL, loss_mask_BxL, scale_B)
+
   @jax.jit
   def step(params, opt_state, tokens_BxL, mask_BxL, loss_mask_BxL):
-    loss, grads = jax.value_and_grad(loss_fn)(params, tokens_BxL, mask_BxL, loss_mask_BxL)
+    loss, grads = grads_of(params, tokens_BxL, mask_BxL, loss_mask_BxL)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
@@ -38,10 +70,10 @@ def make_sft_step(policy: common.Policy, optimizer: optax.GradientTransformation
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_step(policy, cfg_items):
+def _compiled_step(policy, cfg_items, micro_batches=1):
   cfg = common.unfrozen(cfg_items)
   optimizer = common.make_optimizer(cfg, cfg.steps)
-  return optimizer, make_sft_step(policy, optimizer)
+  return optimizer, make_sft_step(policy, optimizer, micro_batches=micro_batches)
 
 
 class ExampleBatches:
@@ -91,7 +123,9 @@ def train_sft(policy: common.Policy, params, batches, cfg, *, workdir: str, name
   Returns:
     The fine-tuned params.
   """
-  optimizer, step_fn = _compiled_step(policy, common.frozen(cfg))
+  if cfg.get("batch_size"):
+    common.check_batch(mesh_cfg, cfg.batch_size, "the SFT batch_size")
+  optimizer, step_fn = _compiled_step(policy, common.frozen(cfg), common.micro_batches(mesh_cfg))
   params, opt_state, step_fn = common.shard(policy, params, optimizer.init(params), step_fn,
                                             mesh_cfg)
   state = {"params": params, "opt_state": opt_state}
@@ -131,6 +165,7 @@ def train(config, workdir: str):
                                                    if k != "name"})
   tokenizer = task.tokenizer
   model = common.build_model(config.model, tokenizer.vocab_size, seed=config.seed)
+  model = common.apply_mesh_options(model, config.get("mesh"))
   policy, params = common.Policy.split(model)
   writer = metrics_lib.MetricWriter(workdir)
   heldout = task.problems(config.eval.num_problems, seed=config.eval.seed)

@@ -123,6 +123,7 @@ def _base_model(config, env, workdir, policy_writer):
         "(the `runlocal` variant makes a tiny random one itself).")
   model = common.build_model(model_cfg, getattr(env.tokenizer, "vocab_size", None),
                              seed=config.seed)
+  model = common.apply_mesh_options(model, config.get("mesh"))
   policy, params = common.Policy.split(model)
   if config.warmup.steps > 0:
     batches = sft_lib.synthetic_warmup_batches(
