@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding
 from configs import grpo_synthetic
 from configs import reward_model_synthetic
 from configs import rlvr_math
+from configs import score_synthetic
 from configs import sft_synthetic
 from score import parallel
 from score.models import ModelConfig, Transformer
@@ -683,3 +684,26 @@ def test_trainers_reject_batches_that_do_not_split_into_micro_batches(tmp_path):
     sft.train_sft(policy, params, None, ml_collections.ConfigDict(dict(
         batch_size=6, steps=1, lr=1e-3, checkpoint_every=1)), workdir=str(tmp_path), name="s",
                   mesh_cfg=parallel.mesh_config(data=1, fsdp=1, micro_batches=4))
+
+
+def test_suite_evaluates_on_the_mesh(tmp_path, sharded_sampling):
+  """The self-correction suite's greedy evaluation samples on the configured mesh and gives
+  the one-device attempts."""
+  from score.trainers import suite  # pylint: disable=g-import-not-at-top
+
+  def run(workdir, **mesh):
+    c = score_synthetic.get_config("runlocal")
+    with c.unlocked():
+      c.methods = ("base",)
+      c.warmup.steps = 0
+      if mesh:
+        c.mesh = mesh_cfg(**mesh)
+    suite.train(c, str(workdir))
+    with open(workdir / "evals" / "base.json") as f:
+      return json.load(f)
+
+  one = run(tmp_path / "one")
+  assert not sharded_sampling
+  sharded = run(tmp_path / "mesh", data=2, fsdp=2, tensor=1)
+  assert sharded_sampling and all(b % 4 == 0 for b in sharded_sampling)
+  assert sharded["attempts"] == one["attempts"]

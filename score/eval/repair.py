@@ -47,7 +47,7 @@ def _write_json(path: str, obj: Any, *, lines: bool = False):
 
 
 def build_repair_set(model, env, problems: Sequence[Any], *, path: str | None = None,
-                     batch_size: int = 64, seed: int = 0) -> list[dict]:
+                     batch_size: int = 64, seed: int = 0, mesh=None) -> list[dict]:
   """Records of the problems whose greedy first attempt by `model` fails the tests.
 
   Written to `path` (JSONL, the module docstring's format) when given, with the ids of the
@@ -62,6 +62,7 @@ def build_repair_set(model, env, problems: Sequence[Any], *, path: str | None = 
     path: where the set is cached.
     batch_size: prompts per rollout call.
     seed: rollout seed (greedy decoding does not use it).
+    mesh: optional `jax.sharding.Mesh` to sample on (`rollouts.rollout`).
   """
   ids = [p.id for p in problems]
   if path and os.path.exists(path):
@@ -77,7 +78,8 @@ def build_repair_set(model, env, problems: Sequence[Any], *, path: str | None = 
     episodes = rollouts.rollout(
         model, [env.prompt_tokens(p) for p in chunk], num_turns=1,
         max_new_tokens=env.max_new_tokens, samples_per_prompt=1, temperature=0.0,
-        eos_ids=env.eos_ids, max_len=env.max_len, pad_id=env.pad_id, seed=seed + start)
+        eos_ids=env.eos_ids, max_len=env.max_len, pad_id=env.pad_id, seed=seed + start,
+        mesh=mesh)
     ys = [[int(t) for t in r[0]] for r in episodes.responses]
     ps = [chunk[int(i)] for i in episodes.prompt_index_B]
     for p, y, r in zip(ps, ys, env.rewards(ps, ys)):
@@ -156,13 +158,14 @@ def first_attempt_ids(env, record: Mapping[str, Any]) -> list[int]:
 
 def evaluate_repair(model, env, problems_by_id: Mapping[str, Any], repair_set: Sequence[dict],
                     *, batch_size: int = 64, self_refine: bool = False, seed: int = 0,
-                    num_bootstrap: int = 2000) -> dict:
+                    num_bootstrap: int = 2000, mesh=None) -> dict:
   """Greedy repair of every fixed first attempt of `repair_set` by `model`.
 
   Each episode is the problem's prompt, the record's first attempt (not sampled: spliced in
   as context, `rollouts.rollout(first_responses=...)`), the environment's self-correction
   instruction and the model's greedy second attempt; with `self_refine`, the model's own
-  feedback and a refined attempt (Self-Refine), which is the one scored.
+  feedback and a refined attempt (Self-Refine), which is the one scored. With a `mesh`, the
+  rollouts are sampled on it.
 
   Returns `{"ids", "repaired", "first_correct", "attempts", "metrics"}`: per record whether
   the last attempt passes the tests, whether the fixed first attempt already did (it should
@@ -186,7 +189,7 @@ def evaluate_repair(model, env, problems_by_id: Mapping[str, Any], repair_set: S
         model, [env.prompt_tokens(p) for p in ps], num_turns=num_turns,
         max_new_tokens=env.max_new_tokens, instruction=instruction, samples_per_prompt=1,
         temperature=0.0, eos_ids=env.eos_ids, max_len=env.max_len, pad_id=env.pad_id,
-        seed=seed + start, first_responses=firsts)
+        seed=seed + start, first_responses=firsts, mesh=mesh)
     turns = [list(r) + [[]] * (num_turns - len(r)) for r in episodes.responses]
     cut += sum(len(t[0]) < len(y) for t, y in zip(turns, firsts))
     ids += [r["id"] for r in chunk]

@@ -13,11 +13,12 @@ from score.utils import progress
 
 
 def two_attempts(model, env, problems, *, batch_size: int = 256, temperature: float = 0.0,
-                 seed: int = 0, self_refine: bool = False) -> dict:
+                 seed: int = 0, self_refine: bool = False, mesh=None) -> dict:
   """Per-problem correctness of both attempts (greedy by default) and the decoded turns.
 
   With `self_refine`, the episode has three turns — attempt, the model's own feedback,
   refined attempt (Self-Refine) — and the refined attempt is scored as the second attempt.
+  With a `mesh` (e.g. the trainer's), the rollouts are sampled on it (`rollouts.rollout`).
   """
   num_turns = 3 if self_refine else 2
   instruction = env.self_refine_instruction if self_refine else env.instruction
@@ -28,7 +29,7 @@ def two_attempts(model, env, problems, *, batch_size: int = 256, temperature: fl
         model, [env.prompt_tokens(p) for p in chunk], num_turns=num_turns,
         max_new_tokens=env.max_new_tokens, instruction=instruction, samples_per_prompt=1,
         temperature=temperature, eos_ids=env.eos_ids, max_len=env.max_len, pad_id=env.pad_id,
-        seed=seed + start)
+        seed=seed + start, mesh=mesh)
     turns = [list(r) + [[]] * (num_turns - len(r)) for r in episodes.responses]
     ps = [chunk[int(i)] for i in episodes.prompt_index_B]
     c1 += env.rewards(ps, [t[0] for t in turns])

@@ -135,7 +135,7 @@ def _base_model(config, env, workdir, policy_writer):
   return policy, params
 
 
-def _repair_set(config, env, model_fn, workdir):
+def _repair_set(config, env, model_fn, workdir, mesh=None):
   """MBPP-R's `(problems_by_id, records, description)`, or None when `config.repair` is off."""
   r = config.get("repair")
   if not r or not r.task:
@@ -154,7 +154,7 @@ def _repair_set(config, env, model_fn, workdir):
     problems = problems[:r.num_problems]
   records = repair_lib.build_repair_set(
       model_fn(), env, problems, path=os.path.join(workdir, "mbpp_r.jsonl"),
-      batch_size=config.eval.batch_size)
+      batch_size=config.eval.batch_size, mesh=mesh)
   return by_id, records, (f"{len(records)} wrong greedy first attempts of the base model on "
                           f"{len(problems)} {r.task} {r.split} problems (mbpp_r.jsonl)")
 
@@ -223,8 +223,9 @@ def train(config, workdir: str):
     return score_lib.train_score(policy, base, base, env, cfg.rl, workdir=workdir,
                                  name=method, writer=writer, mesh_cfg=config.get("mesh"))
 
+  mesh = common.mesh_from_config(config.get("mesh"))  # Evaluations sample on it too.
   by_id, repair_set, repair_note = (
-      _repair_set(config, env, lambda: policy.model(base), workdir) or (None, [], None))
+      _repair_set(config, env, lambda: policy.model(base), workdir, mesh) or (None, [], None))
   if repair_note and not repair_set:
     logging.warning("MBPP-R: the base model fails no first attempt; nothing to repair")
   results = {}
@@ -236,12 +237,12 @@ def train(config, workdir: str):
     model_fn = functools.cache(lambda m=method: policy.model(trained(m)))
     out = self_correction.evaluate_cached(
         workdir, method, model_fn, env, env.heldout,
-        batch_size=config.eval.batch_size, self_refine=method == "self_refine")
+        batch_size=config.eval.batch_size, self_refine=method == "self_refine", mesh=mesh)
     results[method] = out["metrics"]
     if repair_set:
       rep = repair_lib.evaluate_repair_cached(
           workdir, method, model_fn, env, by_id, repair_set, batch_size=config.eval.batch_size,
-          self_refine=method == "self_refine")
+          self_refine=method == "self_refine", mesh=mesh)
       out["metrics"] = results[method] = {**out["metrics"], "mbpp_r": rep["metrics"]}
     writer.write_scalars(0, {f"eval/{method}/{k}": v["value"]
                              for k, v in out["metrics"].items() if k != "n"})
