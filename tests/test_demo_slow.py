@@ -29,8 +29,11 @@ def test_embedded_default_shows_self_correction(tmp_path):
   assert score["delta"]["low"] > 0
   for baseline in ("base", "pair_sft"):
     assert not metrics_lib.intervals_overlap(score["delta"], results[baseline]["delta"]), baseline
-  # ... has the best second attempt, and its first attempt is not below the base model's.
+  # ... and has the best first and second attempts, clear of every baseline's, with almost
+  # no right->wrong flips.
   for baseline in ("base", "star", "pair_sft"):
-    assert score["acc_t2"]["value"] > results[baseline]["acc_t2"]["value"], baseline
-  assert score["acc_t1"]["value"] > results["base"]["acc_t1"]["value"]
-  # Not asserted: SCoRe's Δ against STaR's (below it in one run, above it in the other).
+    for attempt in ("acc_t1", "acc_t2"):
+      assert score[attempt]["low"] > results[baseline][attempt]["high"], (baseline, attempt)
+  assert score["delta_c2i"]["value"] < 0.5
+  # Not asserted: SCoRe's Δ against STaR's (below it in both measured runs: SCoRe's first
+  # attempt improves so much that less is left to correct).
