@@ -707,3 +707,33 @@ def test_suite_evaluates_on_the_mesh(tmp_path, sharded_sampling):
   sharded = run(tmp_path / "mesh", data=2, fsdp=2, tensor=1)
   assert sharded_sampling and all(b % 4 == 0 for b in sharded_sampling)
   assert sharded["attempts"] == one["attempts"]
+
+
+def test_generation_and_evaluation_sample_on_the_models_mesh(sharded_sampling):
+  from score.trainers import self_rewarding  # pylint: disable=g-import-not-at-top
+
+  class Codec:  # what `generate_texts` uses of one
+    eos_ids, pad_id = (1,), 0
+
+    @staticmethod
+    def decode(ids):
+      return " ".join(map(str, ids))
+
+  model = Transformer(ModelConfig.tiny(vocab_size=64), rngs=nnx.Rngs(0))
+  prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [3], [4, 4]]
+  kwargs = dict(max_new_tokens=5, temperature=0.0, top_p=None, seed=0, batch_size=8,
+                max_prompt_tokens=16)
+  one = self_rewarding.generate_texts(model, Codec(), prompts, **kwargs)
+  assert not sharded_sampling and common.model_mesh(model) is None
+  policy, params = common.Policy.split(model)
+  params, _, _ = common.shard(policy, params, {}, lambda *a: a, mesh_cfg())
+  on_mesh = policy.model(params)
+  assert common.model_mesh(on_mesh) is not None
+  assert self_rewarding.generate_texts(on_mesh, Codec(), prompts, **kwargs) == one
+  assert sharded_sampling
+  # GRPO/PPO's greedy evaluation too.
+  sharded_sampling.clear()
+  env = ToyEnv(target=7)
+  problems = env.train_problems(0, 6)
+  assert grpo.evaluate(on_mesh, env, problems) == grpo.evaluate(model, env, problems)
+  assert len(sharded_sampling) == 1

@@ -378,6 +378,13 @@ def mesh_of(params: Params):
   return sharding.mesh if isinstance(sharding, NamedSharding) else None
 
 
+def model_mesh(model: nnx.Module):
+  """`mesh_of` for a model object (e.g. `policy.model(params)`): the mesh its arrays live on,
+  or None."""
+  leaves = jax.tree.leaves(nnx.state(model))
+  return mesh_of({"": leaves[0]}) if leaves else None
+
+
 @functools.lru_cache(maxsize=None)
 def logprobs_fn(policy: Policy) -> Callable:
   """Jitted `(params, tokens_BxL, mask_BxL) -> logp_BxL` of a `Policy`'s model (the frozen

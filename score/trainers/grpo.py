@@ -340,13 +340,15 @@ def train_grpo(policy, params, ref_params, env, rl, reward_cfg, *, workdir: str,
 
 
 def evaluate(model, env, problems, *, batch_size: int = 256) -> dict[str, float]:
-  """Greedy single-attempt accuracy (oracle reward) and mean response length."""
+  """Greedy single-attempt accuracy (oracle reward) and mean response length (sampled on the
+  mesh the model's params live on, if any)."""
+  mesh = common.model_mesh(model)
   correct, lengths, finished = [], [], []
   for start in range(0, len(problems), batch_size):
     chunk = problems[start:start + batch_size]
     out = sampler.generate(model, [env.prompt_tokens(p) for p in chunk],
                            max_new_tokens=env.max_new_tokens, temperature=0.0,
-                           eos_ids=env.eos_ids, pad_id=env.pad_id)
+                           eos_ids=env.eos_ids, pad_id=env.pad_id, mesh=mesh)
     for p, ids, reason in zip(chunk, out.tokens, out.finish_reason):
       correct.append(env.reward(p, ids))
       lengths.append(len(ids))

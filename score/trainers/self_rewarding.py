@@ -144,8 +144,10 @@ def generate_texts(model, codec: Codec, prompts: Sequence[Sequence[int]], *, max
 
   Returns `{"text", "num_tokens", "finish"}` per prompt (the text without its EOS).
   Prompts longer than `max_prompt_tokens` are not run: `{"text": None, "finish":
-  "prompt_too_long"}`. The output is a function of (prompts, seed).
+  "prompt_too_long"}`. The output is a function of (prompts, seed). A model whose params are
+  on a mesh (the trainer's) samples on it, the batch split over data×fsdp.
   """
+  mesh = common.model_mesh(model)
   out: list[dict | None] = [None] * len(prompts)
   runnable = [i for i, p in enumerate(prompts) if 0 < len(p) <= max_prompt_tokens]
   for i in set(range(len(prompts))) - set(runnable):
@@ -159,7 +161,7 @@ def generate_texts(model, codec: Codec, prompts: Sequence[Sequence[int]], *, max
         temperature=temperature, top_p=top_p if temperature > 0 else None,
         eos_ids=codec.eos_ids, stop_strings=list(stop_strings) or None,
         decode_fn=codec.decode if stop_strings else None, seed=jax.random.fold_in(key, c),
-        pad_id=codec.pad_id)
+        pad_id=codec.pad_id, mesh=mesh)
     for j, i in enumerate(idx):
       tokens = samples.tokens[j]
       body = tokens[:-1] if tokens and tokens[-1] in codec.eos_ids else tokens
