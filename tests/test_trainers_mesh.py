@@ -737,3 +737,32 @@ def test_generation_and_evaluation_sample_on_the_models_mesh(sharded_sampling):
   problems = env.train_problems(0, 6)
   assert grpo.evaluate(on_mesh, env, problems) == grpo.evaluate(model, env, problems)
   assert len(sharded_sampling) == 1
+
+
+@pytest.mark.parametrize("on_mesh", [False, True])
+def test_score_reference_logprobs_never_visit_the_host(tmp_path, monkeypatch, on_mesh):
+  """Between the rewards and the update, SCoRe's reference log-probs stay on the device(s)."""
+  from score.trainers import envs  # pylint: disable=g-import-not-at-top
+  from score.trainers import score as score_lib  # pylint: disable=g-import-not-at-top
+  from test_score_trainer import _runlocal_config  # pylint: disable=g-import-not-at-top
+  c = _runlocal_config(**{"rl.stage1_steps": 1, "rl.stage2_steps": 1})
+  env = envs.make_env(c)
+  policy, params = common.Policy.split(
+      common.build_model(c.model, env.tokenizer.vocab_size, seed=0))
+
+  def no_host(tree):
+    raise AssertionError("brought to the host")
+
+  monkeypatch.setattr(common, "to_host", no_host)
+  seen = []
+  real = common.logprobs_fn
+
+  def spy(policy_):
+    fn = real(policy_)
+    return lambda *a: seen.append(fn(*a)) or seen[-1]
+
+  monkeypatch.setattr(common, "logprobs_fn", spy)
+  score_lib.train_score(policy, params, params, env, c.rl, workdir=str(tmp_path),
+                        mesh_cfg=mesh_cfg() if on_mesh else None)
+  assert len(seen) == 2 and all(isinstance(x, jax.Array) for x in seen)
+  assert isinstance(seen[0].sharding, NamedSharding) == on_mesh

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from score.parallel import mesh as mesh_lib
 
@@ -80,16 +80,20 @@ def shard_step(step_fn: Callable, state_shardings, *, mesh: Mesh | None = None,
             f"= {div} devices; make the batch (e.g. prompts_per_step × samples_per_prompt, "
             "batch_size, or a minibatch) a multiple of it")
     key = (treedef, tuple(np.ndim(x) for x in leaves), tuple(sorted(kwargs.items())))
+    batch_shardings = jax.tree.unflatten(treedef, [batch if np.ndim(x) else rep for x in leaves])
     jitted = compiled.get(key)
     if jitted is None:
-      batch_shardings = jax.tree.unflatten(
-          treedef, [batch if np.ndim(x) else rep for x in leaves])
       jitted = jax.jit(functools.partial(fn, **kwargs) if kwargs else fn,
                        in_shardings=state + tuple(batch_shardings),
                        out_shardings=state + (rep,),
                        donate_argnums=tuple(range(n)) if donate else ())
       compiled[key] = jitted
-    return jitted(*args)
+    # Batch arrays already on the mesh (e.g. log-probs a jitted function just computed from
+    # the sharded params) move to the batch layout device to device, never through the host.
+    batch_args = jax.tree.map(
+        lambda x, s: jax.device_put(x, s) if isinstance(
+            getattr(x, "sharding", None), NamedSharding) else x, args[n:], batch_shardings)
+    return jitted(*args[:n], *batch_args)
 
   return call
 

@@ -163,8 +163,8 @@ def train_score(policy, params, ref_params, env, rl, *, workdir: str, name: str 
         else:
           batch = {"tokens": tokens, "mask": mask,
                    "turn_mask": jnp.asarray(episodes.turn_mask_BxL),
-                   # On the host, so a sharded step can lay it out like the batch.
-                   "ref_logp": common.to_host(ref_fn(ref, tokens, mask)),
+                   # Stays on the device(s): reference log-probs never visit the host.
+                   "ref_logp": ref_fn(ref, tokens, mask),
                    "r1": jnp.asarray(rewards[:, 0]), "r2": jnp.asarray(rewards[:, 1])}
           p, o, metrics = step_fn(state["params"], state["opt_state"], batch, stage=stage)
         metrics = dict(metrics, **{"reward/t1_sampled": rewards[:, 0].mean(),
