@@ -175,7 +175,9 @@ def test_later_turns_prefill_only_the_instruction(model, monkeypatch):
         return real(model_, prompts, **kw)
 
     monkeypatch.setattr(rollouts, "generate", spy)
-    ep = rollout(model, PROMPTS, num_turns=3, max_new_tokens=4, instruction=INSTRUCTION,
+    # A callable instruction: the host builds each turn's prompts (see below for fixed ids).
+    ep = rollout(model, PROMPTS, num_turns=3, max_new_tokens=4,
+                 instruction=lambda turn, context, response: INSTRUCTION,
                  samples_per_prompt=2, temperature=1.0, seed=3)
     assert [c[1] for c in calls] == [False, True, True]
     assert calls[0][0] == [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2
@@ -216,3 +218,33 @@ def test_generate_continuation_rejects_another_batch(model):
     with pytest.raises(ValueError, match="3 prompts continue 2 rows"):
         generate(model, [[1]] * 3, max_new_tokens=3, continuation=cont)
     assert sampler.continues_cache(model)
+
+
+@pytest.mark.parametrize("options", [
+    dict(temperature=0.0, eos_ids=(7, 11, 19)),
+    dict(temperature=1.0, eos_ids=(7, 11, 19), max_len=18),
+    dict(temperature=0.0, max_len=17),
+])
+def test_fixed_instruction_turns_run_without_the_host(model, monkeypatch, options):
+    # Fixed instruction ids: every turn is dispatched before anything is read back (the
+    # sampled ids come to the host once), and the episodes are those of the turn-by-turn
+    # path that builds each turn's prompts on the host (a callable instruction).
+    import jax  # pylint: disable=g-import-not-at-top
+    from score.sampling import rollouts  # pylint: disable=g-import-not-at-top
+    kwargs = dict(num_turns=3, max_new_tokens=[5, 6, 4], samples_per_prompt=2, seed=5, **options)
+    prompts = PROMPTS + [[3] * 9]
+    reads = []
+    real_get = jax.device_get
+    monkeypatch.setattr(jax, "device_get", lambda x: reads.append(1) or real_get(x))
+    monkeypatch.setattr(rollouts, "generate", None)  # not the turn-by-turn path
+    fast = rollout(model, prompts, instruction=INSTRUCTION, **kwargs)
+    assert len(reads) == 1
+    monkeypatch.undo()
+    slow = rollout(model, prompts, instruction=lambda turn, x, y: INSTRUCTION, **kwargs)
+    assert fast.responses == slow.responses and fast.instructions == slow.instructions
+    assert fast.finish_reason == slow.finish_reason
+    np.testing.assert_array_equal(fast.tokens_BxL, slow.tokens_BxL)
+    np.testing.assert_allclose(fast.logprobs_BxL, slow.logprobs_BxL, atol=1e-5)
+    np.testing.assert_allclose(fast.sample_logprobs_BxL, slow.sample_logprobs_BxL, atol=1e-5)
+    if "max_len" in options:  # some episodes ran out of room before the last turn
+        assert any(len(i) < 2 for i in fast.instructions)

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from score.parallel import mesh as mesh_lib
 from score.sampling import sampler as sampler_lib
@@ -80,12 +80,17 @@ def sharded_generate_arrays(model: nnx.Module | tuple[Any, Any], prompt_BxP, pro
   prompt_mask_BxP = np.asarray(prompt_mask_BxP, np.int32)
   if max_new_B is None:
     max_new_B = np.full((prompt_BxP.shape[0],), max_new_tokens, np.int32)
-  prompt_BxP, prompt_mask_BxP, max_new_B = mesh_lib.shard_batch(
-      (prompt_BxP, prompt_mask_BxP, np.asarray(max_new_B, np.int32)), mesh, rules)
+  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+
+  def place(x):  # host rows -> the global batch; arrays already on the mesh stay on it
+    if isinstance(getattr(x, "sharding", None), NamedSharding):
+      return jax.device_put(x, batch_sharding)
+    return mesh_lib.shard_batch(np.asarray(x, np.int32), mesh, rules)
+
+  prompt_BxP, prompt_mask_BxP, max_new_B = map(place, (prompt_BxP, prompt_mask_BxP, max_new_B))
   if continuation is not None:
-    continuation = continuation._replace(**mesh_lib.shard_batch(
-        dict(kv_mask_BxS=np.asarray(continuation.kv_mask_BxS, np.int32),
-             next_pos_B=np.asarray(continuation.next_pos_B, np.int32)), mesh, rules))
+    continuation = continuation._replace(kv_mask_BxS=place(continuation.kv_mask_BxS),
+                                         next_pos_B=place(continuation.next_pos_B))
   # Keys travel as their raw uint32 data (host values can be placed on every process).
   key_impl = None
   if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):

@@ -28,7 +28,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from score.sampling.sampler import FINISH_LENGTH, FINISH_STOP, Samples, continues_cache, generate
+from score.sampling.sampler import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Samples,
+    continues_cache,
+    generate,
+    generate_turns,
+)
 
 # instruction(turn k, context x_k, response y_k) -> tokens p_k appended before turn k+1.
 InstructionFn = Callable[[int, list[int], list[int]], list[int]]
@@ -127,8 +134,11 @@ def rollout(
         it, the batch split over data×fsdp (see `generate`).
 
     Turn k+1 continues turn k's KV cache (`generate(continuation=)`): only the instruction
-    p_k is prefilled, not x_k ⊕ y_k again. Models with sliding-window layers, and a turn
-    where some row has an empty instruction, prefill the whole context instead.
+    p_k is prefilled, not x_k ⊕ y_k again. With fixed instruction tokens (no callable), no
+    stop strings and no `first_responses`, all turns are dispatched at once
+    (`sampler.generate_turns`: limits computed on the device, the sampled ids read back once,
+    after the last turn). Models with sliding-window layers, and a turn where some row has an
+    empty instruction, prefill the whole context instead.
     """
     if num_turns < 1:
         raise ValueError(f"rollout: num_turns must be ≥ 1, got {num_turns}")
@@ -163,6 +173,13 @@ def rollout(
     alive = [True] * batch  # False once an episode ran out of room (max_len).
     reuse = num_turns > 1 and continues_cache(model)
     continuation = None  # The KV cache of the turns so far, when `reuse`.
+    dispatched = None  # Every turn's samples, when all turns run without the host.
+    fixed = None if instruction is None or callable(instruction) else [int(t) for t in instruction]
+    if reuse and fixed and not stop_strings and first_responses is None:
+        dispatched = generate_turns(
+            model, contexts, max_new_tokens=budgets, instruction=fixed, max_len=max_len,
+            temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=eos_ids, seed=key,
+            pad_id=pad_id, mesh=mesh)
 
     for k in range(num_turns):
         limits = []
@@ -172,13 +189,15 @@ def rollout(
         # With a cache, each row's prompt is what it lacks: the instruction after turn k
         # (a finished episode, which samples nothing more, gets one filler token).
         pending = None
-        if continuation is not None:
+        if continuation is not None and dispatched is None:
             pending = [
                 instructions[b][k - 1] if alive[b] else [pad_id] for b in range(batch)
             ]
             if any(len(p) == 0 for p in pending):
                 continuation, pending = None, None
-        if k == 0 and first_responses is not None:
+        if dispatched is not None:
+            samples = dispatched[k]  # Its limits are the ones above, computed on the device.
+        elif k == 0 and first_responses is not None:
             samples = _forced(first_responses, prompt_index_B, contexts, max_len, eos_ids)
         else:
             samples = generate(

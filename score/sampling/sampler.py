@@ -326,6 +326,14 @@ def generate_arrays(
         raise ValueError(f"generate_arrays: max_new_tokens must be ≥ 1, got {max_new_tokens}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"generate_arrays: top_p must be in (0, 1], got {top_p}")
+    if not isinstance(prompt_mask_BxP, jax.core.Tracer) and np.ndim(prompt_mask_BxP) == 2:
+        # Checked before any transfer: a host mask never waits for queued device work.
+        last_B = np.asarray(prompt_mask_BxP)[:, -1]
+        if not last_B.all():
+            raise ValueError(
+                "generate_arrays: prompts must be left-padded with a real last token; rows "
+                f"{np.flatnonzero(last_B == 0).tolist()} have padding in the last column"
+            )
     prompt_BxP = jnp.asarray(prompt_BxP, jnp.int32)
     prompt_mask_BxP = jnp.asarray(prompt_mask_BxP, jnp.int32)
     if prompt_BxP.ndim != 2 or prompt_BxP.shape != prompt_mask_BxP.shape:
@@ -333,13 +341,6 @@ def generate_arrays(
             "generate_arrays: prompt_BxP and prompt_mask_BxP must be 2-D and the same shape, "
             f"got {prompt_BxP.shape} and {prompt_mask_BxP.shape}"
         )
-    if not isinstance(prompt_mask_BxP, jax.core.Tracer):
-        last_B = np.asarray(prompt_mask_BxP[:, -1])
-        if not last_B.all():
-            raise ValueError(
-                "generate_arrays: prompts must be left-padded with a real last token; rows "
-                f"{np.flatnonzero(last_B == 0).tolist()} have padding in the last column"
-            )
     batch = prompt_BxP.shape[0]
     if max_new_B is None:
         max_new_B = jnp.full((batch,), max_new_tokens, jnp.int32)
@@ -510,72 +511,149 @@ def generate(
         # Per-row limits end each row; the loop exits once all rows are done, so a larger
         # slot count costs only cache memory, and nearby budgets share a compilation.
         n = _next_pow2(n, 8)
-    sharded = mesh is not None and mesh.size > 1
-    if sharded:
-        # Imported here: score.parallel imports score.sampling.
-        from score import parallel  # pylint: disable=g-import-not-at-top
     if continuation is not None:
         batch = continuation.kv_mask_BxS.shape[0]  # The rows (fillers included) of turn 1.
         if len(prompts) > batch:
             raise ValueError(f"generate: {len(prompts)} prompts continue {batch} rows")
-    elif sharded:
-        # Rows split over data×fsdp devices and, with several processes, equally over them.
-        div = math.lcm(parallel.batch_divisor(mesh), jax.process_count())
-        batch = -(-batch // div) * div
+    else:
+        batch = _mesh_batch(batch, mesh)
     tokens_BxP, mask_BxP = left_pad(prompts, length=length, batch_size=batch, pad_id=pad_id)
     max_new_B = np.zeros((batch,), np.int32)
     max_new_B[: len(prompts)] = limits
     rng = jax.random.key(int(seed)) if isinstance(seed, (int, np.integer)) else seed
-    options = dict(
-        max_new_tokens=n,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_ids=eos_ids,
-        max_new_B=max_new_B,
+    out, cont, fetch = _call(
+        model, tokens_BxP, mask_BxP, max_new_B, rng, mesh=mesh, continuation=continuation,
+        max_new_tokens=n, temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=eos_ids,
         pad_id=pad_id,
     )
-    fetch = jax.device_get
-    if sharded:
-        # Every process holds all prompts (SPMD); each feeds its rows of the global batch and
-        # gets every row back.
-        rows = parallel.process_batch_slice(batch)
-        fetch = parallel.gather
-        options["max_new_B"] = max_new_B[rows]
-        if continuation is not None:
-            continuation = continuation._replace(
-                kv_mask_BxS=continuation.kv_mask_BxS[rows], next_pos_B=continuation.next_pos_B[rows]
-            )
-        out, cont = parallel.sampling.sharded_generate_arrays(
-            model, tokens_BxP[rows], mask_BxP[rows], rng, mesh=mesh, continuation=continuation,
-            return_continuation=True, **options
-        )
-    else:
-        out, cont = generate_arrays(
-            model, tokens_BxP, mask_BxP, rng, continuation=continuation, return_continuation=True,
-            **options
-        )
-    tokens_BxN, logp_BxN, slogp_BxN, lengths_B, stopped_B = fetch(
-        (out.tokens_BxN, out.logprobs_BxN, out.sample_logprobs_BxN, out.lengths_B, out.stopped_B)
-    )
+    fields = fetch(_host_fields(out))
     if return_continuation:
         kv_mask_BxS, next_pos_B = (np.array(a) for a in fetch((cont.kv_mask_BxS, cont.next_pos_B)))
-        gen_start = kv_mask_BxS.shape[1] - tokens_BxN.shape[1]
+        gen_start = kv_mask_BxS.shape[1] - fields[0].shape[1]
+    samples = _samples(fields, len(prompts))
+    for b, tokens in enumerate(samples.tokens if stop_strings else ()):
+        cut = find_stop_string(tokens, stop_strings, decode_fn)
+        if cut is not None:
+            if return_continuation:  # The next turn must not see the tokens cut off.
+                kv_mask_BxS[b, gen_start + cut:] = 0
+                next_pos_B[b] -= len(tokens) - cut
+            for field in (samples.tokens, samples.logprobs, samples.sample_logprobs):
+                field[b] = field[b][:cut]
+            samples.finish_reason[b] = FINISH_STOP
+    if return_continuation:
+        return samples, Continuation(cont.cache, kv_mask_BxS, next_pos_B)
+    return samples
+
+
+def _mesh_batch(batch: int, mesh: Any) -> int:
+    """`batch` rounded up so its rows split over the mesh's data×fsdp devices and, with
+    several processes, equally over them (unchanged without a mesh)."""
+    if mesh is None or mesh.size == 1:
+        return batch
+    # Imported here: score.parallel imports score.sampling.
+    from score import parallel  # pylint: disable=g-import-not-at-top
+
+    div = math.lcm(parallel.batch_divisor(mesh), jax.process_count())
+    return -(-batch // div) * div
+
+
+def _call(model, tokens_BxP, mask_BxP, max_new_B, rng, *, mesh, continuation, **options):
+    """One `generate_arrays` call (on `mesh` when it has several devices) that also returns
+    its `Continuation`; returns `(SampleArrays, Continuation, fetch)`, `fetch` reading arrays
+    back to this host (gathering other processes' rows)."""
+    if mesh is None or mesh.size == 1:
+        out, cont = generate_arrays(
+            model, tokens_BxP, mask_BxP, rng, continuation=continuation, max_new_B=max_new_B,
+            return_continuation=True, **options
+        )
+        return out, cont, jax.device_get
+    from score import parallel  # pylint: disable=g-import-not-at-top
+
+    # Every process holds all prompts (SPMD); each feeds its rows of the global batch and gets
+    # every row back. Arrays already on the devices (a continuation's masks, limits computed
+    # from it) are global and go as they are.
+    rows = parallel.process_batch_slice(tokens_BxP.shape[0])
+    local = lambda x: x[rows] if isinstance(x, np.ndarray) else x  # noqa: E731
+    if continuation is not None:
+        continuation = continuation._replace(
+            kv_mask_BxS=local(continuation.kv_mask_BxS), next_pos_B=local(continuation.next_pos_B)
+        )
+    out, cont = parallel.sampling.sharded_generate_arrays(
+        model, tokens_BxP[rows], mask_BxP[rows], rng, mesh=mesh, continuation=continuation,
+        max_new_B=local(max_new_B), return_continuation=True, **options
+    )
+    return out, cont, parallel.gather
+
+
+def _host_fields(out: SampleArrays) -> tuple:
+    return out.tokens_BxN, out.logprobs_BxN, out.sample_logprobs_BxN, out.lengths_B, out.stopped_B
+
+
+def generate_turns(
+    model: nnx.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: Sequence[int],
+    instruction: Sequence[int],
+    max_len: int | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_ids: Sequence[int] = (),
+    seed: int | jax.Array = 0,
+    pad_id: int = 0,
+    mesh: Any = None,
+) -> list[Samples]:
+    """`len(max_new_tokens)` turns for every prompt with the fixed `instruction` ids between
+    them: what `generate` with continuations does turn by turn, with nothing read back
+    between turns. Each turn continues the last one's KV cache; its per-row limits and which
+    rows go on are computed on the device(s) from the cache's positions, so every turn is
+    dispatched before the host waits, once, for all of them.
+
+    Turn k samples with the key `fold_in(key(seed), k)`; row b's limit at turn k > 0 is
+    `min(max_new_tokens[k], max_len − (its tokens so far + len(instruction)))`, and 0 (the
+    episode is over) once that leaves no room, as `rollouts.rollout` sets them. Needs
+    `continues_cache(model)`. Returns one `Samples` per turn.
+    """
+    instruction = [int(t) for t in instruction]
+    if not instruction:
+        raise ValueError("generate_turns: the instruction needs at least one token")
+    key = jax.random.key(int(seed)) if isinstance(seed, (int, np.integer)) else seed
+    batch, length = bucket_shape(len(prompts), max(len(p) for p in prompts))
+    batch = _mesh_batch(batch, mesh)
+    tokens_BxP, mask_BxP = left_pad(prompts, length=length, batch_size=batch, pad_id=pad_id)
+    inst_BxI, inst_mask_BxI = left_pad(
+        [instruction] * batch, length=bucket_length(len(instruction), 8), pad_id=pad_id
+    )
+    real_B = np.arange(batch) < len(prompts)
+    lens_B = np.array([len(p) for p in prompts] + [1] * (batch - len(prompts)))
+    room_B = max_new_tokens[0] if max_len is None else np.minimum(max_new_tokens[0], max_len - lens_B)
+    max_new_B = np.where(real_B, np.maximum(room_B, 0), 0).astype(np.int32)
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=eos_ids, pad_id=pad_id)
+    outs, cont, fetch = [], None, jax.device_get
+    for k, budget in enumerate(max_new_tokens):
+        if k:
+            context_B = cont.next_pos_B + len(instruction)
+            limit_B = jnp.full_like(context_B, budget)
+            if max_len is not None:  # ≤ 0 once there is no room: that episode is over
+                limit_B = jnp.minimum(limit_B, max_len - context_B)
+            max_new_B = jnp.where(real_B, limit_B, 0).astype(jnp.int32)
+        out, cont, fetch = _call(
+            model, tokens_BxP if k == 0 else inst_BxI, mask_BxP if k == 0 else inst_mask_BxI,
+            max_new_B, jax.random.fold_in(key, k), mesh=mesh, continuation=cont,
+            max_new_tokens=_next_pow2(max(int(budget), 1), 8), **options
+        )
+        outs.append(_host_fields(out))
+    return [_samples(fields, len(prompts)) for fields in fetch(outs)]
+
+
+def _samples(fields, num_rows: int) -> Samples:
+    tokens_BxN, logp_BxN, slogp_BxN, lengths_B, stopped_B = fields
     samples = Samples([], [], [], [])
-    for b in range(len(prompts)):
+    for b in range(num_rows):
         m = int(lengths_B[b])
-        reason = FINISH_STOP if stopped_B[b] else FINISH_LENGTH
-        if stop_strings:
-            cut = find_stop_string(tokens_BxN[b, :m].tolist(), stop_strings, decode_fn)
-            if cut is not None:
-                if return_continuation:  # The next turn must not see the tokens cut off.
-                    kv_mask_BxS[b, gen_start + cut:] = 0
-                    next_pos_B[b] -= m - cut
-                m, reason = cut, FINISH_STOP
         samples.tokens.append(tokens_BxN[b, :m].tolist())
         samples.logprobs.append(logp_BxN[b, :m].tolist())
         samples.sample_logprobs.append(slogp_BxN[b, :m].tolist())
-        samples.finish_reason.append(reason)
-    if return_continuation:
-        return samples, Continuation(cont.cache, kv_mask_BxS, next_pos_B)
+        samples.finish_reason.append(FINISH_STOP if stopped_B[b] else FINISH_LENGTH)
     return samples
