@@ -67,9 +67,9 @@ def sharded_generate_arrays(model: nnx.Module | tuple[Any, Any], prompt_BxP, pro
       the mesh; `kv_mask_BxS` / `next_pos_B` for this process's rows, like the prompts).
 
   Returns:
-    `SampleArrays` (and with `return_continuation` the `Continuation`, cache split like the
-    KV cache rules say, masks over data×fsdp) with every `[B, ...]` field split over data×fsdp (`jax.device_get` or
-    `process_allgather` to read it). Greedy tokens equal the single-device ones up to
+    `SampleArrays` (and with `return_continuation` the `Continuation`: cache split as the KV
+    cache rules say, masks over data×fsdp) with every `[B, ...]` field split over data×fsdp
+    (`jax.device_get` or `process_allgather` to read it). Greedy tokens equal the single-device ones up to
     floating-point ties (sharded matmuls sum in a different order).
   """
   if isinstance(model, tuple):
