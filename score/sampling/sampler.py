@@ -627,9 +627,13 @@ def generate_turns(
     )
     real_B = np.arange(batch) < len(prompts)
     lens_B = np.array([len(p) for p in prompts] + [1] * (batch - len(prompts)))
-    room_B = max_new_tokens[0] if max_len is None else np.minimum(max_new_tokens[0], max_len - lens_B)
+    room_B = np.full((batch,), max_new_tokens[0])
+    if max_len is not None:
+        room_B = np.minimum(room_B, max_len - lens_B)
     max_new_B = np.where(real_B, np.maximum(room_B, 0), 0).astype(np.int32)
-    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=eos_ids, pad_id=pad_id)
+    options = dict(
+        temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=eos_ids, pad_id=pad_id
+    )
     outs, cont, fetch = [], None, jax.device_get
     for k, budget in enumerate(max_new_tokens):
         if k:
