@@ -278,11 +278,15 @@ def test_generate_on_a_mesh_gives_the_greedy_tokens_of_one_device(bucket, sharde
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_rollout_on_a_mesh_gives_the_greedy_episodes_of_one_device(sharded_sampling):
-  """Two turns, 3 prompts × G=2: each turn is one sharded sampler call (6 rows → 8)."""
+@pytest.mark.parametrize("instruction", [[5, 6], lambda turn, context, response: [5, 6]])
+def test_rollout_on_a_mesh_gives_the_greedy_episodes_of_one_device(sharded_sampling,
+                                                                   instruction):
+  """Two turns, 3 prompts × G=2: each turn is one sharded sampler call (6 rows → 8). Fixed
+  ids dispatch both turns at once (`generate_turns`); a callable goes turn by turn through
+  `generate` and its continuation."""
   model = _sampling_model()
   sharded_model, mesh = _sharded_model(model)
-  kwargs = dict(num_turns=2, max_new_tokens=4, instruction=[5, 6], samples_per_prompt=2,
+  kwargs = dict(num_turns=2, max_new_tokens=4, instruction=instruction, samples_per_prompt=2,
                 temperature=0.0, eos_ids=(7,), max_len=24, seed=1)
   one = rollouts.rollout(model, _prompts(3, seed=1), **kwargs)
   out = rollouts.rollout(sharded_model, _prompts(3, seed=1), mesh=mesh, **kwargs)

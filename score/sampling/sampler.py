@@ -526,9 +526,11 @@ def generate(
         max_new_tokens=n, temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=eos_ids,
         pad_id=pad_id,
     )
-    fields = fetch(_host_fields(out))
+    fields, masks = fetch(
+        (_host_fields(out), (cont.kv_mask_BxS, cont.next_pos_B) if return_continuation else ())
+    )
     if return_continuation:
-        kv_mask_BxS, next_pos_B = (np.array(a) for a in fetch((cont.kv_mask_BxS, cont.next_pos_B)))
+        kv_mask_BxS, next_pos_B = (np.array(a) for a in masks)  # writable copies
         gen_start = kv_mask_BxS.shape[1] - fields[0].shape[1]
     samples = _samples(fields, len(prompts))
     for b, tokens in enumerate(samples.tokens if stop_strings else ()):
