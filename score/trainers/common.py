@@ -370,19 +370,17 @@ def shard_like(params: Params, like: Params) -> Params:
   return parallel.put(dict(params), {k: shardings[k] for k in params})
 
 
-def mesh_of(params: Params):
-  """The `jax.sharding.Mesh` that `params` live on (`shard`'s output), or None when they are
-  not on a mesh (the rollouts then sample on one device)."""
+def mesh_of(params):
+  """The `jax.sharding.Mesh` that `params` (a pytree of arrays, e.g. `shard`'s output) live
+  on, or None when they are not on a mesh (the rollouts then sample on one device)."""
   from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
-  sharding = getattr(next(iter(params.values()), None), "sharding", None)
+  sharding = getattr(next(iter(jax.tree.leaves(params)), None), "sharding", None)
   return sharding.mesh if isinstance(sharding, NamedSharding) else None
 
 
 def model_mesh(model: nnx.Module):
-  """`mesh_of` for a model object (e.g. `policy.model(params)`): the mesh its arrays live on,
-  or None."""
-  leaves = jax.tree.leaves(nnx.state(model))
-  return mesh_of({"": leaves[0]}) if leaves else None
+  """`mesh_of` for a model object (e.g. `policy.model(params)`)."""
+  return mesh_of(nnx.state(model))
 
 
 @functools.lru_cache(maxsize=None)
