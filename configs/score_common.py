@@ -46,8 +46,9 @@ def text_task(name, *, train, eval, train_kwargs=None, eval_kwargs=None, prompt_
       max_new_tokens=max_new_tokens, max_len=max_len, reward_timeout_s=reward_timeout_s))
 
 
-def model(model_dir=""):
-  return ml_collections.ConfigDict(dict(model_dir=model_dir))
+def model(model_dir="", dtype="float32"):
+  """`dtype`: compute dtype, "float32" or "bfloat16" (params and optimiser state stay fp32)."""
+  return ml_collections.ConfigDict(dict(model_dir=model_dir, dtype=dtype))
 
 
 def scale(config, *, data=1, fsdp=1, tensor=1):

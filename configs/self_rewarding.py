@@ -60,7 +60,7 @@ def get_config(arg=None):
   c.save_models = True  # HF checkpoints of M1, M2, ... under <workdir>/models
 
   c.model = ml_collections.ConfigDict(dict(
-      model_dir=arg.model_dir,
+      model_dir=arg.model_dir, dtype="float32",  # compute dtype; "bfloat16" on accelerators
       # A fresh tiny model (+ BPE tokenizer of `vocab_size` trained on the data) when empty.
       vocab_size=1024, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=16,
       intermediate_size=256, max_position_embeddings=1024))

@@ -201,7 +201,6 @@ def model_config(*, base: str | None, run_config: dict | None,
   `saved` is `checkpoint_params_metadata(...)` (the vocabulary size of a fresh model is read
   from the embedding's shape).
   """
-  import dataclasses  # pylint: disable=g-import-not-at-top
   from score.models import ModelConfig  # pylint: disable=g-import-not-at-top
   from score.models import hf  # pylint: disable=g-import-not-at-top
   model_cfg = dict((run_config or {}).get("model") or {})
@@ -219,17 +218,17 @@ def model_config(*, base: str | None, run_config: dict | None,
   if len(embed) != 1:
     raise ExportError("no ['embed'] parameter in the checkpoint to read the vocabulary size from")
   vocab_size = int(embed[0][0])
-  fields = {f.name for f in dataclasses.fields(ModelConfig)}
   # As `score.trainers.common.build_model` builds a fresh model.
-  overrides = {k: v for k, v in model_cfg.items() if k in fields and k != "vocab_size"}
+  config = ModelConfig.from_section(model_cfg, vocab_size)
   task = _synthetic_task(run_config)
   if task is not None:
     t = task.tokenizer
     if t.vocab_size != vocab_size:
       raise ExportError(f"the run's task has {t.vocab_size} tokens, the checkpoint's embedding "
                         f"{vocab_size}")
-    overrides.update(bos_token_id=t.bos_id, eos_token_ids=(t.eos_id,), pad_token_id=t.pad_id)
-  return ModelConfig.tiny(vocab_size=vocab_size, **overrides), None, task
+    config = config.replace(bos_token_id=t.bos_id, eos_token_ids=(t.eos_id,),
+                            pad_token_id=t.pad_id)
+  return config, None, task
 
 
 # ---------------------------------------------------------------------------------------------

@@ -92,6 +92,21 @@ def test_project_bf16_gradient_dtypes():
   np.testing.assert_allclose(gw.astype(jnp.float32), 6.0)
 
 
+@pytest.mark.parametrize("x_shape,w_shape", [((2, 8, 32), (32, 16)), ((2, 8, 128), (128, 32))])
+def test_project_bf16_gradient_runs_where_xla_cpu_lacks_the_mixed_dot(x_shape, w_shape):
+  """More inputs than outputs: XLA's CPU runtime has no BF16 × BF16 = F32 dot for these weight
+  gradients (UNIMPLEMENTED before `_dot` upcast on CPU); values equal the fp32 gradient of the
+  bf16-rounded operands."""
+  kx, kw = jax.random.split(jax.random.key(1))
+  x = jax.random.normal(kx, x_shape).astype(jnp.bfloat16)
+  w = jax.random.normal(kw, w_shape).astype(jnp.bfloat16)
+  loss = lambda x, w: (project(x, w, (0,), jnp.float32) ** 2).sum()  # noqa: E731
+  gx, gw = jax.jit(jax.grad(loss, (0, 1)))(x, w)
+  rx, rw = jax.grad(loss, (0, 1))(x.astype(jnp.float32), w.astype(jnp.float32))
+  np.testing.assert_allclose(gw.astype(jnp.float32), rw, rtol=2e-2, atol=2e-2 * float(abs(rw).max()))
+  np.testing.assert_allclose(gx.astype(jnp.float32), rx, rtol=2e-2, atol=2e-2 * float(abs(rx).max()))
+
+
 def test_forward_shape_and_dtype():
   model = _model()
   logits = _fwd(model, jnp.zeros((2, 7), jnp.int32))

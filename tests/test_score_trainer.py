@@ -171,6 +171,46 @@ def test_suite_trains_on_a_mesh(tmp_path):
   assert os.path.isdir(os.path.join(str(tmp_path), "checkpoints", "score", "r0_stage2"))
 
 
+def test_bfloat16_compute_trains_with_float32_params(tmp_path):
+  """`model.dtype=bfloat16`: the model computes in bf16, params and updates stay fp32, and a
+  Stage I + Stage II run gives finite losses and moves every parameter."""
+  from score.trainers import common, envs  # pylint: disable=g-import-not-at-top
+  from score.trainers import score as score_lib  # pylint: disable=g-import-not-at-top
+  c = _runlocal_config(**{"model.dtype": "bfloat16", "rl.stage1_steps": 2,
+                          "rl.stage2_steps": 2})
+  env = envs.make_env(c)
+  model = common.build_model(c.model, env.tokenizer.vocab_size, seed=0)
+  assert model.config.dtype == jnp.bfloat16
+  jaxpr = str(jax.make_jaxpr(lambda t: model(t))(jnp.asarray([[1, 2, 3]])))
+  assert "bf16" in jaxpr and "dot_general" in jaxpr
+  policy, params = common.Policy.split(model)
+  logged = []
+
+  class Writer:
+    def write_scalars(self, step, scalars):
+      logged.extend(v for k, v in scalars.items() if k.endswith("/loss"))
+
+    def write_texts(self, step, texts):
+      pass
+
+  trained = score_lib.train_score(policy, params, params, env, c.rl, workdir=str(tmp_path),
+                                  writer=Writer())
+  for k, v in trained.items():
+    assert v.dtype == np.float32, k
+    assert np.all(np.isfinite(np.asarray(v))), k
+  moved = [k for k in trained if not np.array_equal(np.asarray(trained[k]), np.asarray(params[k]))]
+  assert len(moved) == len(trained)
+  assert len(logged) == 4 and np.all(np.isfinite(np.asarray(logged, np.float64)))
+
+
+def test_bad_model_dtype_is_a_config_error():
+  from score.trainers import common  # pylint: disable=g-import-not-at-top
+  from score.utils import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = _runlocal_config(**{"model.dtype": "float16"})
+  with pytest.raises(config_lib.ConfigError, match="model.dtype='float16'.*bfloat16"):
+    common.build_model(c.model, 16)
+
+
 def test_unknown_variant_names_are_config_errors(tmp_path):
   from score.trainers import common, envs  # pylint: disable=g-import-not-at-top
   from score.trainers import score as score_lib  # pylint: disable=g-import-not-at-top

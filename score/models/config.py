@@ -116,6 +116,18 @@ class ModelConfig:
     return cls(**fields)
 
   @classmethod
+  def from_section(cls, section, vocab_size: int | None = None) -> "ModelConfig":
+    """A fresh model's config from an experiment config's `model` section: `tiny` with every
+    key that is a field here (other keys, e.g. `model_dir`, are ignored); `dtype` by name
+    ("float32" / "bfloat16"); `vocab_size` (when given) wins over the section's."""
+    overrides = {k: v for k, v in section.items() if k in _FIELDS}
+    if "dtype" in overrides:
+      overrides["dtype"] = compute_dtype(overrides["dtype"])
+    if vocab_size is not None:
+      overrides["vocab_size"] = vocab_size
+    return cls.tiny(**overrides)
+
+  @classmethod
   def preset(cls, name: str, **overrides) -> "ModelConfig":
     """Published architectures by name (no weights), e.g. `ModelConfig.preset("qwen2.5-1.5b")`."""
     if name not in PRESETS:
@@ -123,6 +135,20 @@ class ModelConfig:
     fields = dict(PRESETS[name])
     fields.update(overrides)
     return cls(**fields)
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name) -> Any:
+  """A compute dtype by name ("float32", "bfloat16"); a jnp dtype passes through."""
+  if not isinstance(name, str):
+    return name
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"dtype={name!r}; expected one of {sorted(COMPUTE_DTYPES)}")
+  return COMPUTE_DTYPES[name]
 
 
 _QWEN25 = dict(

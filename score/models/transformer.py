@@ -41,10 +41,28 @@ def project(x: Array, w: Array, w_axes: tuple[int, ...] = (0,), out_dtype=None) 
   return _project(x, w, w_axes, out_dtype)
 
 
+def _dot(a, b, dims, out_dtype=None):
+  """`lax.dot_general` accumulating in `out_dtype` (None: the operands' type).
+
+  XLA's CPU runtime cannot run some BF16 × BF16 = F32 dots (UNIMPLEMENTED in its DotThunk,
+  depending on the shapes), so on CPU mixed-precision operands are upcast first; every other
+  platform gets the mixed-precision dot (bf16 inputs, fp32 accumulation).
+  """
+  def mixed(a, b):
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=out_dtype)
+
+  if out_dtype is None or a.dtype == b.dtype == out_dtype:
+    return mixed(a, b)
+
+  def upcast(a, b):
+    return jax.lax.dot_general(a.astype(out_dtype), b.astype(out_dtype), dims)
+
+  return jax.lax.platform_dependent(a, b, cpu=upcast, default=mixed)
+
+
 def _project(x, w, w_axes, out_dtype):
   x_axes = tuple(range(x.ndim - len(w_axes), x.ndim))
-  return jax.lax.dot_general(x, w, ((x_axes, w_axes), ((), ())),
-                             preferred_element_type=out_dtype)
+  return _dot(x, w, ((x_axes, w_axes), ((), ())), out_dtype)
 
 
 def _project_fwd(x, w, w_axes, out_dtype):
@@ -59,18 +77,15 @@ def _project_bwd(w_axes, out_dtype, res, g):
   n_batch = x.ndim - n_in
   g_out = tuple(range(n_batch, g.ndim))
   # dx [batch..., in...]: g's output axes against w's free axes.
-  dx = jax.lax.dot_general(g.astype(w.dtype), w, ((g_out, w_free), ((), ())),
-                           preferred_element_type=jnp.float32).astype(x.dtype)
+  dx = _dot(g.astype(w.dtype), w, ((g_out, w_free), ((), ())), jnp.float32).astype(x.dtype)
   batch = tuple(range(n_batch))
   g = g.astype(x.dtype)
   in_size, out_size = math.prod(x.shape[n_batch:]), math.prod(g.shape[n_batch:])
   if in_size <= out_size:  # [in..., out...]
-    dw = jax.lax.dot_general(x, g, ((batch, batch), ((), ())),
-                             preferred_element_type=jnp.float32)
+    dw = _dot(x, g, ((batch, batch), ((), ())), jnp.float32)
     order = tuple(w_axes) + w_free
   else:  # [out..., in...]
-    dw = jax.lax.dot_general(g, x, ((batch, batch), ((), ())),
-                             preferred_element_type=jnp.float32)
+    dw = _dot(g, x, ((batch, batch), ((), ())), jnp.float32)
     order = w_free + tuple(w_axes)
   dw = jnp.transpose(dw, np.argsort(order)).astype(w.dtype)
   return dx, dw

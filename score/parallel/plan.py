@@ -232,9 +232,7 @@ def _config_from_file(spec: str) -> tuple[str, ModelConfig, Any]:
   elif model.get("preset"):
     config = ModelConfig.preset(model.preset)
   else:
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    overrides = {k: v for k, v in model.items() if k in fields and k != "vocab_size"}
-    config = ModelConfig.tiny(vocab_size=model.get("vocab_size", 128), **overrides)
+    config = ModelConfig.from_section(model, model.get("vocab_size", 128))
   return path, config, cfg.get("mesh")
 
 

@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 from score.models import ModelConfig, Transformer, token_logprobs
+from score.models import config as model_config
 from score.utils import checkpoint as ckpt_lib
 from score.utils import config as config_lib
 from score.utils import metrics as metrics_lib
@@ -56,22 +57,25 @@ def build_model(cfg, vocab_size: int | None = None, *, seed: int = 0) -> Transfo
   """A model from `cfg.model_dir` (a local Hugging Face checkpoint) or a fresh tiny one.
 
   Args:
-    cfg: the `model` section of a config: `model_dir` ("" for a fresh model) and, for a
-      fresh model, `hidden_size`, `num_layers`, `num_heads`, `num_kv_heads`, `head_dim`,
-      `intermediate_size`.
+    cfg: the `model` section of a config: `model_dir` ("" for a fresh model), optionally
+      `dtype` (the compute dtype, "float32" (default) or "bfloat16"; parameters and optimiser
+      state stay float32) and, for a fresh model, `hidden_size`, `num_layers`, `num_heads`,
+      `num_kv_heads`, `head_dim`, `intermediate_size`.
     vocab_size: vocabulary of a fresh model.
     seed: init seed of a fresh model.
   """
+  try:
+    dtype = model_config.compute_dtype(cfg.get("dtype", "float32"))
+  except ValueError as e:
+    raise config_lib.ConfigError(f"model.{e}") from None
   if cfg.get("model_dir"):
     if not os.path.isdir(cfg.model_dir):
       raise FileNotFoundError(
           f"model_dir {cfg.model_dir!r} is not a directory; point it at a local Hugging Face "
           "checkpoint (config.json + *.safetensors).")
     from score.models import hf  # pylint: disable=g-import-not-at-top
-    return hf.from_pretrained(cfg.model_dir)
-  fields = {f.name for f in dataclasses.fields(ModelConfig)}
-  overrides = {k: v for k, v in cfg.items() if k in fields and k != "vocab_size"}
-  config = ModelConfig.tiny(vocab_size=vocab_size, **overrides)
+    return hf.from_pretrained(cfg.model_dir, dtype=dtype)
+  config = ModelConfig.from_section(cfg, vocab_size)
   return Transformer(config, rngs=nnx.Rngs(seed))
 
 
