@@ -143,6 +143,132 @@ def record(result: dict, headline: dict, path: str = RESULTS_MD) -> None:
     f.write("\n- " + " · ".join(str(c) for c in cells) + "\n")
 
 
+# ---------------------------------------------------------------------------------------------
+# Accelerator mode: a published shape (`--preset`), bf16 compute (`--dtype`), torch on the GPU.
+
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s, matched
+# by substring of JAX's `device_kind` in this order (first match wins).
+SPEC_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
+    ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0),
+    ("TPU v6", 918.0), ("TPU v5p", 459.0), ("TPU v5", 197.0), ("TPU v4", 275.0),
+)
+
+
+def add_device_flags(parser) -> None:
+  from score.models.config import PRESETS  # pylint: disable=g-import-not-at-top
+  parser.add_argument("--preset", default="", choices=[""] + sorted(PRESETS),
+                      help="a published model shape (random weights), e.g. qwen2.5-0.5b "
+                           "(Qwen2-0.5B has the same shape); overrides the size flags")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="compute dtype of both frameworks (JAX: the model's dtype; torch: "
+                           "autocast); the matmul peak is measured in it")
+  parser.add_argument("--torch_device", default="auto", choices=("auto", "cpu", "cuda"),
+                      help="auto: cuda when torch sees a GPU")
+  parser.add_argument("--peak_tflops", type=float, default=0.0,
+                      help="the accelerator's data-sheet peak in --dtype (0: looked up for bf16 "
+                           "on known devices, see SPEC_BF16_TFLOPS)")
+
+
+def preset_shape(name: str) -> dict:
+  """The size fields of `score.models.config.PRESETS[name]` (random weights are used)."""
+  from score.models.config import PRESETS  # pylint: disable=g-import-not-at-top
+  p = PRESETS[name]
+  return dict(name=name, hidden=p["hidden_size"], layers=p["num_layers"], heads=p["num_heads"],
+              kv_heads=p["num_kv_heads"], intermediate=p["intermediate_size"],
+              vocab=p["vocab_size"], tie=p.get("tie_embeddings", False))
+
+
+def torch_device(name: str, torch) -> str:
+  if name == "auto":
+    return "cuda" if torch.cuda.is_available() else "cpu"
+  if name == "cuda" and not torch.cuda.is_available():
+    raise SystemExit("--torch_device cuda: torch sees no GPU (a CPU-only torch wheel?)")
+  return name
+
+
+def torch_sync(torch, device: str) -> None:
+  if device.startswith("cuda"):
+    torch.cuda.synchronize()
+
+
+def jax_on_accelerator() -> bool:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.devices()[0].platform != "cpu"
+
+
+def spec_peak_flops(dtype: str, override_tflops: float = 0.0) -> float | None:
+  """FLOP/s of the data-sheet peak: `--peak_tflops`, else the bf16 table for JAX's device
+  (None on CPU, for fp32, or for a device not in the table)."""
+  if override_tflops:
+    return override_tflops * 1e12
+  import jax  # pylint: disable=g-import-not-at-top
+  if dtype != "bfloat16" or not jax_on_accelerator():
+    return None
+  tflops = data_sheet_bf16_tflops(jax.devices()[0].device_kind)
+  return tflops * 1e12 if tflops else None
+
+
+def data_sheet_bf16_tflops(device_kind: str) -> float | None:
+  return next((t for key, t in SPEC_BF16_TFLOPS if key in device_kind), None)
+
+
+def jax_matmul(n: int, dtype: str, seed: int = 0):
+  """A jitted square n×n matmul in `dtype` on JAX's default device: a `() -> None` callable
+  that runs it and waits (2n³ FLOP)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  ka, kb = jax.random.split(jax.random.key(seed))
+  a = jax.random.normal(ka, (n, n), jnp.dtype(dtype))
+  b = jax.random.normal(kb, (n, n), jnp.dtype(dtype))
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, b))
+  return lambda: jax.block_until_ready(dot(a, b))
+
+
+def torch_matmul(n: int, dtype: str, torch, device: str):
+  """The same for torch (`torch.mm` on `device`, synchronised)."""
+  gen = torch.Generator().manual_seed(0)
+  a, b = (torch.randn(n, n, generator=gen).to(device=device, dtype=getattr(torch, dtype))
+          for _ in range(2))
+  torch.mm(a, b)
+
+  def run():
+    torch.mm(a, b)
+    torch_sync(torch, device)
+  return run
+
+
+def device_memory_mb(torch=None, device: str = "cpu") -> dict:
+  """Peak accelerator memory so far, MiB: JAX (`peak_bytes_in_use` of its first device) and
+  torch (`max_memory_allocated`); empty on CPU."""
+  import jax  # pylint: disable=g-import-not-at-top
+  out = {}
+  if jax_on_accelerator():
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+      out["jax_peak_device_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
+  if torch is not None and device.startswith("cuda"):
+    out["torch_peak_device_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+  return out
+
+
+def matmul_params(model) -> int:
+  """Parameters that take part in matmuls: every weight but the input embedding (unless it is
+  tied to the unembedding), norm scales and biases."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  total = 0
+  for path, x in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]:
+    name = jax.tree_util.keystr(path)
+    if "bias" in name or "norm" in name or x.ndim < 2:
+      continue
+    if "['embed']" in name and not model.config.tie_embeddings:
+      continue
+    total += x.size
+  return int(total)
+
+
 def add_common_flags(parser) -> None:
   parser.add_argument("--smoke", action="store_true",
                       help="tiny sizes, seconds; prints the JSON line, records nothing")

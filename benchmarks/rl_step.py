@@ -24,10 +24,21 @@ warm-up compiles): `rollout` (both turns, rewards excluded), `rewards`, `ref_log
 `update`, and `total`, each as wall time and as process CPU time (`*_cpu`, all threads).
 `--jax_threads 1` makes XLA single-threaded, for one core against torch's one thread. A parity check outside the
 timed region: the torch reference model's log-probs on the JAX episodes vs the JAX ones.
-Memory: peak RSS of the process (both frameworks share it).
+Memory: peak RSS of the process (both frameworks share it), and peak device memory of each.
+
+MFU: 10·N·(episode tokens) per iteration ÷ time ÷ the matmul peak measured in the run (JAX,
+`--peak_n`, in the compute dtype), N = matmul parameters: each token once through the policy
+while sampling (2N), once through the reference (2N), forward + backward in the update (6N);
+`*_mfu_spec` uses the data-sheet peak on known accelerators.
+
+Accelerator mode: `--preset qwen2.5-0.5b` gives the model the published 0.5B layers (hidden
+896 × 24 layers, 14 heads, 2 KV heads, MLP 4864; the vocabulary stays the task's), `--dtype
+bfloat16` computes in bf16 (config `model.dtype`; torch: autocast), torch runs on
+`--torch_device` (default: cuda when torch sees a GPU).
 
     python benchmarks/rl_step.py
     python benchmarks/rl_step.py --prompts 16 --hidden 256 --layers 4
+    python benchmarks/rl_step.py --preset qwen2.5-0.5b --dtype bfloat16 --prompts 64 --samples 4
     python benchmarks/rl_step.py --smoke       # seconds; records nothing
 """
 
@@ -53,11 +64,14 @@ def _parse(argv=None):
   p.add_argument("--hidden", type=int, default=0, help="model width (0: the config's)")
   p.add_argument("--layers", type=int, default=0, help="layers (0: the config's)")
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--peak_n", type=int, default=0,
+                 help="side of the peak matmul (0: 2048 on CPU, 8192 on an accelerator)")
   common.add_thread_flags(p)
+  common.add_device_flags(p)
   common.add_common_flags(p)
   args = p.parse_args(argv)
-  if args.smoke:
-    args.repeats = 1
+  if args.smoke:  # the runlocal config whatever the size flags (a --preset too)
+    args.repeats, args.preset, args.peak_n = 1, "", 256
   return args
 
 
@@ -79,10 +93,23 @@ class _TimedEnv:
     return out
 
 
+# Architecture fields a --preset sets on the config's fresh model (the vocabulary stays the
+# task's tokenizer's: a preset's 151,936-token embedding would sample ids it cannot decode).
+_PRESET_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                  "intermediate_size", "qkv_bias", "rope_theta", "rms_norm_eps",
+                  "tie_embeddings", "model_type")
+
+
 def _config(args):
   from configs import score_synthetic  # pylint: disable=g-import-not-at-top
+  from score.models.config import PRESETS  # pylint: disable=g-import-not-at-top
   config = score_synthetic.get_config("runlocal=True" if args.smoke else None)
   with config.unlocked():
+    config.model.dtype = args.dtype
+    if args.preset:
+      for key in _PRESET_FIELDS:
+        if key in PRESETS[args.preset]:
+          config.model[key] = PRESETS[args.preset][key]
     if args.prompts:
       config.rl.prompts_per_step = args.prompts
     if args.samples:
@@ -111,6 +138,9 @@ def main(argv=None):
   from score.trainers import score as score_trainer  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(args.torch_threads)
+  device = common.torch_device(args.torch_device, torch)
+  bf16 = args.dtype == "bfloat16"
+  args.peak_n = args.peak_n or (8192 if common.jax_on_accelerator() else 2048)
   config = _config(args)
   rl = config.rl
   env = _TimedEnv(envs.make_env(config))
@@ -155,14 +185,14 @@ def main(argv=None):
     times["update_cpu"] = time.process_time() - c
     jstate["params"], jstate["opt"] = p, o
     gen = int((episodes.turn_mask_BxL > 0).sum())
-    return times, dict(loss=loss, generated_tokens=gen, reward_t1=float(rewards[:, 0].mean()),
+    return times, dict(loss=loss, generated_tokens=gen, episode_tokens=int(episodes.mask_BxL.sum()), reward_t1=float(rewards[:, 0].mean()),
                        reward_t2=float(rewards[:, 1].mean()), episodes=episodes)
 
   # --- The PyTorch composition ----------------------------------------------------------------
   with tempfile.TemporaryDirectory() as tmp:
     hf.save_pretrained(model, tmp)
-    torch_policy = transformers.AutoModelForCausalLM.from_pretrained(tmp).train()
-    torch_ref = transformers.AutoModelForCausalLM.from_pretrained(tmp).eval()
+    torch_policy = transformers.AutoModelForCausalLM.from_pretrained(tmp).to(device).train()
+    torch_ref = transformers.AutoModelForCausalLM.from_pretrained(tmp).to(device).eval()
   for prm in torch_ref.parameters():
     prm.requires_grad_(False)
   t_opt = torch.optim.AdamW(torch_policy.parameters(), lr=rl.lr, betas=(rl.b1, rl.b2),
@@ -170,6 +200,7 @@ def main(argv=None):
   pad, eos = env.pad_id, env.eos_ids[0]
   instruction = list(env.instruction)
   tstate = {"it": 0}
+  autocast = lambda: torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
   def left_pad(rows):
     width = max(map(len, rows))
@@ -178,11 +209,11 @@ def main(argv=None):
     for i, r in enumerate(rows):
       ids[i, width - len(r):] = torch.tensor(r)
       attn[i, width - len(r):] = 1
-    return ids, attn
+    return ids.to(device), attn.to(device)
 
   def sample_turn(contexts, max_new):
     ids, attn = left_pad(contexts)
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
       out = torch_policy.generate(
           input_ids=ids, attention_mask=attn, do_sample=True, temperature=rl.temperature,
           top_k=0, top_p=1.0, max_new_tokens=max_new, eos_token_id=eos, pad_token_id=pad)
@@ -193,7 +224,8 @@ def main(argv=None):
     return responses
 
   def logprobs(net, ids, attn):
-    logits = net(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    with autocast():
+      logits = net(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
     targets = ids[:, 1:]
     return torch.gather(logits, -1, targets[..., None])[..., 0] - torch.logsumexp(logits, -1)
 
@@ -236,17 +268,19 @@ def main(argv=None):
       attn[b, :len(s)] = 1
       turn[b, len(x):len(x) + len(a)] = 1
       turn[b, len(c):len(s)] = 2
+    ids, attn, turn = ids.to(device), attn.to(device), turn.to(device)
     times["rollout"] = time.perf_counter() - t0 - times["rewards"]
     times["rollout_cpu"] = time.process_time() - c0 - times["rewards_cpu"]
     t, c = time.perf_counter(), time.process_time()
     with torch.no_grad():
       ref_logp = logprobs(torch_ref, ids, attn)
+    common.torch_sync(torch, device)
     times["ref_logprobs"] = time.perf_counter() - t
     times["ref_logprobs_cpu"] = time.process_time() - c
     t, c = time.perf_counter(), time.process_time()
     logp = logprobs(torch_policy, ids, attn)
     turn_t = turn[:, 1:]
-    r1_t, r2_t = torch.tensor(r1), torch.tensor(r2)
+    r1_t, r2_t = torch.tensor(r1, device=device), torch.tensor(r2, device=device)
     adv1, adv2 = rloo(r1_t), rloo(r2_t + rl.alpha * (r2_t - r1_t))
     adv = torch.where(turn_t == 1, adv1[:, None], torch.where(turn_t == 2, adv2[:, None], 0.0))
     m = (turn_t > 0).float()
@@ -259,10 +293,12 @@ def main(argv=None):
     torch.nn.utils.clip_grad_norm_(torch_policy.parameters(), rl.grad_clip)
     t_opt.step()
     t_opt.zero_grad(set_to_none=True)
+    common.torch_sync(torch, device)
     times["update"] = time.perf_counter() - t
     times["update_cpu"] = time.process_time() - c
     gen = int(m.sum())
     return times, dict(loss=float(loss.detach()), generated_tokens=gen,
+                       episode_tokens=int(attn.sum()),
                        reward_t1=float(np.mean(r1)), reward_t2=float(np.mean(r2)))
 
   def timed_iteration(fn):
@@ -275,16 +311,20 @@ def main(argv=None):
   # Parity (untimed): the torch reference on the JAX episodes vs the JAX reference log-probs.
   ep = jinfo.pop("episodes")
   jax_ref = np.asarray(ref_fn(ref_params, jnp.asarray(ep.tokens_BxL), jnp.asarray(ep.mask_BxL)))
-  ids_t = torch.tensor(np.asarray(ep.tokens_BxL), dtype=torch.long)
-  mask_t = torch.tensor(np.asarray(ep.mask_BxL), dtype=torch.long)
+  ids_t = torch.tensor(np.asarray(ep.tokens_BxL), dtype=torch.long, device=device)
+  mask_t = torch.tensor(np.asarray(ep.mask_BxL), dtype=torch.long, device=device)
   positions = (mask_t.cumsum(1) - 1).clamp(min=0)
-  with torch.no_grad():
+  with torch.no_grad(), autocast():
     logits = torch_ref(input_ids=ids_t, attention_mask=mask_t, position_ids=positions).logits
-    logits = logits[:, :-1].float()
-    t_ref = (torch.gather(logits, -1, ids_t[:, 1:, None])[..., 0]
-             - torch.logsumexp(logits, -1)).numpy()
+  logits = logits[:, :-1].float()
+  t_ref = (torch.gather(logits, -1, ids_t[:, 1:, None])[..., 0]
+           - torch.logsumexp(logits, -1)).cpu().numpy()
   gen_mask = np.asarray(ep.turn_mask_BxL)[:, 1:] > 0
   parity = float(np.max(np.abs(t_ref - jax_ref[:, 1:])[gen_mask])) if gen_mask.any() else 0.0
+
+  # The matmul peak (compiled before the timed region: `compiles` counts from here).
+  jax_mm = common.jax_matmul(args.peak_n, args.dtype)
+  peak = 2 * args.peak_n ** 3 / min(common.timed(jax_mm)[1] for _ in range(3))
 
   compiles = common.CompileCounter()
   samples = {"jax": [], "torch": []}
@@ -302,6 +342,18 @@ def main(argv=None):
 
   jax_s, torch_s = summary("jax"), summary("torch")
   episodes = rl.prompts_per_step * group
+  # Model FLOPs of an iteration: every episode token once through the policy while sampling
+  # (2N), once through the reference (2N) and once forward + backward in the update (6N);
+  # N = matmul parameters. Re-prefilled turn-1 tokens and padding are not counted (overhead).
+  n_matmul = common.matmul_params(model)
+  flops = {k: 10 * n_matmul * common.median([i["episode_tokens"] for i in infos[k]])
+           for k in infos}
+  spec = common.spec_peak_flops(args.dtype, args.peak_tflops)
+  mfu = {f"{k}_mfu": round(flops[k] / s["total"] / peak, 3)
+         for k, s in (("jax", jax_s), ("torch", torch_s))}
+  if spec:
+    mfu.update({f"{k}_mfu_spec": round(flops[k] / s["total"] / spec, 3)
+                for k, s in (("jax", jax_s), ("torch", torch_s))})
   result = {
       "benchmark": "rl_step",
       "task": "synthetic addition (configs/score_synthetic.py" + (":runlocal)" if args.smoke
@@ -310,7 +362,8 @@ def main(argv=None):
       "prompts": rl.prompts_per_step, "samples_per_prompt": group,
       "model": dict(hidden=config.model.hidden_size, layers=config.model.num_layers,
                     heads=config.model.num_heads, vocab=env.tokenizer.vocab_size,
-                    params=n_params),
+                    params=n_params, matmul_params=n_matmul, preset=args.preset or None),
+      "dtype": args.dtype, "torch_device": device,
       "ratio": round(torch_s["total"] / jax_s["total"], 3),
       "cpu_time_ratio": round(torch_s["total_cpu"] / jax_s["total_cpu"], 3),
       "jax_s": jax_s,
@@ -326,9 +379,16 @@ def main(argv=None):
                            round(common.median([i["reward_t2"] for i in infos[k]]), 3)]
                        for k in infos},
       "ref_logprob_max_abs_diff": parity,
+      "episode_tokens_per_iteration": {k: int(flops[k] // (10 * n_matmul)) for k in flops},
+      "matmul_peak_tflops": round(peak / 1e12, 3),
+      "peak_matmul": f"{args.peak_n}^3 {args.dtype} (jax)",
+      **mfu,
+      "mfu_formula": "10*N_matmul*episode tokens / iteration s / peak (sampling 2N + "
+                     "reference 2N + update 6N per token)",
       "repeats": args.repeats,
       "jax_compiles_while_timed": compiles.count,
       "peak_rss_mb": common.peak_rss_mb(),
+      **common.device_memory_mb(torch, device),
       "machine": common.machine(torch_threads=torch.get_num_threads()),
   }
   common.emit(result)
@@ -342,8 +402,13 @@ def main(argv=None):
         "torch rollout/rewards/ref/update s": phases(torch_s),
         "jax/torch CPU s per phase": phases({k: jax_s[f"{k}_cpu"] for k in PHASES}) + " vs "
                                      + phases({k: torch_s[f"{k}_cpu"] for k in PHASES}),
+        "MFU jax/torch": f"{mfu['jax_mfu']}/{mfu['torch_mfu']}" + (
+            f" (data-sheet peak {mfu['jax_mfu_spec']}/{mfu['torch_mfu_spec']})" if spec else ""),
+        "model": f"{args.preset or 'config'} {n_params / 1e6:.1f}M params, {args.dtype}",
+        "torch device": device,
         "jax_threads": args.jax_threads or "all",
         "peak RSS MB": result["peak_rss_mb"],
+        **common.device_memory_mb(torch, device),
     })
   return result
 

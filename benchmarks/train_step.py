@@ -19,16 +19,22 @@ is on the last 3/4 of each row (the first quarter plays the prompt).
 MFU: model FLOPs per step = 6 · N · tokens (forward 2N, backward 4N per token), N = the
 parameters of every matmul (all weights except the input-embedding table, norms and biases;
 the attention score/value products, 12·layers·seq·hidden per token, are left out — under 5 %
-at these shapes). The peak is measured in the same run by a square fp32 matmul (`--peak_n`,
-2048³, `jnp.dot` under `jax.jit` / `torch.mm` at the torch thread count), `--peak_trials`
-times per repeat, interleaved with the steps; the best one (least wall, least CPU time) is
-the peak:
+at these shapes). The peak is measured in the same run by a square matmul in the compute
+dtype (`--peak_n`, 2048³ on CPU, 8192³ on an accelerator; `jnp.dot` under `jax.jit` /
+`torch.mm`), `--peak_trials` times per repeat, interleaved with the steps; the best one (least
+wall, least CPU time) is the peak:
 
   mfu      = model FLOP/s (wall) / the same framework's matmul FLOP/s (wall)
   mfu_cpu  = model FLOP per CPU-second / the best matmul FLOP per CPU-second of either
              framework (the hardware limit as reachable here) — the load-robust one: on a
-             shared machine, wall time includes time other jobs held the cores.
+             shared machine, wall time includes time other jobs held the cores. CPU runs only.
+  mfu_spec = model FLOP/s (wall) / the accelerator's data-sheet peak (bf16 on a known GPU/TPU,
+             or `--peak_tflops`).
 
+Accelerator mode: `--preset qwen2.5-0.5b` (the published 0.5B shape, random weights; replaces
+--shapes and --vocab), `--dtype bfloat16` (JAX: bf16 compute with fp32 params; torch: autocast
+with fp32 params), torch on `--torch_device` (default: cuda when torch sees a GPU). Peak device
+memory of both frameworks is reported beside the host RSS.
 Steady state: the median of --repeats interleaved timed steps after one warm-up step each
 (the JAX warm-up includes compilation and is reported as `jax_first_step_s`).
 Memory: peak RSS of the process after the JAX warm-up (both models and the JAX step's
@@ -36,6 +42,7 @@ buffers) and at the end (everything); both frameworks share the process.
 
     python benchmarks/train_step.py                  # both shapes, batch 8 × 256
     python benchmarks/train_step.py --shapes 256x4 --batch 4 --seq 128
+    python benchmarks/train_step.py --preset qwen2.5-0.5b --dtype bfloat16   # on a GPU
     python benchmarks/train_step.py --smoke          # seconds; records nothing
 """
 
@@ -58,44 +65,45 @@ def _parse(argv=None):
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=256)
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--peak_n", type=int, default=2048)
+  p.add_argument("--peak_n", type=int, default=0,
+                 help="side of the peak matmul (0: 2048 on CPU, 8192 on an accelerator)")
   p.add_argument("--peak_trials", type=int, default=3, help="matmuls per repeat and framework")
   common.add_thread_flags(p)
+  common.add_device_flags(p)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--profile", action="store_true",
                  help="also time forward / forward+backward parts (CPU seconds)")
   common.add_common_flags(p)
   args = p.parse_args(argv)
-  if args.smoke:
+  if args.smoke:  # tiny whatever the flags (a --preset too); --dtype and devices stay
     args.shapes, args.vocab, args.batch, args.seq = "64x2", 512, 2, 32
-    args.repeats, args.peak_n = 1, 256
+    args.repeats, args.peak_n, args.preset = 1, 256, ""
   return args
 
 
-def _shape(text):
-  hidden, layers = (int(x) for x in text.lower().split("x"))
-  heads = max(1, hidden // 64)
-  return dict(hidden=hidden, layers=layers, heads=heads, kv_heads=max(1, heads // 2),
-              intermediate=4 * hidden)
+def _shapes(args):
+  if args.preset:
+    return [common.preset_shape(args.preset)]
+  out = []
+  for text in args.shapes.split(","):
+    hidden, layers = (int(x) for x in text.lower().split("x"))
+    heads = max(1, hidden // 64)
+    out.append(dict(name=f"{hidden}x{layers}", hidden=hidden, layers=layers, heads=heads,
+                    kv_heads=max(1, heads // 2), intermediate=4 * hidden, vocab=args.vocab,
+                    tie=False))
+  return out
 
 
-def _matmul_params(model) -> int:
-  """Parameters that take part in matmuls: every weight but the input embedding (unless it is
-  tied to the unembedding), norm scales and biases."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  total = 0
-  for path, x in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]:
-    name = jax.tree_util.keystr(path)
-    if "bias" in name or "norm" in name or x.ndim < 2:
-      continue
-    if "['embed']" in name and not model.config.tie_embeddings:
-      continue
-    total += x.size
-  return int(total)
+def torch_config(shape, transformers, seq):
+  """The `transformers` Qwen2 config of a shape (random init, std 0.02)."""
+  return transformers.Qwen2Config(
+      vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
+      num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
+      intermediate_size=shape["intermediate"], max_position_embeddings=max(4096, seq),
+      initializer_range=0.02, tie_word_embeddings=shape["tie"], pad_token_id=0)
 
 
-def bench_shape(shape, args, torch, transformers):
+def bench_shape(shape, args, torch, transformers, device):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -106,24 +114,21 @@ def bench_shape(shape, args, torch, transformers):
   from score.models import hf, token_logprobs  # pylint: disable=g-import-not-at-top
   from score.trainers.common import Policy  # pylint: disable=g-import-not-at-top
 
-  b, l = args.batch, args.seq
+  b, l, vocab = args.batch, args.seq, shape["vocab"]
+  bf16 = args.dtype == "bfloat16"
   torch.manual_seed(args.seed)
-  cfg = transformers.Qwen2Config(
-      vocab_size=args.vocab, hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
-      num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
-      intermediate_size=shape["intermediate"], max_position_embeddings=max(4096, l),
-      initializer_range=0.02, tie_word_embeddings=False, pad_token_id=0)
-  torch_model = transformers.Qwen2ForCausalLM(cfg).train()
+  torch_model = transformers.Qwen2ForCausalLM(torch_config(shape, transformers, l)).train()
   with tempfile.TemporaryDirectory() as tmp:
     torch_model.save_pretrained(tmp)
-    model = hf.from_pretrained(tmp)
-  n_matmul = _matmul_params(model)
+    model = hf.from_pretrained(tmp, dtype=getattr(jnp, args.dtype))  # fp32 params
+  torch_model.to(device)
+  n_matmul = common.matmul_params(model)
   n_total = int(sum(p.numel() for p in torch_model.parameters()))
   flops_per_step = 6 * n_matmul * b * l
 
   peaks = {k: [] for k in ("jax_wall", "jax_cpu", "torch_wall", "torch_cpu")}
   rng = np.random.default_rng(args.seed)
-  tokens = rng.integers(1, args.vocab, size=(b, l), dtype=np.int32)
+  tokens = rng.integers(1, vocab, size=(b, l), dtype=np.int32)
   mask = np.ones((b, l), np.int32)
   loss_mask = np.zeros((b, l), np.float32)
   loss_mask[:, l // 4:] = 1.0
@@ -153,28 +158,26 @@ def bench_shape(shape, args, torch, transformers):
     state["params"], state["opt"], loss = step(state["params"], state["opt"], batch)
     return float(jax.block_until_ready(loss))
 
-  a = jnp.asarray(rng.standard_normal((args.peak_n, args.peak_n)), jnp.float32)
-  bm = jnp.asarray(rng.standard_normal((args.peak_n, args.peak_n)), jnp.float32)
-  dot = jax.jit(jnp.dot)
-  jax.block_until_ready(dot(a, bm))
+  jax_mm = common.jax_matmul(args.peak_n, args.dtype, args.seed)
 
   def jax_peak():
     for _ in range(args.peak_trials):
-      _, wall, cpu = common.timed(lambda: jax.block_until_ready(dot(a, bm)))
+      _, wall, cpu = common.timed(jax_mm)
       peaks["jax_wall"].append(wall)
       peaks["jax_cpu"].append(cpu)
 
   # --- PyTorch eager ------------------------------------------------------------------------
-  t_tokens = torch.tensor(tokens, dtype=torch.long)
-  t_mask = torch.tensor(mask, dtype=torch.long)
-  t_loss_mask = torch.tensor(loss_mask)
-  t_adv = torch.tensor(adv)
+  t_tokens = torch.tensor(tokens, dtype=torch.long, device=device)
+  t_mask = torch.tensor(mask, dtype=torch.long, device=device)
+  t_loss_mask = torch.tensor(loss_mask, device=device)
+  t_adv = torch.tensor(adv, device=device)
   t_opt = torch.optim.AdamW(torch_model.parameters(), lr=1e-5, weight_decay=0.01)
-  ta = torch.tensor(np.asarray(a))
-  tb = torch.tensor(np.asarray(bm))
+  torch_mm = common.torch_matmul(args.peak_n, args.dtype, torch, device)
+  autocast = lambda: torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
   def run_torch():
-    logits = torch_model(input_ids=t_tokens, attention_mask=t_mask).logits[:, :-1].float()
+    with autocast():
+      logits = torch_model(input_ids=t_tokens, attention_mask=t_mask).logits[:, :-1].float()
     targets = t_tokens[:, 1:]
     logp = (torch.gather(logits, -1, targets[..., None])[..., 0]
             - torch.logsumexp(logits, dim=-1))
@@ -187,7 +190,7 @@ def bench_shape(shape, args, torch, transformers):
 
   def torch_peak():
     for _ in range(args.peak_trials):
-      _, wall, cpu = common.timed(lambda: torch.mm(ta, tb))
+      _, wall, cpu = common.timed(torch_mm)
       peaks["torch_wall"].append(wall)
       peaks["torch_cpu"].append(cpu)
 
@@ -216,7 +219,7 @@ def bench_shape(shape, args, torch, transformers):
   peak_flops = 2 * args.peak_n ** 3
   best_per_cpu_s = peak_flops / min(med["jpk_cpu"], med["tpk_cpu"])
   out = {
-      "shape": f"{shape['hidden']}x{shape['layers']}",
+      "shape": shape["name"],
       "params": n_total,
       "matmul_params": n_matmul,
       "tokens_per_step": b * l,
@@ -235,8 +238,6 @@ def bench_shape(shape, args, torch, transformers):
       "jax_mfu": round((flops_per_step / med["jax_wall"]) / (peak_flops / med["jpk_wall"]), 3),
       "torch_mfu": round((flops_per_step / med["torch_wall"]) / (peak_flops / med["tpk_wall"]),
                          3),
-      "jax_mfu_cpu": round((flops_per_step / med["jax_cpu"]) / best_per_cpu_s, 3),
-      "torch_mfu_cpu": round((flops_per_step / med["torch_cpu"]) / best_per_cpu_s, 3),
       "jax_first_step_s": round(jax_first, 2),
       "torch_first_step_s": round(torch_first, 2),
       "jax_compiles_while_timed": compiles.count,
@@ -244,7 +245,15 @@ def bench_shape(shape, args, torch, transformers):
       "first_loss_torch": round(torch_loss0, 6),
       "peak_rss_mb_after_jax_warmup": rss_after_jax,
       "peak_rss_mb": common.peak_rss_mb(),
+      **common.device_memory_mb(torch, device),
   }
+  if not common.jax_on_accelerator() and device == "cpu":  # CPU time is the work done
+    out["jax_mfu_cpu"] = round((flops_per_step / med["jax_cpu"]) / best_per_cpu_s, 3)
+    out["torch_mfu_cpu"] = round((flops_per_step / med["torch_cpu"]) / best_per_cpu_s, 3)
+  spec = common.spec_peak_flops(args.dtype, args.peak_tflops)
+  if spec:  # against the data-sheet peak
+    out["jax_mfu_spec"] = round(flops_per_step / med["jax_wall"] / spec, 3)
+    out["torch_mfu_spec"] = round(flops_per_step / med["torch_wall"] / spec, 3)
   if args.profile:
     out["profile_cpu_s"] = _profile(args, policy, state, batch, torch_model, t_tokens, t_mask,
                                     t_loss_mask, t_adv, loss_fn)
@@ -324,11 +333,17 @@ def main(argv=None):
   import transformers  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(args.torch_threads)
-  results = [bench_shape(_shape(s), args, torch, transformers) for s in args.shapes.split(",")]
+  device = common.torch_device(args.torch_device, torch)
+  accelerator = common.jax_on_accelerator()
+  if args.profile and (accelerator or device != "cpu"):
+    raise SystemExit("--profile splits CPU seconds: CPU runs only")
+  args.peak_n = args.peak_n or (8192 if accelerator else 2048)
+  results = [bench_shape(shape, args, torch, transformers, device) for shape in _shapes(args)]
   result = {
       "benchmark": "train_step",
-      "batch": args.batch, "seq": args.seq, "vocab": args.vocab, "repeats": args.repeats,
-      "peak_matmul": f"{args.peak_n}^3 fp32",
+      "batch": args.batch, "seq": args.seq, "repeats": args.repeats,
+      "dtype": args.dtype, "preset": args.preset or None, "torch_device": device,
+      "peak_matmul": f"{args.peak_n}^3 {args.dtype}",
       "mfu_formula": "6*N_matmul*tokens/s / measured matmul FLOP/s (attention products omitted)",
       "shapes": results,
       "machine": common.machine(torch_threads=torch.get_num_threads()),
@@ -340,15 +355,25 @@ def main(argv=None):
       s = r["shape"]
       headline[f"{s} jax/torch tok/s"] = f"{r['jax_tokens_per_s']}/{r['torch_tokens_per_s']}"
       headline[f"{s} ratio (cpu)"] = f"{r['ratio']} ({r['cpu_time_ratio']})"
-      headline[f"{s} MFU jax/torch (cpu)"] = (f"{r['jax_mfu']}/{r['torch_mfu']} "
-                                              f"({r['jax_mfu_cpu']}/{r['torch_mfu_cpu']})")
+      if "jax_mfu_cpu" in r:
+        headline[f"{s} MFU jax/torch (cpu)"] = (f"{r['jax_mfu']}/{r['torch_mfu']} "
+                                                f"({r['jax_mfu_cpu']}/{r['torch_mfu_cpu']})")
+      else:
+        headline[f"{s} MFU jax/torch"] = f"{r['jax_mfu']}/{r['torch_mfu']}"
+      if "jax_mfu_spec" in r:
+        headline[f"{s} MFU of data-sheet peak jax/torch"] = (
+            f"{r['jax_mfu_spec']}/{r['torch_mfu_spec']}")
     headline["batch×seq"] = f"{args.batch}×{args.seq}"
+    headline["dtype, torch device"] = f"{args.dtype}, {device}"
     headline["jax_threads"] = args.jax_threads or "all"
     for r in results:
       if "profile_cpu_s" in r:
         headline[f"{r['shape']} profile CPU s"] = ", ".join(
             f"{k} {v}" for k, v in r["profile_cpu_s"].items())
     headline["peak RSS MB"] = results[-1]["peak_rss_mb"]
+    for key in ("jax_peak_device_mb", "torch_peak_device_mb"):
+      if key in results[-1]:
+        headline[key] = results[-1][key]
     common.record(result, headline)
   return result
 
