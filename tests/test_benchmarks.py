@@ -122,3 +122,19 @@ def test_rewards_smoke():
   assert r["math_same"]["fraction_scored_1"] == 1.0
   assert r["math_perturbed"]["fraction_scored_1"] <= 0.25
   _machine_ok(r)
+
+
+@pytest.mark.slow
+def test_accelerator_script_plumbing(tmp_path):
+  """`SMOKE=1 bash benchmarks/accelerator.sh`: the three GPU runs at smoke size, each JSON line
+  and log under $OUT, exit status 0 (the script itself is for machines with a GPU)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", SMOKE="1", OUT=str(tmp_path),
+             PYTHON=sys.executable)
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "accelerator.sh")],
+                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=900,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for name in ("train_step", "sampler", "rl_step"):
+    with open(tmp_path / f"{name}.json") as f:
+      assert json.loads(f.read())["benchmark"] == name
