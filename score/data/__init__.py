@@ -32,10 +32,10 @@ _LAZY_MODULES = ("pipeline", "tfds_builders", "synthetic")
 
 
 def __getattr__(name):
-    # `score.data.pipeline` etc. on first use, so `import score.data` stays light.
-    if name in _LAZY_MODULES:
-        return importlib.import_module(f"score.data.{name}")
-    raise AttributeError(f"module 'score.data' has no attribute {name!r}")
+  # `score.data.pipeline` etc. on first use, so `import score.data` stays light.
+  if name in _LAZY_MODULES:
+    return importlib.import_module(f"score.data.{name}")
+  raise AttributeError(f"module 'score.data' has no attribute {name!r}")
 
 
 __all__ = [

