@@ -114,6 +114,12 @@ def test_k_choose_2_matches_loop(variant):
       losses.append(-np_log_sigmoid(rewards[b, w] - rewards[b, l]))
     want.append(np.mean(losses) if losses else 0.0)
   np.testing.assert_allclose(got, want, rtol=1e-5)
+  # Padding slots: row 0 with its last response missing = the loop over its first 3.
+  valid = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
+  masked = variant(preference.bradley_terry_k_choose_2)(rewards, ranks, valid)
+  want0 = np.mean([-np_log_sigmoid(rewards[0, i] - rewards[0, j])
+                   for i, j in itertools.combinations(range(3), 2)])
+  np.testing.assert_allclose(masked, [want0, want[1], want[2]], rtol=1e-5)
   sorted_default = preference.bradley_terry_k_choose_2(rewards)
   np.testing.assert_allclose(sorted_default[0], want[0], rtol=1e-5)
   i_p, j_p = preference.ranked_pairs(4)

@@ -91,6 +91,62 @@ def test_reward_model_runlocal_end_to_end(tmp_path):
   assert {k: v.shape for k, v in loaded.items()} == {k: v.shape for k, v in template.items()}
 
 
+class _CharTokenizer:
+  """One id per character (1 + ord % 50), EOS 99, pad 0: enough for `ranked_arrays`."""
+  eos_token_id, pad_token_id = 99, 0
+
+  def encode(self, text, add_special_tokens=False):
+    del add_special_tokens
+    return [1 + ord(ch) % 50 for ch in text]
+
+
+def test_ranked_arrays_pad_slots_truncate_from_the_left_and_end_in_eos():
+  from score.data import self_rewarding as sr  # pylint: disable=g-import-not-at-top
+  ranked = [sr.RankedPrompt("ab", ("cd", "e", "f"), (0, 1, 1)),
+            sr.RankedPrompt("abcdefgh", ("ij",), (0,))]
+  (tokens, mask, ranks), cut = rm_lib.ranked_arrays(_CharTokenizer(), ranked, max_len=6)
+  assert tokens.shape == (2, 3, 6) and cut == 1
+  enc = _CharTokenizer().encode
+  np.testing.assert_array_equal(tokens[0, 0], [0] + enc("abcd") + [99])
+  np.testing.assert_array_equal(mask[0, 1], [0, 0, 1, 1, 1, 1])  # "abe" + EOS, left-padded
+  np.testing.assert_array_equal(tokens[1, 0], enc("fghij") + [99])  # kept the end
+  assert not mask[1, 1:].any()  # the second prompt's empty slots
+  np.testing.assert_array_equal(ranks[0], [0, 1, 1])
+  with pytest.raises(ValueError, match="more than num_responses=2"):
+    rm_lib.ranked_arrays(_CharTokenizer(), ranked, max_len=6, num_responses=2)
+
+
+def test_padding_slots_take_part_in_no_pair():
+  """A prompt padded from 2 to 3 responses scores like the unpadded prompt."""
+  rewards = jnp.asarray([[1.0, -0.5, 7.0]])
+  ranks = jnp.asarray([[1, 0, 0]])
+  valid = jnp.asarray([[True, True, False]])
+  assert float(rm_lib.pair_accuracy(rewards, ranks, valid)) == 0.0  # 1 pair, misordered
+  assert float(rm_lib.pair_accuracy(rewards, ranks)) == 0.5  # the padding would count
+
+
+def test_reward_model_on_jsonl_runlocal(tmp_path):
+  """configs/reward_model.py:runlocal — ranked JSONL written to the workdir (every third
+  prompt with 3 of 4 responses), a tiny checkpoint + BPE tokenizer, held-out split by
+  prompt; the trained head orders held-out pairs better than the zero head."""
+  from configs import reward_model  # pylint: disable=g-import-not-at-top
+  results = rm_lib.train(reward_model.get_config("runlocal"), str(tmp_path))
+  # 24 held-out prompts: 16 with 4 responses (6 pairs), 8 with 3 (3 pairs); no ties.
+  assert results["init"]["pairs"] == results["trained"]["pairs"] == 16 * 6 + 8 * 3
+  assert results["init"]["accuracy"] == 0.0 and results["trained"]["accuracy"] > 55.0
+  assert os.path.isdir(tmp_path / rm_lib.EXPORT_DIR)
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["data"]["train_prompts"] == 72 and saved["data"]["heldout_prompts"] == 24
+
+
+def test_jsonl_reward_model_needs_a_checkpoint(tmp_path):
+  from configs import reward_model  # pylint: disable=g-import-not-at-top
+  from score.utils import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = reward_model.get_config(f"train_path={tmp_path / 'p.jsonl'}")
+  with pytest.raises(config_lib.ConfigError, match="model.model_dir"):
+    rm_lib.train(config, str(tmp_path))
+
+
 def test_reward_model_learns_a_visible_preference(tmp_path):
   """Preferred responses end in an even digit: a fact the head can read off the last token."""
   config = ModelConfig.tiny(vocab_size=16, hidden_size=16, num_layers=1, num_heads=2,

@@ -56,6 +56,25 @@ def test_load_ranked_errors_name_file_and_line(tmp_path, row, message):
   assert e.value.line == 2 and str(path) in str(e.value)
 
 
+@pytest.mark.parametrize("row, message", [
+    ("[1, 2]", "JSON object"),
+    ({"prompt": "p", "chosen": "a"}, "'rejected'"),
+    ({"prompt": "p", "chosen": "", "rejected": "b"}, "'chosen'"),
+    ({"prompt": 3, "chosen": "a", "rejected": "b"}, "'prompt'"),
+])
+def test_load_pairs(tmp_path, row, message):
+  good = {"prompt": "Say hi", "chosen": "hi", "rejected": "go away", "id": "g1"}
+  got = sr.load_pairs(_write(tmp_path / "good.jsonl", [good]))
+  assert got == [sr.RankedPrompt("Say hi", ("hi", "go away"), (0, 1), id="g1")]
+  mapped = sr.load_pairs(_write(tmp_path / "m.jsonl", [{"q": "x", "a": "y", "b": "z"}]),
+                         fields={"prompt": "q", "chosen": "a", "rejected": "b"})
+  assert mapped[0].responses == ("y", "z") and mapped[0].id == "m.jsonl:1"
+  path = _write(tmp_path / "bad.jsonl", [good, row])
+  with pytest.raises(DataError, match=message) as e:
+    sr.load_pairs(path)
+  assert e.value.line == 2 and str(path) in str(e.value)
+
+
 def test_load_ift(tmp_path):
   path = _write(tmp_path / "ift.jsonl", [{"instruction": "a", "response": "b"},
                                          {"prompt": "c", "output": "d"}])

@@ -10,6 +10,8 @@ Stands alone (no model, no trainer): everything here is text in, text out.
   ``rank`` 0 is the best (ties share a rank). A response may also carry ``"score"`` (an
   absolute 0-5 quality) and/or ``"judgment"`` (a judge's text: rationale + ``Score: N``).
   Other field names are mapped with ``fields={"prompt": "instruction", ...}``.
+* **Preference pairs** (`load_pairs`): ``{"prompt": "...", "chosen": "...", "rejected":
+  "..."}`` per line (the common pairwise format), read as two responses ranked 0 and 1.
 * **IFT** (`load_ift`, `ift_from_ranked`): (instruction, response) pairs; the paper's 3,200
   Open Assistant first turns use the highest-ranked response (`ift_from_ranked`).
 * **EFT** (`build_eft`): judge prompts (`score.rewards.judge.judge_prompt`, the paper's
@@ -44,6 +46,7 @@ __all__ = [
     "IFTExample",
     "EFTExample",
     "load_ranked",
+    "load_pairs",
     "load_ift",
     "ift_from_ranked",
     "rank_to_score",
@@ -158,6 +161,37 @@ def load_ranked(path: str | os.PathLike, *, fields: Mapping[str, str] | None = N
                             id=str(row.get(f["id"], f"{os.path.basename(path)}:{n}"))))
   if not out:
     raise DataError(f"no prompt with at least {min_responses} ranked responses", path=path)
+  return out
+
+
+_PAIR_FIELDS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "id": "id"}
+
+
+def load_pairs(path: str | os.PathLike, *, fields: Mapping[str, str] | None = None
+               ) -> list[RankedPrompt]:
+  """Pairwise preferences from a JSONL file: ``{"prompt", "chosen", "rejected"}`` per line, as
+  `RankedPrompt`s with responses ``(chosen, rejected)`` ranked ``(0, 1)``.
+
+  Raises `DataError` (file:line) for a line that is not an object with three non-empty
+  strings, and for an empty file.
+  """
+  f = _fields(_PAIR_FIELDS, fields, "load_pairs")
+  path = os.fspath(path)
+  out = []
+  for n, row in iter_jsonl(path):
+    if isinstance(row, DataError):
+      raise row
+    texts = []
+    for key in ("prompt", "chosen", "rejected"):
+      value = row.get(f[key])
+      if not isinstance(value, str) or not value.strip():
+        raise DataError(f"expected a non-empty string in field {f[key]!r}, got {value!r}",
+                        path=path, line=n)
+      texts.append(value)
+    out.append(RankedPrompt(texts[0], (texts[1], texts[2]), (0, 1),
+                            id=str(row.get(f["id"], f"{os.path.basename(path)}:{n}"))))
+  if not out:
+    raise DataError("no preference pairs", path=path)
   return out
 
 

@@ -111,12 +111,14 @@ def ranked_pairs(num_responses):
   return jnp.asarray(i_P, jnp.int32), jnp.asarray(j_P, jnp.int32)
 
 
-def bradley_terry_k_choose_2(rewards_BxK, ranks_BxK=None):
+def bradley_terry_k_choose_2(rewards_BxK, ranks_BxK=None, valid_BxK=None):
   """InstructGPT reward-model loss over all K-choose-2 pairs of each prompt's K responses.
 
   ``L_b = mean over pairs (i, j) with rank_i ≠ rank_j of −log σ(r_winner − r_loser)``,
   where a lower rank is better (rank 0 = best). ``ranks_BxK=None`` means the responses are
   already sorted best-first. Tied pairs are skipped; a prompt with no strict pair gives 0.
+  ``valid_BxK`` (None: all valid) marks real responses: pairs with a padding slot (a prompt
+  with fewer than K responses) are skipped too.
   All pairs of a prompt stay in one batch element (one forward pass per response), as in
   InstructGPT, which avoids over-fitting from reusing a response across batch elements.
 
@@ -134,5 +136,8 @@ def bradley_terry_k_choose_2(rewards_BxK, ranks_BxK=None):
   sign_BxP = jnp.sign(ranks_BxK[:, j_P] - ranks_BxK[:, i_P]).astype(rewards_BxK.dtype)
   margin_BxP = sign_BxP * (rewards_BxK[:, i_P] - rewards_BxK[:, j_P])
   valid_BxP = (sign_BxP != 0).astype(rewards_BxK.dtype)
+  if valid_BxK is not None:
+    valid_BxK = jnp.asarray(valid_BxK).astype(rewards_BxK.dtype)
+    valid_BxP = valid_BxP * valid_BxK[:, i_P] * valid_BxK[:, j_P]
   loss_BxP = -jax.nn.log_sigmoid(margin_BxP) * valid_BxP
   return jnp.sum(loss_BxP, axis=1) / jnp.maximum(jnp.sum(valid_BxP, axis=1), 1.0)

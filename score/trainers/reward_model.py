@@ -22,6 +22,7 @@ tied among themselves). The model must learn to check a sum to rank them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -36,6 +37,7 @@ from score.losses import preference
 from score.models import Transformer
 from score.trainers import common
 from score.utils import checkpoint as ckpt_lib
+from score.utils import config as config_lib
 from score.utils import metrics as metrics_lib
 from score.utils import run as run_lib
 
@@ -82,12 +84,15 @@ def sequence_rewards(model: ScalarModel, tokens_BxL, mask_BxL):
   return last_token_scores(model(tokens_BxL, mask_BxL), mask_BxL)
 
 
-def pair_accuracy(rewards_BxK, ranks_BxK):
-  """Correctly ordered strict pairs / strict pairs (ties skipped), over the whole batch."""
+def pair_accuracy(rewards_BxK, ranks_BxK, valid_BxK=None):
+  """Correctly ordered strict pairs / strict pairs (ties and padding slots skipped), over the
+  whole batch."""
   i_P, j_P = preference.ranked_pairs(rewards_BxK.shape[1])
   sign_BxP = jnp.sign(ranks_BxK[:, j_P] - ranks_BxK[:, i_P])
   margin_BxP = sign_BxP * (rewards_BxK[:, i_P] - rewards_BxK[:, j_P])
   valid_BxP = sign_BxP != 0
+  if valid_BxK is not None:
+    valid_BxP = valid_BxP & valid_BxK[:, i_P] & valid_BxK[:, j_P]
   right = jnp.sum((margin_BxP > 0) & valid_BxP)
   return right / jnp.maximum(jnp.sum(valid_BxP), 1)
 
@@ -97,8 +102,9 @@ def rm_loss(params, tokens_BxKxL, mask_BxKxL, ranks_BxK, *, model_def):
   model = model_def.model(params)
   rewards_BxK = sequence_rewards(model, tokens_BxKxL.reshape(b * k, l),
                                  mask_BxKxL.reshape(b * k, l)).reshape(b, k)
-  loss = jnp.mean(preference.bradley_terry_k_choose_2(rewards_BxK, ranks_BxK))
-  metrics = {"accuracy": pair_accuracy(rewards_BxK, ranks_BxK),
+  valid_BxK = jnp.any(mask_BxKxL > 0, axis=-1)  # a slot with no tokens is padding
+  loss = jnp.mean(preference.bradley_terry_k_choose_2(rewards_BxK, ranks_BxK, valid_BxK))
+  metrics = {"accuracy": pair_accuracy(rewards_BxK, ranks_BxK, valid_BxK),
              "reward_mean": jnp.mean(rewards_BxK), "reward_std": jnp.std(rewards_BxK)}
   return loss, jax.lax.stop_gradient(metrics)
 
@@ -124,8 +130,8 @@ def evaluate(model_def, params, data, *, batch_size: int = 256) -> dict[str, flo
   for s in range(0, len(tokens), batch_size):
     sl = slice(s, s + batch_size)
     loss, m = fn(params, jnp.asarray(tokens[sl]), jnp.asarray(mask[sl]), jnp.asarray(ranks[sl]))
-    r = np.asarray(ranks[sl])
-    n_pairs = sum(int(np.sum(r[:, i] != r[:, j]))
+    r, v = np.asarray(ranks[sl]), np.asarray(mask[sl]).any(-1)
+    n_pairs = sum(int(np.sum((r[:, i] != r[:, j]) & v[:, i] & v[:, j]))
                   for i in range(r.shape[1]) for j in range(i + 1, r.shape[1]))
     right += float(m["accuracy"]) * n_pairs
     pairs += n_pairs
@@ -167,6 +173,93 @@ def synthetic_preferences(task: synthetic.AdditionTask, problems, num_responses:
       mask[i, slot, length - len(ids):] = 1
       ranks[i, slot] = rank
   return tokens, mask, ranks
+
+
+# ---------------------------------------------------------------------------------------------
+# Preferences from JSONL (`score.data.self_rewarding.load_ranked` / `load_pairs`).
+
+
+def response_text(tokenizer, prompt: str, response: str, fmt: str) -> str:
+  """What the reward model reads: `plain` = prompt ⊕ response; `chat` = the tokenizer's chat
+  template over [user: prompt, assistant: response]."""
+  if fmt == "plain":
+    return prompt + response
+  if fmt == "chat":
+    if getattr(tokenizer, "chat_template", None) is None:
+      raise ValueError("data.format='chat' needs a tokenizer with a chat template; use "
+                       "'plain' for base checkpoints")
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+        tokenize=False)
+  raise ValueError(f"data.format={fmt!r}; expected 'plain' or 'chat'")
+
+
+def ranked_arrays(tokenizer, ranked, *, max_len: int, fmt: str = "plain",
+                  num_responses: int = 0):
+  """`(tokens_BxKxL, mask_BxKxL, ranks_BxK)` numpy arrays, left-padded, from `RankedPrompt`s.
+
+  K = `num_responses` or (0) the most responses of any prompt; a prompt with fewer has empty
+  slots (all-zero mask), which the loss and the accuracy skip. Each text ends in the
+  tokenizer's EOS (the reward is read there); one longer than `max_len` tokens keeps its last
+  `max_len` (the response's end, where the reward is read). Returns the arrays and the number
+  of truncated texts.
+  """
+  k = num_responses or max(len(r.responses) for r in ranked)
+  too_many = [r.id for r in ranked if len(r.responses) > k]
+  if too_many:
+    raise ValueError(f"{len(too_many)} prompts have more than num_responses={k} responses "
+                     f"(e.g. {too_many[0]}); raise rm.num_responses or set it to 0 (auto)")
+  eos = getattr(tokenizer, "eos_token_id", None)
+  pad = getattr(tokenizer, "pad_token_id", None) or 0
+  tokens = np.full((len(ranked), k, max_len), pad, np.int32)
+  mask = np.zeros((len(ranked), k, max_len), np.int32)
+  ranks = np.zeros((len(ranked), k), np.int32)
+  truncated = 0
+  for i, r in enumerate(ranked):
+    for slot, (text, rank) in enumerate(zip(r.responses, r.ranks)):
+      ids = list(tokenizer.encode(response_text(tokenizer, r.prompt, text, fmt),
+                                  add_special_tokens=False))
+      if eos is not None and (not ids or ids[-1] != eos):
+        ids.append(eos)
+      if len(ids) > max_len:
+        ids, truncated = ids[-max_len:], truncated + 1
+      tokens[i, slot, max_len - len(ids):] = ids
+      mask[i, slot, max_len - len(ids):] = 1
+      ranks[i, slot] = rank
+  return (tokens, mask, ranks), truncated
+
+
+def _load_preferences(path: str, fmt: str):
+  from score.data import self_rewarding as sr_data  # pylint: disable=g-import-not-at-top
+  if fmt == "ranked":
+    return sr_data.load_ranked(path)
+  if fmt == "pairs":
+    return sr_data.load_pairs(path)
+  raise ValueError(f"data.kind={fmt!r}; expected 'ranked' or 'pairs'")
+
+
+def jsonl_preferences(config, tokenizer):
+  """Train/held-out arrays from `config.data` (train_path, eval_path or eval_fraction, kind,
+  format, max_len), split by prompt."""
+  d = config.data
+  train = _load_preferences(d.train_path, d.kind)
+  if d.eval_path:
+    heldout = _load_preferences(d.eval_path, d.kind)
+  else:
+    order = np.random.default_rng(config.seed).permutation(len(train))
+    n_eval = int(round(d.eval_fraction * len(train)))
+    if not 0 < n_eval < len(train):
+      raise ValueError(f"data.eval_fraction={d.eval_fraction} leaves {n_eval} of {len(train)} "
+                       "prompts held out; give data.eval_path or another fraction")
+    heldout = [train[i] for i in order[:n_eval]]
+    train = [train[i] for i in order[n_eval:]]
+  k = config.rm.num_responses or max(len(r.responses) for r in train + heldout)
+  kw = dict(max_len=d.max_len, fmt=d.format, num_responses=k)
+  (train_arrays, n_cut), (heldout_arrays, n_cut_eval) = (ranked_arrays(tokenizer, train, **kw),
+                                                         ranked_arrays(tokenizer, heldout, **kw))
+  return train_arrays, heldout_arrays, {"train_prompts": len(train),
+                                        "heldout_prompts": len(heldout),
+                                        "truncated_texts": n_cut + n_cut_eval}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,22 +319,17 @@ def train_reward_model(model_def, params, batches, cfg, *, workdir: str, name: s
   return state["params"]
 
 
-def train(config, workdir: str):
-  """`config.trainer = "reward_model"` on a synthetic task (configs/reward_model_synthetic.py).
-
-  Other preference data plugs in through `train_reward_model(model_def, params, batches, ...)`
-  with any `batches(step) -> (tokens_BxKxL, mask_BxKxL, ranks_BxK)`.
-  """
+def _synthetic_setup(config):
   if config.task.name not in synthetic.TASKS:
     raise ValueError(f"reward_model trainer: task {config.task.name!r} has no preference data "
-                     f"here; known synthetic tasks: {sorted(synthetic.TASKS)} (or call "
-                     "train_reward_model with your own batches).")
+                     f"here; known synthetic tasks: {sorted(synthetic.TASKS)}; give "
+                     "data.train_path (JSONL, configs/reward_model.py) or call "
+                     "train_reward_model with your own batches.")
   task = synthetic.make_task(config.task.name, **{k: v for k, v in config.task.items()
                                                    if k != "name"})
   model = build_scalar_model(config.model, task.tokenizer.vocab_size, seed=config.seed,
                              mesh_cfg=config.get("mesh"))
   model_def, params = common.Policy.split(model)
-  writer = metrics_lib.MetricWriter(workdir)
   heldout_problems = task.problems(config.eval.num_problems, seed=config.eval.seed)
   heldout = synthetic_preferences(task, heldout_problems, config.rm.num_responses,
                                   seed=config.eval.seed)
@@ -252,6 +340,67 @@ def train(config, workdir: str):
     return synthetic_preferences(task, problems, config.rm.num_responses,
                                  seed=config.seed * 1_000_003 + step)
 
+  return model_def, params, heldout, batches
+
+
+def _jsonl_setup(config, workdir: str):
+  from score.models import hf  # pylint: disable=g-import-not-at-top
+  if config.data.get("runlocal"):
+    _write_runlocal_data(config, workdir)
+  if not config.model.model_dir:
+    raise config_lib.ConfigError("reward_model on JSONL preferences needs model.model_dir (a "
+                                 "local Hugging Face checkpoint: its weights and tokenizer)")
+  tokenizer = hf.load_tokenizer(config.model.model_dir)
+  train_arrays, heldout, info = jsonl_preferences(config, tokenizer)
+  model = build_scalar_model(config.model, None, seed=config.seed, mesh_cfg=config.get("mesh"))
+  model_def, params = common.Policy.split(model)
+  n, bs = len(train_arrays[0]), config.rm.batch_size
+  permutation = functools.lru_cache(maxsize=4)(
+      lambda epoch: np.random.default_rng([config.seed, epoch]).permutation(n))
+
+  def batches(step):  # epochs over the training prompts, each in a seeded order
+    flat = step * bs + np.arange(bs)
+    idx = np.array([permutation(int(f // n))[f % n] for f in flat])
+    return tuple(a[idx] for a in train_arrays)
+
+  info.update(train_path=config.data.train_path, eval_path=config.data.eval_path or None)
+  return model_def, params, heldout, batches, info
+
+
+def _write_runlocal_data(config, workdir: str):
+  """runlocal: synthetic ranked JSONL and a tiny checkpoint + tokenizer trained on its text."""
+  from score.data import self_rewarding as sr_data  # pylint: disable=g-import-not-at-top
+  from score.utils import tiny_checkpoint  # pylint: disable=g-import-not-at-top
+  ranked = sr_data.synthetic_ranked(96, seed=config.seed)
+  # Every third prompt with 3 of its 4 responses: batches mix K = 4 and padded K = 3.
+  ranked = [r if i % 3 else dataclasses.replace(
+      r, responses=r.responses[:3], ranks=r.ranks[:3], scores=r.scores[:3],
+      judgments=r.judgments[:3]) for i, r in enumerate(ranked)]
+  path = os.path.join(workdir, "runlocal_preferences.jsonl")
+  sr_data.write_jsonl(path, [sr_data.ranked_to_row(r) for r in ranked])
+  model_dir = os.path.join(workdir, "runlocal_model")
+  texts = [r.prompt + t for r in ranked for t in r.responses]
+  tiny_checkpoint.make_tiny_checkpoint(model_dir, texts, hidden_size=32, seed=config.seed)
+  with config.unlocked():
+    config.data.train_path, config.data.kind = path, "ranked"
+    config.model.model_dir = model_dir
+
+
+def train(config, workdir: str):
+  """`config.trainer = "reward_model"`: preferences from JSONL (`config.data.train_path`, with
+  the tokenizer of `config.model.model_dir`; configs/reward_model.py) or a synthetic task
+  (configs/reward_model_synthetic.py).
+
+  Other preference data plugs in through `train_reward_model(model_def, params, batches, ...)`
+  with any `batches(step) -> (tokens_BxKxL, mask_BxKxL, ranks_BxK)`.
+  """
+  data_cfg = config.get("data")
+  if data_cfg is not None and (data_cfg.get("train_path") or data_cfg.get("runlocal")):
+    model_def, params, heldout, batches, data_info = _jsonl_setup(config, workdir)
+  else:
+    model_def, params, heldout, batches = _synthetic_setup(config)
+    data_info = {"task": config.task.name}
+  writer = metrics_lib.MetricWriter(workdir)
   results = {"init": evaluate(model_def, params, heldout, batch_size=config.eval.batch_size)}
   params = train_reward_model(model_def, params, batches, config.rm, workdir=workdir,
                               writer=writer, mesh_cfg=config.get("mesh"))
@@ -264,10 +413,12 @@ def train(config, workdir: str):
            "| model | pairs | accuracy % | loss |", "|---|---|---|---|"]
   lines += [f"| {k} | {r['pairs']} | {r['accuracy']:.1f} | {r['loss']:.4f} |"
             for k, r in results.items()]
-  lines += ["", f"commit {info['commit']}, {info['machine']}, seed {config.seed}"]
+  lines += ["", "data: " + ", ".join(f"{k} {v}" for k, v in data_info.items()),
+            f"commit {info['commit']}, {info['machine']}, seed {config.seed}"]
   table = "\n".join(lines) + "\n"
   with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({"results": results, "commit": info["commit"], "seed": config.seed}, f, indent=2)
+    json.dump({"results": results, "data": data_info, "commit": info["commit"],
+               "seed": config.seed}, f, indent=2)
   with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
     f.write(table)
   print(table)
