@@ -9,9 +9,10 @@ Data (`data.kind`): "pairs" — ``{"prompt", "chosen", "rejected"}`` per line �
 K-choose-2 pairs of a prompt in one batch element, InstructGPT). Prompts with fewer responses
 than the most of any prompt are padded (the padding takes part in no pair). Malformed lines
 stop the run with file:line. Held-out prompts: `eval_path`, or `eval_fraction` of the training
-file (split by prompt). The reward model reads `format` "plain" (prompt ⊕ response) or "chat"
-(the checkpoint's chat template) ending in EOS, at most `max_len` tokens (longer texts keep
-their end).
+file (split by prompt). The reward model reads what the policy sees and writes: the prompt in
+`format` "chat" (the checkpoint's chat template) or "plain" ("Question: …\n\nAnswer: ", as
+`configs/self_rewarding.py`), the response and EOS, at most `max_len` tokens (longer texts keep
+their end, where the reward is read).
 
 The body is `model_dir`'s decoder with a zero-initialised scalar head; the trained params are
 exported to `<workdir>/reward_model_params`, from which `configs/rlvr_math.py`

@@ -91,29 +91,31 @@ def test_reward_model_runlocal_end_to_end(tmp_path):
   assert {k: v.shape for k, v in loaded.items()} == {k: v.shape for k, v in template.items()}
 
 
-class _CharTokenizer:
-  """One id per character (1 + ord % 50), EOS 99, pad 0: enough for `ranked_arrays`."""
-  eos_token_id, pad_token_id = 99, 0
+class _CharCodec:
+  """One id per character (1 + ord % 50), EOS 99, pad 0; prompts rendered as "Q" + text."""
+  eos_ids, pad_id = (99,), 0
 
-  def encode(self, text, add_special_tokens=False):
-    del add_special_tokens
+  def user_prompt(self, text):
+    return "Q" + text
+
+  def encode(self, text):
     return [1 + ord(ch) % 50 for ch in text]
 
 
 def test_ranked_arrays_pad_slots_truncate_from_the_left_and_end_in_eos():
   from score.data import self_rewarding as sr  # pylint: disable=g-import-not-at-top
-  ranked = [sr.RankedPrompt("ab", ("cd", "e", "f"), (0, 1, 1)),
-            sr.RankedPrompt("abcdefgh", ("ij",), (0,))]
-  (tokens, mask, ranks), cut = rm_lib.ranked_arrays(_CharTokenizer(), ranked, max_len=6)
+  ranked = [sr.RankedPrompt("b", ("cd", "e", "f"), (0, 1, 1)),
+            sr.RankedPrompt("bcdefgh", ("ij",), (0,))]
+  codec = _CharCodec()
+  (tokens, mask, ranks), cut = rm_lib.ranked_arrays(codec, ranked, max_len=6)
   assert tokens.shape == (2, 3, 6) and cut == 1
-  enc = _CharTokenizer().encode
-  np.testing.assert_array_equal(tokens[0, 0], [0] + enc("abcd") + [99])
-  np.testing.assert_array_equal(mask[0, 1], [0, 0, 1, 1, 1, 1])  # "abe" + EOS, left-padded
-  np.testing.assert_array_equal(tokens[1, 0], enc("fghij") + [99])  # kept the end
+  np.testing.assert_array_equal(tokens[0, 0], [0] + codec.encode("Qbcd") + [99])
+  np.testing.assert_array_equal(mask[0, 1], [0, 0, 1, 1, 1, 1])  # "Qbe" + EOS, left-padded
+  np.testing.assert_array_equal(tokens[1, 0], codec.encode("fghij") + [99])  # kept the end
   assert not mask[1, 1:].any()  # the second prompt's empty slots
   np.testing.assert_array_equal(ranks[0], [0, 1, 1])
   with pytest.raises(ValueError, match="more than num_responses=2"):
-    rm_lib.ranked_arrays(_CharTokenizer(), ranked, max_len=6, num_responses=2)
+    rm_lib.ranked_arrays(codec, ranked, max_len=6, num_responses=2)
 
 
 def test_padding_slots_take_part_in_no_pair():

@@ -179,48 +179,29 @@ def synthetic_preferences(task: synthetic.AdditionTask, problems, num_responses:
 # Preferences from JSONL (`score.data.self_rewarding.load_ranked` / `load_pairs`).
 
 
-def response_text(tokenizer, prompt: str, response: str, fmt: str) -> str:
-  """What the reward model reads: `plain` = prompt ⊕ response; `chat` = the tokenizer's chat
-  template over [user: prompt, assistant: response]."""
-  if fmt == "plain":
-    return prompt + response
-  if fmt == "chat":
-    if getattr(tokenizer, "chat_template", None) is None:
-      raise ValueError("data.format='chat' needs a tokenizer with a chat template; use "
-                       "'plain' for base checkpoints")
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-        tokenize=False)
-  raise ValueError(f"data.format={fmt!r}; expected 'plain' or 'chat'")
-
-
-def ranked_arrays(tokenizer, ranked, *, max_len: int, fmt: str = "plain",
-                  num_responses: int = 0):
+def ranked_arrays(codec, ranked, *, max_len: int, num_responses: int = 0):
   """`(tokens_BxKxL, mask_BxKxL, ranks_BxK)` numpy arrays, left-padded, from `RankedPrompt`s.
 
-  K = `num_responses` or (0) the most responses of any prompt; a prompt with fewer has empty
-  slots (all-zero mask), which the loss and the accuracy skip. Each text ends in the
-  tokenizer's EOS (the reward is read there); one longer than `max_len` tokens keeps its last
-  `max_len` (the response's end, where the reward is read). Returns the arrays and the number
-  of truncated texts.
+  Each text is what the policy sees and writes: `codec` (`score.trainers.self_rewarding.
+  Codec`: chat template or plain "Question: … Answer: ") renders the prompt, then the response
+  and EOS, where the reward is read. A text longer than `max_len` tokens keeps its last
+  `max_len`. K = `num_responses` or (0) the most responses of any prompt; a prompt with fewer
+  has empty slots (all-zero mask), which the loss and the accuracy skip. Returns the arrays and
+  the number of truncated texts.
   """
   k = num_responses or max(len(r.responses) for r in ranked)
   too_many = [r.id for r in ranked if len(r.responses) > k]
   if too_many:
     raise ValueError(f"{len(too_many)} prompts have more than num_responses={k} responses "
                      f"(e.g. {too_many[0]}); raise rm.num_responses or set it to 0 (auto)")
-  eos = getattr(tokenizer, "eos_token_id", None)
-  pad = getattr(tokenizer, "pad_token_id", None) or 0
-  tokens = np.full((len(ranked), k, max_len), pad, np.int32)
+  tokens = np.full((len(ranked), k, max_len), codec.pad_id, np.int32)
   mask = np.zeros((len(ranked), k, max_len), np.int32)
   ranks = np.zeros((len(ranked), k), np.int32)
   truncated = 0
   for i, r in enumerate(ranked):
+    prompt = codec.encode(codec.user_prompt(r.prompt))
     for slot, (text, rank) in enumerate(zip(r.responses, r.ranks)):
-      ids = list(tokenizer.encode(response_text(tokenizer, r.prompt, text, fmt),
-                                  add_special_tokens=False))
-      if eos is not None and (not ids or ids[-1] != eos):
-        ids.append(eos)
+      ids = prompt + codec.encode(text) + [codec.eos_ids[0]]
       if len(ids) > max_len:
         ids, truncated = ids[-max_len:], truncated + 1
       tokens[i, slot, max_len - len(ids):] = ids
@@ -238,9 +219,9 @@ def _load_preferences(path: str, fmt: str):
   raise ValueError(f"data.kind={fmt!r}; expected 'ranked' or 'pairs'")
 
 
-def jsonl_preferences(config, tokenizer):
-  """Train/held-out arrays from `config.data` (train_path, eval_path or eval_fraction, kind,
-  format, max_len), split by prompt."""
+def split_preferences(config):
+  """Train and held-out `RankedPrompt`s from `config.data` (train_path, kind, and eval_path or
+  eval_fraction of the training prompts, in a seeded order)."""
   d = config.data
   train = _load_preferences(d.train_path, d.kind)
   if d.eval_path:
@@ -253,13 +234,7 @@ def jsonl_preferences(config, tokenizer):
                        "prompts held out; give data.eval_path or another fraction")
     heldout = [train[i] for i in order[:n_eval]]
     train = [train[i] for i in order[n_eval:]]
-  k = config.rm.num_responses or max(len(r.responses) for r in train + heldout)
-  kw = dict(max_len=d.max_len, fmt=d.format, num_responses=k)
-  (train_arrays, n_cut), (heldout_arrays, n_cut_eval) = (ranked_arrays(tokenizer, train, **kw),
-                                                         ranked_arrays(tokenizer, heldout, **kw))
-  return train_arrays, heldout_arrays, {"train_prompts": len(train),
-                                        "heldout_prompts": len(heldout),
-                                        "truncated_texts": n_cut + n_cut_eval}
+  return train, heldout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,8 +325,15 @@ def _jsonl_setup(config, workdir: str):
   if not config.model.model_dir:
     raise config_lib.ConfigError("reward_model on JSONL preferences needs model.model_dir (a "
                                  "local Hugging Face checkpoint: its weights and tokenizer)")
-  tokenizer = hf.load_tokenizer(config.model.model_dir)
-  train_arrays, heldout, info = jsonl_preferences(config, tokenizer)
+  from score.trainers import self_rewarding  # pylint: disable=g-import-not-at-top
+  codec = self_rewarding.Codec(hf.load_tokenizer(config.model.model_dir), config.data.format)
+  train, heldout = split_preferences(config)
+  k = config.rm.num_responses or max(len(r.responses) for r in train + heldout)
+  (train_arrays, cut), (heldout, cut_eval) = (
+      ranked_arrays(codec, rows, max_len=config.data.max_len, num_responses=k)
+      for rows in (train, heldout))
+  info = {"train_prompts": len(train_arrays[0]), "heldout_prompts": len(heldout[0]),
+          "truncated_texts": cut + cut_eval}
   model = build_scalar_model(config.model, None, seed=config.seed, mesh_cfg=config.get("mesh"))
   model_def, params = common.Policy.split(model)
   n, bs = len(train_arrays[0]), config.rm.batch_size
