@@ -12,6 +12,7 @@ TRAINERS = {
     "grpo": "score.trainers.grpo:train",
     "ppo": "score.trainers.ppo:train",
     "reward_model": "score.trainers.reward_model:train",
+    "dpo": "score.trainers.dpo:train",
     "self_rewarding": "score.trainers.self_rewarding:train",
 }
 

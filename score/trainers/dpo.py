@@ -197,13 +197,106 @@ def train_dpo(policy: common.Policy, params, ref_params, pairs: Sequence[PairTok
                             num_steps=steps, checkpoint_every=cfg.checkpoint_every,
                             log_every=cfg.log_every, writer=writer)
   params = state["params"]
-  pol_c = reference_logps(logprob_fn, params, [(p[0], p[1]) for p in pairs], length=length,
-                          batch_size=cfg.batch_size, pad_id=pad_id)
-  pol_r = reference_logps(logprob_fn, params, [(p[2], p[3]) for p in pairs], length=length,
-                          batch_size=cfg.batch_size, pad_id=pad_id)
+  summary = evaluate_pairs(logprob_fn, params, pairs, cfg, pad_id=pad_id, ref=(ref_c, ref_r))
+  summary = {"pairs": len(pairs), "steps": steps, "final_loss": summary["loss"],
+             "reward_accuracy": summary["reward_accuracy"],
+             "reward_margin": summary["reward_margin"]}
+  return params, summary
+
+
+def evaluate_pairs(logprob_fn: LogprobFn, params, pairs: Sequence[PairTokens], cfg, *,
+                   pad_id: int = 0, ref_params=None, ref=None) -> dict[str, float]:
+  """DPO loss, implicit-reward accuracy (margin > 0) and mean margin of `params` on `pairs`
+  against the reference (its params, or its sequence log-probs `ref=(chosen, rejected)`)."""
+  length = max(max(len(p[0]), len(p[2])) for p in pairs)
+  kw = dict(length=length, batch_size=cfg.batch_size, pad_id=pad_id)
+
+  def seq(p):
+    return (reference_logps(logprob_fn, p, [(r[0], r[1]) for r in pairs], **kw),
+            reference_logps(logprob_fn, p, [(r[2], r[3]) for r in pairs], **kw))
+
+  ref_c, ref_r = ref if ref is not None else seq(ref_params)
+  pol_c, pol_r = seq(params)
   losses = np.asarray(preference.dpo(pol_c, pol_r, ref_c, ref_r, cfg.beta,
                                      label_smoothing=cfg.label_smoothing))
   margin = cfg.beta * ((pol_c - ref_c) - (pol_r - ref_r))
-  summary = {"pairs": len(pairs), "steps": steps, "final_loss": float(losses.mean()),
-             "reward_accuracy": float((margin > 0).mean()), "reward_margin": float(margin.mean())}
-  return params, summary
+  return {"pairs": len(pairs), "loss": float(losses.mean()),
+          "reward_accuracy": float((margin > 0).mean()), "reward_margin": float(margin.mean())}
+
+
+def preference_pairs(codec, ranked, max_len: int) -> tuple[list[PairTokens], int]:
+  """`(chosen tokens, loss mask, rejected tokens, loss mask)` per prompt — its best against its
+  worst response (pairs data: chosen against rejected) — rendered by `codec`
+  (`score.trainers.self_rewarding.Codec`). Prompts whose responses all tie, or whose texts
+  exceed `max_len` tokens, are dropped; returns the pairs and the number dropped."""
+  out, dropped = [], 0
+  for r in ranked:
+    best = min(range(len(r.ranks)), key=lambda i: (r.ranks[i], i))
+    worst = max(range(len(r.ranks)), key=lambda i: (r.ranks[i], -i))
+    c = codec.example(r.prompt, r.responses[best], max_len)
+    w = codec.example(r.prompt, r.responses[worst], max_len)
+    if r.ranks[best] == r.ranks[worst] or c is None or w is None:
+      dropped += 1
+      continue
+    out.append((c[0], c[1], w[0], w[1]))
+  return out, dropped
+
+
+def train(config, workdir: str):
+  """`config.trainer = "dpo"`: DPO of `config.model.model_dir` on JSONL preferences
+  (configs/dpo.py); the reference is the initial model. Writes results.json/md (held-out
+  DPO loss and implicit-reward accuracy before and after) and the trained model as a Hugging
+  Face checkpoint in `<workdir>/model`."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+
+  from score.models import hf  # pylint: disable=g-import-not-at-top
+  from score.trainers import reward_model as rm_lib  # pylint: disable=g-import-not-at-top
+  from score.trainers import self_rewarding  # pylint: disable=g-import-not-at-top
+  from score.utils import config as config_lib  # pylint: disable=g-import-not-at-top
+  from score.utils import run as run_lib  # pylint: disable=g-import-not-at-top
+
+  if config.data.get("runlocal"):
+    rm_lib.write_runlocal_preferences(config, workdir)
+  if not config.model.model_dir:
+    raise config_lib.ConfigError("dpo needs model.model_dir (a local Hugging Face checkpoint: "
+                                 "the initial policy, the reference and the tokenizer)")
+  tokenizer = hf.load_tokenizer(config.model.model_dir)
+  codec = self_rewarding.Codec(tokenizer, config.data.format)
+  train_rows, heldout_rows = rm_lib.split_preferences(config)
+  (pairs, dropped), (heldout, dropped_eval) = (
+      preference_pairs(codec, rows, config.data.max_len) for rows in (train_rows, heldout_rows))
+  if not pairs or not heldout:
+    raise ValueError(f"dpo: {len(pairs)} training and {len(heldout)} held-out pairs after "
+                     f"dropping tied or over-long ones (max_len={config.data.max_len})")
+  model = common.build_model(config.model, seed=config.seed)
+  policy, ref_params = common.Policy.split(model)
+  writer = metrics_lib.MetricWriter(workdir)
+  logprob_fn = policy_logprob_fn(policy)
+  before = evaluate_pairs(logprob_fn, ref_params, heldout, config.dpo, pad_id=codec.pad_id,
+                          ref_params=ref_params)
+  params, summary = train_dpo(policy, ref_params, ref_params, pairs, config.dpo,
+                              workdir=workdir, name="dpo", seed=config.seed,
+                              pad_id=codec.pad_id, writer=writer, mesh_cfg=config.get("mesh"))
+  results = {"init": before,
+             "trained": evaluate_pairs(logprob_fn, params, heldout, config.dpo,
+                                       pad_id=codec.pad_id, ref_params=ref_params)}
+  hf.save_pretrained(policy.model(params), os.path.join(workdir, "model"), tokenizer=tokenizer)
+  info = run_lib.write_run_info(workdir, config)
+  data = {"train_pairs": len(pairs), "heldout_pairs": len(heldout),
+          "dropped": dropped + dropped_eval, "train_path": config.data.train_path}
+  lines = ["**DPO, held-out pairs (implicit reward β·(log π − log π_ref))**", "",
+           "| model | pairs | DPO loss | reward accuracy % | reward margin |",
+           "|---|---|---|---|---|"]
+  lines += [f"| {k} | {r['pairs']} | {r['loss']:.4f} | {100 * r['reward_accuracy']:.1f} | "
+            f"{r['reward_margin']:.4f} |" for k, r in results.items()]
+  lines += ["", "data: " + ", ".join(f"{k} {v}" for k, v in data.items()),
+            f"commit {info['commit']}, {info['machine']}, seed {config.seed}"]
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump({"results": results, "train_summary": summary, "data": data,
+               "commit": info["commit"], "seed": config.seed}, f, indent=2)
+  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+  writer.close()
+  return results

@@ -321,7 +321,7 @@ def _synthetic_setup(config):
 def _jsonl_setup(config, workdir: str):
   from score.models import hf  # pylint: disable=g-import-not-at-top
   if config.data.get("runlocal"):
-    _write_runlocal_data(config, workdir)
+    write_runlocal_preferences(config, workdir)
   if not config.model.model_dir:
     raise config_lib.ConfigError("reward_model on JSONL preferences needs model.model_dir (a "
                                  "local Hugging Face checkpoint: its weights and tokenizer)")
@@ -349,7 +349,7 @@ def _jsonl_setup(config, workdir: str):
   return model_def, params, heldout, batches, info
 
 
-def _write_runlocal_data(config, workdir: str):
+def write_runlocal_preferences(config, workdir: str):
   """runlocal: synthetic ranked JSONL and a tiny checkpoint + tokenizer trained on its text."""
   from score.data import self_rewarding as sr_data  # pylint: disable=g-import-not-at-top
   from score.utils import tiny_checkpoint  # pylint: disable=g-import-not-at-top
