@@ -251,3 +251,11 @@ def test_a_workdir_refuses_other_training_settings(tmp_path):
   # ... training settings may not.
   with pytest.raises(config_lib.ConfigError, match=r"rl\.stage1_steps: 2 -> 5.*new --workdir"):
     suite.check_same_training(_runlocal_config(**{"rl.stage1_steps": 5}), str(tmp_path))
+  with pytest.raises(config_lib.ConfigError, match=r"model\.dtype: 'float32' -> 'bfloat16'"):
+    suite.check_same_training(_runlocal_config(**{"model.dtype": "bfloat16"}), str(tmp_path))
+  # A workdir from before `model.dtype` existed resumes: the key had its default then.
+  path = tmp_path / "training_config.json"
+  saved = json.loads(path.read_text())
+  del saved["model.dtype"]
+  path.write_text(json.dumps(saved))
+  suite.check_same_training(_runlocal_config(), str(tmp_path))

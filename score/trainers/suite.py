@@ -165,6 +165,10 @@ _NOT_TRAINED = ("title", "published", "methods", "ablations", "eval", "repair", 
                 "distributed")
 
 
+# Training settings added after runs were made, with the value those runs had.
+_ADDED_KEYS = {"model.dtype": "float32"}
+
+
 def check_same_training(config, workdir: str):
   """Stops a run whose training settings differ from those of the workdir's earlier run.
 
@@ -181,6 +185,7 @@ def check_same_training(config, workdir: str):
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       old = json.load(f)
+    old = {**_ADDED_KEYS, **old}  # a run from before a key existed had its default
     changed = sorted(k for k in set(old) | set(flat) if old.get(k) != flat.get(k))
     if changed:
       diffs = "; ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed[:8])
