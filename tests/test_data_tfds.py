@@ -67,17 +67,17 @@ _SCRIPT = textwrap.dedent(
 
 
 def test_tfds_builders_without_tensorflow(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TFDS_DATA_DIR": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(tmp_path / "tfds")],
-        capture_output=True, text=True, env=env, timeout=240,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    out = json.loads(line[len("RESULT "):])
-    assert out["tensorflow_loaded"] == []
-    assert out["math500_n"] == 500 and out["math500_equal"]
-    assert out["mbpp_sizes"] == {"prompt": 10, "test": 500, "validation": 90, "train": 374}
-    assert out["mbpp_equal"]
-    assert out["mine_equal"]
-    assert list((tmp_path / "tfds" / "score_math500" / "1.0.0").glob("*.array_record*"))
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TFDS_DATA_DIR": str(tmp_path)}
+  proc = subprocess.run(
+      [sys.executable, "-c", _SCRIPT, str(tmp_path / "tfds")],
+      capture_output=True, text=True, env=env, timeout=240,
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  out = json.loads(line[len("RESULT "):])
+  assert out["tensorflow_loaded"] == []
+  assert out["math500_n"] == 500 and out["math500_equal"]
+  assert out["mbpp_sizes"] == {"prompt": 10, "test": 500, "validation": 90, "train": 374}
+  assert out["mbpp_equal"]
+  assert out["mine_equal"]
+  assert list((tmp_path / "tfds" / "score_math500" / "1.0.0").glob("*.array_record*"))

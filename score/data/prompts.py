@@ -76,78 +76,78 @@ SELF_REFINE_FEEDBACK = (
 
 
 def self_refine_instruction(task: Task) -> str:
-    """The refine turn of Self-Refine: rewrite the attempt given the model's own feedback."""
-    return ("Based on the problems you found, improve your answer. "
-            + self_correction_instruction(task).split(". ", 1)[1])
+  """The refine turn of Self-Refine: rewrite the attempt given the model's own feedback."""
+  return ("Based on the problems you found, improve your answer. "
+          + self_correction_instruction(task).split(". ", 1)[1])
 
 
 def task_of(problem: Problem) -> Task:
-    """``"code"`` for problems graded by tests, else ``"math"``."""
-    return "code" if problem.is_code else "math"
+  """``"code"`` for problems graded by tests, else ``"math"``."""
+  return "code" if problem.is_code else "math"
 
 
 def self_correction_instruction(task: Task) -> str:
-    if task == "math":
-        return MATH_SELF_CORRECTION
-    if task == "code":
-        return CODE_SELF_CORRECTION
-    raise ValueError(f"unknown task {task!r}; expected 'math' or 'code'")
+  if task == "math":
+    return MATH_SELF_CORRECTION
+  if task == "code":
+    return CODE_SELF_CORRECTION
+  raise ValueError(f"unknown task {task!r}; expected 'math' or 'code'")
 
 
 def _code_problem_text(problem: Problem) -> str:
-    if problem.id.startswith("HumanEval/") or "test" in problem.metadata:
-        # HumanEval: complete the given function.
-        return (
-            "Complete the following Python function. Only output the final correct Python "
-            f"program!\n\n```python\n{problem.problem.rstrip()}\n```"
-        )
-    return CODE_FIRST_TURN.format(text=problem.problem.strip(), tests="\n".join(problem.tests))
+  if problem.id.startswith("HumanEval/") or "test" in problem.metadata:
+    # HumanEval: complete the given function.
+    return (
+        "Complete the following Python function. Only output the final correct Python "
+        f"program!\n\n```python\n{problem.problem.rstrip()}\n```"
+    )
+  return CODE_FIRST_TURN.format(text=problem.problem.strip(), tests="\n".join(problem.tests))
 
 
 def first_turn_text(problem: Problem, task: Task | None = None) -> str:
-    """The user turn ``x1`` as text: instruction, then the problem."""
-    task = task or task_of(problem)
-    if task == "math":
-        return f"{MATH_FIRST_TURN}\n\nProblem:\n{problem.problem.strip()}"
-    if task == "code":
-        return _code_problem_text(problem)
-    raise ValueError(f"unknown task {task!r}; expected 'math' or 'code'")
+  """The user turn ``x1`` as text: instruction, then the problem."""
+  task = task or task_of(problem)
+  if task == "math":
+    return f"{MATH_FIRST_TURN}\n\nProblem:\n{problem.problem.strip()}"
+  if task == "code":
+    return _code_problem_text(problem)
+  raise ValueError(f"unknown task {task!r}; expected 'math' or 'code'")
 
 
 def first_turn_messages(problem: Problem, task: Task | None = None) -> list[dict[str, str]]:
-    """``[user: x1]``."""
-    return [{"role": "user", "content": first_turn_text(problem, task)}]
+  """``[user: x1]``."""
+  return [{"role": "user", "content": first_turn_text(problem, task)}]
 
 
 def second_turn_messages(
     problem: Problem, first_attempt: str, task: Task | None = None
 ) -> list[dict[str, str]]:
-    """``[user: x1, assistant: y1, user: p]`` (the paper's turn-2 conversation)."""
-    task = task or task_of(problem)
-    return [
-        {"role": "user", "content": first_turn_text(problem, task)},
-        {"role": "assistant", "content": first_attempt},
-        {"role": "user", "content": self_correction_instruction(task)},
-    ]
+  """``[user: x1, assistant: y1, user: p]`` (the paper's turn-2 conversation)."""
+  task = task or task_of(problem)
+  return [
+      {"role": "user", "content": first_turn_text(problem, task)},
+      {"role": "assistant", "content": first_attempt},
+      {"role": "user", "content": self_correction_instruction(task)},
+  ]
 
 
 def _answer_cue(task: Task) -> str:
-    return "Solution:" if task == "math" else "```python\n"
+  return "Solution:" if task == "math" else "```python\n"
 
 
 def plain_correction_suffix(task: Task) -> str:
-    """Text appended after the first attempt in the plain format: ``"\\n\\n" + p + cue``."""
-    cue = _answer_cue(task)
-    return f"\n\n{self_correction_instruction(task)}\n\n{cue}"
+  """Text appended after the first attempt in the plain format: ``"\\n\\n" + p + cue``."""
+  cue = _answer_cue(task)
+  return f"\n\n{self_correction_instruction(task)}\n\n{cue}"
 
 
 def _render(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError(
-            "format='chat' needs a tokenizer with a chat template (tokenizer.chat_template is "
-            "None); use format='plain' for base checkpoints"
-        )
-    return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+  if getattr(tokenizer, "chat_template", None) is None:
+    raise ValueError(
+        "format='chat' needs a tokenizer with a chat template (tokenizer.chat_template is "
+        "None); use format='plain' for base checkpoints"
+    )
+  return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
 
 
 def first_turn_prompt(
@@ -157,18 +157,18 @@ def first_turn_prompt(
     format: Literal["plain", "chat"] = "plain",  # pylint: disable=redefined-builtin
     tokenizer: Any = None,
 ) -> str:
-    """The turn-1 prompt ``x1`` as a string.
+  """The turn-1 prompt ``x1`` as a string.
 
-    ``format="plain"``: ``first_turn_text + "\\n\\nSolution:"`` (code: a ```` ```python ````
-    cue). ``format="chat"``: the tokenizer's chat template applied to `first_turn_messages`
-    with ``add_generation_prompt=True``.
-    """
-    task = task or task_of(problem)
-    if format == "chat":
-        return _render(tokenizer, first_turn_messages(problem, task))
-    if format == "plain":
-        return f"{first_turn_text(problem, task)}\n\n{_answer_cue(task)}"
-    raise ValueError(f"unknown prompt format {format!r}; expected 'plain' or 'chat'")
+  ``format="plain"``: ``first_turn_text + "\\n\\nSolution:"`` (code: a ```` ```python ````
+  cue). ``format="chat"``: the tokenizer's chat template applied to `first_turn_messages`
+  with ``add_generation_prompt=True``.
+  """
+  task = task or task_of(problem)
+  if format == "chat":
+    return _render(tokenizer, first_turn_messages(problem, task))
+  if format == "plain":
+    return f"{first_turn_text(problem, task)}\n\n{_answer_cue(task)}"
+  raise ValueError(f"unknown prompt format {format!r}; expected 'plain' or 'chat'")
 
 
 def second_turn_prompt(
@@ -179,14 +179,14 @@ def second_turn_prompt(
     format: Literal["plain", "chat"] = "plain",  # pylint: disable=redefined-builtin
     tokenizer: Any = None,
 ) -> str:
-    """The turn-2 prompt ``x2 = x1 ⊕ y1 ⊕ p`` as a string.
+  """The turn-2 prompt ``x2 = x1 ⊕ y1 ⊕ p`` as a string.
 
-    ``format="plain"``: ``first_turn_prompt(...) + first_attempt + plain_correction_suffix``.
-    ``format="chat"``: the chat template applied to `second_turn_messages`.
-    """
-    task = task or task_of(problem)
-    if format == "chat":
-        return _render(tokenizer, second_turn_messages(problem, first_attempt, task))
-    if format == "plain":
-        return first_turn_prompt(problem, task) + first_attempt + plain_correction_suffix(task)
-    raise ValueError(f"unknown prompt format {format!r}; expected 'plain' or 'chat'")
+  ``format="plain"``: ``first_turn_prompt(...) + first_attempt + plain_correction_suffix``.
+  ``format="chat"``: the chat template applied to `second_turn_messages`.
+  """
+  task = task or task_of(problem)
+  if format == "chat":
+    return _render(tokenizer, second_turn_messages(problem, first_attempt, task))
+  if format == "plain":
+    return first_turn_prompt(problem, task) + first_attempt + plain_correction_suffix(task)
+  raise ValueError(f"unknown prompt format {format!r}; expected 'plain' or 'chat'")
