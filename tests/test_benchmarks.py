@@ -30,7 +30,7 @@ def _machine_ok(result):
   assert result["peak_rss_mb"] > 0 if "peak_rss_mb" in result else True
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=pytest.mark.slow)])
 def test_train_step_smoke(dtype):
   r = _run("train_step.py", "--dtype", dtype)
   assert r["benchmark"] == "train_step" and r["dtype"] == dtype

@@ -167,6 +167,26 @@ def load_ranked(path: str | os.PathLike, *, fields: Mapping[str, str] | None = N
 _PAIR_FIELDS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "id": "id"}
 
 
+def _string_rows(path, f: Mapping[str, str], keys: Sequence[str], what: str):
+  """`(line, row, [row[f[k]] for k in keys])` per JSONL line; `DataError` (file:line) for a
+  line that is not an object with non-empty strings in those fields, or an empty file."""
+  n_rows = 0
+  for n, row in iter_jsonl(path):
+    if isinstance(row, DataError):
+      raise row
+    values = []
+    for key in keys:
+      value = row.get(f[key])
+      if not isinstance(value, str) or not value.strip():
+        raise DataError(f"expected a non-empty string in field {f[key]!r}, got {value!r}",
+                        path=path, line=n)
+      values.append(value)
+    n_rows += 1
+    yield n, row, values
+  if not n_rows:
+    raise DataError(f"no {what}", path=path)
+
+
 def load_pairs(path: str | os.PathLike, *, fields: Mapping[str, str] | None = None
                ) -> list[RankedPrompt]:
   """Pairwise preferences from a JSONL file: ``{"prompt", "chosen", "rejected"}`` per line, as
@@ -177,43 +197,18 @@ def load_pairs(path: str | os.PathLike, *, fields: Mapping[str, str] | None = No
   """
   f = _fields(_PAIR_FIELDS, fields, "load_pairs")
   path = os.fspath(path)
-  out = []
-  for n, row in iter_jsonl(path):
-    if isinstance(row, DataError):
-      raise row
-    texts = []
-    for key in ("prompt", "chosen", "rejected"):
-      value = row.get(f[key])
-      if not isinstance(value, str) or not value.strip():
-        raise DataError(f"expected a non-empty string in field {f[key]!r}, got {value!r}",
-                        path=path, line=n)
-      texts.append(value)
-    out.append(RankedPrompt(texts[0], (texts[1], texts[2]), (0, 1),
-                            id=str(row.get(f["id"], f"{os.path.basename(path)}:{n}"))))
-  if not out:
-    raise DataError("no preference pairs", path=path)
-  return out
+  return [RankedPrompt(prompt, (chosen, rejected), (0, 1),
+                       id=str(row.get(f["id"], f"{os.path.basename(path)}:{n}")))
+          for n, row, (prompt, chosen, rejected)
+          in _string_rows(path, f, ("prompt", "chosen", "rejected"), "preference pairs")]
 
 
 def load_ift(path: str | os.PathLike, *, fields: Mapping[str, str] | None = None
              ) -> list[IFTExample]:
   """(instruction, response) pairs from JSONL; `DataError` (file:line) on a bad line."""
   f = _fields(_IFT_FIELDS, fields, "load_ift")
-  path = os.fspath(path)
-  out = []
-  for n, row in iter_jsonl(path):
-    if isinstance(row, DataError):
-      raise row
-    values = []
-    for key in ("instruction", "response"):
-      v = row.get(f[key])
-      if not isinstance(v, str) or not v.strip():
-        raise DataError(f"expected a non-empty string in field {f[key]!r}", path=path, line=n)
-      values.append(v)
-    out.append(IFTExample(*values))
-  if not out:
-    raise DataError("no IFT examples", path=path)
-  return out
+  return [IFTExample(*values) for _, _, values
+          in _string_rows(os.fspath(path), f, ("instruction", "response"), "IFT examples")]
 
 
 def ift_from_ranked(ranked: Sequence[RankedPrompt]) -> list[IFTExample]:
