@@ -10,7 +10,9 @@ mean (the loss itself is `score.losses.preference.dpo`).
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 from typing import Callable, Sequence
 
 import jax
@@ -247,9 +249,6 @@ def train(config, workdir: str):
   (configs/dpo.py); the reference is the initial model. Writes results.json/md (held-out
   DPO loss and implicit-reward accuracy before and after) and the trained model as a Hugging
   Face checkpoint in `<workdir>/model`."""
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-
   from score.models import hf  # pylint: disable=g-import-not-at-top
   from score.trainers import reward_model as rm_lib  # pylint: disable=g-import-not-at-top
   from score.trainers import self_rewarding  # pylint: disable=g-import-not-at-top
