@@ -68,8 +68,10 @@ def _parse(argv=None):
     args.batch, args.new_tokens, args.min_prompt, args.max_prompt = 2, 4, 3, 5
     args.vocab, args.hidden, args.layers, args.heads, args.kv_heads = 64, 32, 1, 2, 1
     args.intermediate, args.repeats, args.preset = 64, 1, ""
+  args.tie = False
   if args.preset:
     shape = common.preset_shape(args.preset)
+    args.tie = shape["tie"]
     args.vocab, args.hidden, args.layers = shape["vocab"], shape["hidden"], shape["layers"]
     args.heads, args.kv_heads, args.intermediate = (shape["heads"], shape["kv_heads"],
                                                     shape["intermediate"])
@@ -125,8 +127,7 @@ def main(argv=None):
       vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
       num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
       intermediate_size=args.intermediate, max_position_embeddings=4096,
-      initializer_range=0.1, tie_word_embeddings=bool(args.preset) and common.preset_shape(
-          args.preset)["tie"], pad_token_id=0)
+      initializer_range=0.1, tie_word_embeddings=args.tie, pad_token_id=0)
   torch_model = transformers.Qwen2ForCausalLM(cfg).eval()
   dtype = getattr(jnp, args.dtype)
   with tempfile.TemporaryDirectory() as tmp:
