@@ -13,11 +13,25 @@ import numpy as np
 import pytest
 
 from score import report
-from score.eval import metrics as metrics_lib
 from score.eval import tables
 from score.utils import metrics as metrics_io
 
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _interval(value, low, high):
+  return {"value": value, "low": low, "high": high}
+
+
+def _results(shift=0.0):
+  """A results table written out by hand (not computed by the metrics under test)."""
+  base = {"n": 40, "acc_t1": _interval(45.0 + shift, 30.0, 60.0),
+          "acc_t2": _interval(45.0 + shift, 30.0, 60.0), "delta": _interval(0.0, 0.0, 0.0),
+          "delta_i2c": _interval(0.0, 0.0, 0.0), "delta_c2i": _interval(0.0, 0.0, 0.0)}
+  score = {"n": 40, "acc_t1": _interval(45.0 + shift, 30.0, 60.0),
+           "acc_t2": _interval(72.5 + shift, 57.5, 85.0), "delta": _interval(27.5, 15.0, 42.5),
+           "delta_i2c": _interval(27.5, 15.0, 42.5), "delta_c2i": _interval(0.0, 0.0, 0.0)}
+  return {"base": base, "score": score}
 
 
 def _fake_run(workdir, *, seed=0, rl_metrics=True, stage1_steps=4, stage2_steps=6):
@@ -42,12 +56,7 @@ def _fake_run(workdir, *, seed=0, rl_metrics=True, stage1_steps=4, stage2_steps=
                           "score/r0_stage2/loss": float("nan") if s == 3 else 0.5})
   w.write_scalars(0, {"eval/base/acc_t1": 50.0})
   w.close()
-  rng = np.random.default_rng(seed)
-  c1 = rng.integers(0, 2, 40)
-  c2 = np.maximum(c1, rng.integers(0, 2, 40))
-  results = {m: metrics_lib.self_correction_metrics(c1, c2 if m == "score" else c1,
-                                                    num_bootstrap=50)
-             for m in ("base", "score")}
+  results = _results(shift=seed)
   tables.write_results(workdir, results, info={"commit": f"deadbeef{seed}"})
   os.makedirs(os.path.join(workdir, "evals"))
   with open(os.path.join(workdir, "evals", "score.json"), "w") as f:
@@ -80,16 +89,14 @@ def test_curves_lay_stages_end_to_end(tmp_path):
 
 def test_report_one_run_writes_table_and_plots(tmp_path):
   workdir = str(tmp_path / "run")
-  results = _fake_run(workdir)
+  _fake_run(workdir)
   path = report.write_report([workdir])
   out = os.path.dirname(path)
   assert out == os.path.join(workdir, "report")
   md = open(path, encoding="utf-8").read()
   # The results table, with intervals, from results.json.
-  score_acc2 = results["score"]["acc_t2"]
   assert "| score | 40 | " in md
-  assert (f"{score_acc2['value']:.1f} [{score_acc2['low']:.1f}, {score_acc2['high']:.1f}]"
-          in md)
+  assert "72.5 [57.5, 85.0]" in md and "27.5 [15.0, 42.5]" in md
   assert "`deadbeef0`" in md and "self_correction_suite" in md
   for fn in ("results.png", "reward.png", "kl.png", "flips.png", "lengths.png", "loss.png"):
     with open(os.path.join(out, fn), "rb") as f:
@@ -112,6 +119,9 @@ def test_report_side_by_side_and_missing_metrics(tmp_path):
   md = open(os.path.join(out, "report.md"), encoding="utf-8").read()
   assert "| method | n | Acc@t1 (a) | Acc@t1 (b) | Acc@t2 (a) | Acc@t2 (b) |" in md
   assert "| `rl.alpha` | 10.0 | 11.0 |" in md  # the config field that differs
+  # Each run's value in its own column, a's before b's.
+  assert ("| score | 40 | 45.0 [30.0, 60.0] | 46.0 [30.0, 60.0] | 72.5 [57.5, 85.0] | "
+          "73.5 [57.5, 85.0] | 27.5 [15.0, 42.5] | 27.5 [15.0, 42.5] |") in md
   # b logged no RL metrics, a did: the plots exist; only warm-up loss is common.
   assert os.path.exists(os.path.join(out, "reward.png"))
   a_curves = report.curves(metrics_io.read_metrics(a))
@@ -242,9 +252,7 @@ def test_report_cli_on_a_runlocal_run(tmp_path):
 
 
 def test_results_table_puts_published_mbpp_r_beside_the_measured_one():
-  c1, c2 = [0, 1, 1, 0], [1, 1, 1, 0]
-  results = {m: dict(metrics_lib.self_correction_metrics(c1, c2, num_bootstrap=20),
-                     mbpp_r=metrics_lib.accuracy([1, 0, 1], num_bootstrap=20))
+  results = {m: dict(_results()["score"], mbpp_r=dict(_interval(66.7, 33.3, 100.0), n=3))
              for m in ("base", "score", "star")}
   run = report.Run(workdir="w", name="w", config={"published": "humaneval"}, info={},
                    rows=[], results=results, evals={})
@@ -254,6 +262,7 @@ def test_results_table_puts_published_mbpp_r_beside_the_measured_one():
   rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")]
           for r in lines[2:]}
   assert rows["score"][-1] == f"{tables.PUBLISHED_MBPP_R['score']:.1f}" == "60.6"
+  assert rows["score"][header.index("MBPP-R")] == "66.7 [33.3, 100.0]"
   assert rows["base"][-1] == "47.3" and rows["star"][-1] == "—"  # the paper has no STaR MBPP-R
   # Without an MBPP-R measurement there is no published MBPP-R column either.
   for r in results.values():
