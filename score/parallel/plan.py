@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,8 +39,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from score.models import ModelConfig, Transformer
+from score.losses import score as score_losses
+from score.models import ModelConfig, Transformer, token_logprobs
 from score.parallel import mesh as mesh_lib
+from score.parallel import train as parallel_train
 
 _LOGP_CHUNK = 128  # token_logprobs' default chunk
 
@@ -56,7 +60,11 @@ class MemoryPlan:
   optimizer: int
   activations: int
   kv_cache: int
-  compiled: dict[str, int] | None = None
+  reference: int = 0
+  trainer: str = "sft"
+  remat: str = "none"
+  dtype: str = "float32"
+  compiled: dict[str, Any] | None = None
 
   @property
   def devices(self) -> int:
@@ -64,7 +72,32 @@ class MemoryPlan:
 
   @property
   def train_total(self) -> int:
-    return self.params + self.grads + self.optimizer + self.activations
+    """What the update holds: params, gradients, Adam, activations and the reference."""
+    return self.params + self.grads + self.optimizer + self.activations + self.reference
+
+  @property
+  def peak(self) -> int:
+    """A run's peak: params, Adam and the reference all the time, plus the larger of the
+    update's gradients + activations and the rollout's KV cache (they are not alive together)."""
+    return (self.params + self.optimizer + self.reference
+            + max(self.grads + self.activations, self.kv_cache))
+
+  def to_json(self) -> dict[str, Any]:
+    """One JSON line: the compiled update's `compile_s` and bytes at the top level, the
+    estimates under "estimate", the reference forward and decode step under their keys."""
+    out: dict[str, Any] = dict(
+        model=self.model, trainer=self.trainer, mesh=self.mesh, batch=self.batch, seq=self.seq,
+        remat=self.remat, dtype=self.dtype, num_params=self.num_params)
+    compiled = dict(self.compiled or {})
+    for key in ("reference", "decode"):
+      if key in compiled:
+        out[key] = compiled.pop(key)
+    out.update(compiled)
+    out["estimate"] = dict(
+        params=self.params, grads=self.grads, optimizer=self.optimizer,
+        activations=self.activations, reference=self.reference, kv_cache=self.kv_cache,
+        train_total=self.train_total, peak=self.peak)
+    return out
 
 
 def abstract_params(config: ModelConfig):
@@ -90,7 +123,7 @@ def _split(n: int, ways: int) -> float:
 
 
 def activation_bytes(c: ModelConfig, sizes: dict[str, int], batch: int, seq: int,
-                     remat: bool) -> int:
+                     remat: str) -> int:
   """Estimate of the activations a train step keeps for its backward pass (see module doc)."""
   a = jnp.dtype(c.dtype).itemsize
   t = sizes.get("tensor", 1)
@@ -100,7 +133,7 @@ def activation_bytes(c: ModelConfig, sizes: dict[str, int], batch: int, seq: int
   ff = _split(f, t)
   per_token_layer = a * (4 * d + 3 * n * h + 4 * k * h + 4 * ff) + (4 + a) * n * seq
   full_layer = b * seq * per_token_layer
-  if remat:
+  if remat == "block":
     layers = c.num_layers * b * seq * d * a + full_layer
   else:
     layers = c.num_layers * full_layer
@@ -115,51 +148,133 @@ def kv_cache_bytes(c: ModelConfig, sizes: dict[str, int], batch: int, seq: int) 
   return int(2 * c.num_layers * b * seq * k * c.head_dim * jnp.dtype(c.dtype).itemsize)
 
 
-def compiled_memory(config: ModelConfig, mesh, batch: int, seq: int) -> dict[str, int]:
-  """`memory_analysis()` of the compiled train step on `mesh` (abstract inputs only)."""
-  import optax  # pylint: disable=g-import-not-at-top
-  from score.models import token_logprobs  # pylint: disable=g-import-not-at-top
+_MEMORY_FIELDS = ("argument", "output", "alias", "temp", "generated_code")
+
+
+def _compile_stats(fn, *args, **jit_kwargs) -> dict[str, float]:
+  """Lowers and compiles `jax.jit(fn)` on abstract `args`: `compile_s` (lower + compile
+  seconds) and the per-device bytes of `memory_analysis()` (argument, output, alias, temp,
+  generated_code)."""
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn, **jit_kwargs).lower(*args).compile()
+  out: dict[str, float] = {"compile_s": round(time.perf_counter() - t0, 2)}
+  stats = compiled.memory_analysis()
+  for f in _MEMORY_FIELDS:
+    out[f] = int(getattr(stats, f"{f}_size_in_bytes", 0) or 0) if stats is not None else 0
+  return out
+
+
+def _abstract_model(config: ModelConfig, mesh):
+  """(graphdef, rebuild(params) -> model, params {key: ShapeDtypeStruct}, {key: sharding})."""
   graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
   leaves, treedef = jax.tree_util.tree_flatten(state)
   axes = mesh_lib.logical_axes(state)
   keys = list(axes)
-  shardings = [mesh_lib.named_sharding(mesh, axes[k], x.shape) for k, x in zip(keys, leaves)]
-  params = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-            for k, x, s in zip(keys, leaves, shardings)}
+  shardings = {k: mesh_lib.named_sharding(mesh, axes[k], x.shape) for k, x in zip(keys, leaves)}
+  params = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shardings[k])
+            for k, x in zip(keys, leaves)}
+
+  def rebuild(p):
+    return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, [p[k] for k in keys]))
+
+  return rebuild, params, shardings
+
+
+def _sft_loss(model, batch):
+  return -jnp.mean(token_logprobs(model, batch["tokens"]))
+
+
+def samples_per_prompt(batch: int) -> int:
+  """G of the planned SCoRe batch: 4 samples per prompt when the batch allows it."""
+  return next(g for g in (4, 2, 1) if batch % g == 0)
+
+
+def _score_loss(model, batch):
+  """SCoRe's Stage II objective (the paper's defaults: RLOO over G samples, α = 10,
+  β1 = 0.01, k2 KL in the loss) on precomputed reference log-probs, as the trainer's update
+  (`score.trainers.score.make_rl_step`) computes it."""
+  logp = token_logprobs(model, batch["tokens"], batch["mask"])
+  loss, _ = score_losses.stage2_objective(
+      logp, batch["ref_logp"], batch["turn_mask"], batch["r1"], batch["r2"],
+      group_size=samples_per_prompt(batch["r1"].shape[0]))
+  return loss
+
+
+TRAINERS = {"sft": _sft_loss, "score": _score_loss}
+
+
+def _abstract_batch(trainer: str, batch: int, seq: int, sharding) -> dict:
+  def arr(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+  out = {"tokens": arr((batch, seq), jnp.int32)}
+  if trainer == "score":
+    out.update(mask=arr((batch, seq), jnp.int32), turn_mask=arr((batch, seq), jnp.int32),
+               ref_logp=arr((batch, seq), jnp.float32), r1=arr((batch,), jnp.float32),
+               r2=arr((batch,), jnp.float32))
+  return out
+
+
+def compiled_memory(config: ModelConfig, mesh, batch: int, seq: int, *,
+                    trainer: str = "sft") -> dict[str, Any]:
+  """Compile seconds and `memory_analysis()` bytes of the compiled update on `mesh`, from
+  abstract inputs only (nothing is allocated).
+
+  `trainer`: "sft" (next-token loss) or "score" (SCoRe's Stage II update, fed by
+  precomputed reference log-probs). For "score" the reference forward (`token_logprobs`
+  without gradients) and one sampling decode step (batch × 1 token against a `seq`-slot KV
+  cache) are compiled too, under the keys "reference" and "decode".
+  """
+  import optax  # pylint: disable=g-import-not-at-top
+  if trainer not in TRAINERS:
+    raise ValueError(f"trainer={trainer!r}; expected one of {sorted(TRAINERS)}")
+  rebuild, params, param_shardings = _abstract_model(config, mesh)
   optimizer = optax.adam(1e-5)
+  loss_fn = TRAINERS[trainer]
 
-  def step(params, opt_state, tokens_BxL):
-    def nll(p):
-      model = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, [p[k] for k in keys]))
-      return -jnp.mean(token_logprobs(model, tokens_BxL))
-
-    loss, grads = jax.value_and_grad(nll)(params)
+  def step(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(lambda p: loss_fn(rebuild(p), batch))(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
   opt_shape = jax.eval_shape(optimizer.init, params)
-  param_shardings = {k: s for k, s in zip(keys, shardings)}
   opt_shardings = mesh_lib.opt_state_shardings(opt_shape, param_shardings, mesh)
   opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                            opt_shape, opt_shardings)
-  tokens = jax.ShapeDtypeStruct((batch, seq), jnp.int32,
-                                sharding=mesh_lib.batch_sharding(mesh))
-  compiled = jax.jit(step, out_shardings=(param_shardings, opt_shardings,
-                                          mesh_lib.replicated(mesh)),
-                     donate_argnums=(0, 1)).lower(params, opt_state, tokens).compile()
-  stats = compiled.memory_analysis()
-  if stats is None:
-    return {}
-  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "temp_size_in_bytes", "generated_code_size_in_bytes")
-  return {f.replace("_size_in_bytes", ""): int(getattr(stats, f, 0) or 0) for f in fields}
+  batch_in = _abstract_batch(trainer, batch, seq, mesh_lib.batch_sharding(mesh))
+  out = _compile_stats(step, params, opt_state, batch_in,
+                       out_shardings=(param_shardings, opt_shardings, mesh_lib.replicated(mesh)),
+                       donate_argnums=(0, 1))
+  if trainer == "score":
+    out["reference"] = _compile_stats(
+        lambda p, t, m: token_logprobs(rebuild(p), t, m), params, batch_in["tokens"],
+        batch_in["mask"])
+    out["decode"] = _compiled_decode(rebuild, params, config, mesh, batch, seq)
+  return out
+
+
+def _compiled_decode(rebuild, params, config: ModelConfig, mesh, batch: int, seq: int):
+  """One sampling step: `batch` new tokens against a `seq`-slot KV cache (donated)."""
+  cache = jax.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)).init_cache(batch, seq))
+  rows = mesh_lib.batch_sharding(mesh)
+
+  def decode(p, cache, tokens_Bx1, positions_Bx1, index, kv_mask_BxS):
+    logits, cache = rebuild(p).decode(tokens_Bx1, positions_Bx1, cache, index, kv_mask_BxS)
+    return logits, cache
+
+  ints = lambda shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=rows)
+  return _compile_stats(decode, params, cache, ints((batch, 1)), ints((batch, 1)),
+                        jax.ShapeDtypeStruct((), jnp.int32), ints((batch, seq)),
+                        donate_argnums=(1,))
 
 
 def plan(config: ModelConfig, mesh_shape: mesh_lib.MeshShape | str, *, batch: int, seq: int,
-         name: str = "", num_devices: int | None = None, remat: bool | None = None,
-         compile: bool = False) -> MemoryPlan:  # pylint: disable=redefined-builtin
+         name: str = "", num_devices: int | None = None, remat: str | None = None,
+         compile: bool = False, trainer: str = "sft") -> MemoryPlan:  # pylint: disable=redefined-builtin
   """The `MemoryPlan` of `config` on a mesh; `num_devices` (default: all devices) only
-  resolves a -1 axis."""
+  resolves a -1 axis. `remat` is a `score.parallel.REMAT_MODES` name (default: the config's).
+  `trainer="score"` adds the frozen reference policy (a full copy of the params) and compiles
+  SCoRe's Stage II update, the reference forward and a decode step."""
   shape = mesh_lib.mesh_shape(mesh_shape)
   fixed = [s for s in (shape.data, shape.fsdp, shape.tensor) if s != -1]
   if len(fixed) == 3:
@@ -167,7 +282,8 @@ def plan(config: ModelConfig, mesh_shape: mesh_lib.MeshShape | str, *, batch: in
   elif num_devices is None:
     num_devices = jax.device_count()
   sizes = dict(zip(mesh_lib.AXES, shape.resolve(num_devices)))
-  remat = config.remat if remat is None else remat
+  remat = remat or "none"
+  config = parallel_train.apply_remat(config, remat)
   params, axes = abstract_params(config)
   n_params = param_bytes = shard_elems = 0
   for key, x in params.items():
@@ -181,13 +297,15 @@ def plan(config: ModelConfig, mesh_shape: mesh_lib.MeshShape | str, *, batch: in
     if math.prod(sizes.values()) <= jax.device_count():
       devices = jax.devices()[:math.prod(sizes.values())]
       mesh = mesh_lib.make_mesh(sizes["data"], sizes["fsdp"], sizes["tensor"], devices=devices)
-      compiled = compiled_memory(config.replace(remat=remat), mesh, batch, seq)
+      compiled = compiled_memory(config, mesh, batch, seq, trainer=trainer)
   return MemoryPlan(
       model=name or f"D={config.hidden_size},L={config.num_layers}", mesh=sizes, batch=batch,
       seq=seq, num_params=n_params, params=param_bytes, grads=param_bytes,
       optimizer=2 * shard_elems * 4,
       activations=activation_bytes(config, sizes, batch, seq, remat),
-      kv_cache=kv_cache_bytes(config, sizes, batch, seq), compiled=compiled)
+      kv_cache=kv_cache_bytes(config, sizes, batch, seq),
+      reference=param_bytes if trainer == "score" else 0, trainer=trainer, remat=remat,
+      dtype=jnp.dtype(config.dtype).name, compiled=compiled)
 
 
 def format_bytes(n: float) -> str:
@@ -236,6 +354,16 @@ def _config_from_file(spec: str) -> tuple[str, ModelConfig, Any]:
   return path, config, cfg.get("mesh")
 
 
+def _with_depth(config: ModelConfig, num_layers: int) -> ModelConfig:
+  """`config` with `num_layers` layers (per-layer types cycled from the model's own)."""
+  if num_layers < 1:
+    raise ValueError(f"--num_layers={num_layers}; expected at least 1")
+  types = config.layer_types
+  if types is not None:
+    types = tuple(types[i % len(types)] for i in range(num_layers))
+  return config.replace(num_layers=num_layers, layer_types=types)
+
+
 def main(argv: Sequence[str] | None = None) -> list[MemoryPlan]:
   parser = argparse.ArgumentParser(
       prog="python -m score.parallel.plan", description=__doc__.split("\n\n")[0],
@@ -251,7 +379,15 @@ def main(argv: Sequence[str] | None = None) -> list[MemoryPlan]:
                       help="device count for a mesh with a -1 axis (default: local devices)")
   parser.add_argument("--batch", type=int, default=64, help="global batch (rows)")
   parser.add_argument("--seq", type=int, default=2048, help="sequence length (tokens)")
-  parser.add_argument("--remat", choices=("none", "block"), default="none")
+  parser.add_argument("--remat", choices=parallel_train.REMAT_MODES, default="none")
+  parser.add_argument("--trainer", choices=sorted(TRAINERS), default="sft",
+                      help="the update to compile: sft (next-token loss) or score (SCoRe's "
+                           "Stage II update; also compiles the reference forward and a decode "
+                           "step, and counts the reference copy)")
+  parser.add_argument("--num_layers", type=int, default=None,
+                      help="override the model's depth (e.g. to compare compile times)")
+  parser.add_argument("--json", action="store_true",
+                      help="print one JSON line per plan instead of the table")
   parser.add_argument("--dtype", default=None,
                       help="compute dtype (activations, KV cache), e.g. bfloat16")
   parser.add_argument("--no-compile", action="store_true",
@@ -278,10 +414,17 @@ def main(argv: Sequence[str] | None = None) -> list[MemoryPlan]:
   for name, config in models:
     if args.dtype:
       config = config.replace(dtype=jnp.dtype(args.dtype))
+    if args.num_layers:
+      config = _with_depth(config, args.num_layers)
+      name = f"{name} ({args.num_layers} layers)"
     for m in meshes:
       plans.append(plan(config, m, batch=args.batch, seq=args.seq, name=name,
-                        num_devices=args.devices, remat=args.remat == "block",
+                        num_devices=args.devices, remat=args.remat, trainer=args.trainer,
                         compile=not args.no_compile))
+      if args.json:
+        print(json.dumps(plans[-1].to_json()), flush=True)
+  if args.json:
+    return plans
   print(format_table(plans))
   if not args.no_compile and any(p.compiled is None for p in plans):
     print(f"(compiled column only for meshes of ≤ {jax.device_count()} devices here)")
