@@ -23,6 +23,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config = _CONFIG.value
+  trainers.check_inputs(config)
   parallel.initialize_distributed(config.get("distributed"))  # before any device is touched
   run_lib.write_run_info(_WORKDIR.value, config)
   trainers.get(config.trainer)(config, _WORKDIR.value)

@@ -169,6 +169,31 @@ def test_missing_config(tmp_path):
     hf.from_pretrained(tmp_path)
 
 
+def test_bring_your_own_checkpoint_errors_name_the_directory_and_what_is_missing(tmp_path):
+  from configs import score_math
+  from score import trainers
+  missing = tmp_path / "no-such-dir"
+  with pytest.raises(hf.CheckpointError, match=f"'{missing}' does not exist"):
+    hf.load_tokenizer(missing)  # not huggingface_hub's "Repo id must be in the form ..."
+  config = score_math.get_config(f"model_dir={missing}")
+  with pytest.raises(hf.CheckpointError, match=f"model.model_dir '{missing}' does not exist"):
+    trainers.check_inputs(config)  # what experiments.main runs before any work
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(hf.CheckpointError,
+                     match=r"'.*empty' has no config\.json; no weights .*; no tokenizer files"):
+    trainers.check_inputs(score_math.get_config(f"model_dir={empty}"))
+  with pytest.raises(hf.CheckpointError, match="no tokenizer files.*holds: nothing"):
+    hf.load_tokenizer(empty)  # not "You need to have sentencepiece or tiktoken installed"
+  weights_only = _saved(tmp_path / "weights_only")
+  with pytest.raises(hf.CheckpointError) as e:
+    trainers.check_inputs(score_math.get_config(f"model_dir={weights_only}"))
+  assert "has no tokenizer files" in str(e.value) and "config.json;" not in str(e.value)
+  os.remove(weights_only / "model.safetensors")
+  with pytest.raises(hf.CheckpointError, match=r"has no weights \(model\.safetensors"):
+    hf.from_pretrained(weights_only)
+
+
 def test_missing_tensor(tmp_path):
   from safetensors.numpy import load_file, save_file
   _hf_model("llama").save_pretrained(tmp_path)

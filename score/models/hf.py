@@ -50,6 +50,41 @@ class CheckpointError(ValueError):
   """A checkpoint directory that cannot be loaded (or a model that cannot be written)."""
 
 
+# What a usable local checkpoint directory holds; a tokenizer is any one of these sets.
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "*.safetensors")
+_TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"))
+CHECKPOINT_PARTS = ("config", "weights", "tokenizer")
+
+
+def check_checkpoint_dir(path: str, parts=CHECKPOINT_PARTS, *, what: str = "model_dir") -> None:
+  """Raises `CheckpointError` naming the directory and everything in `parts` it lacks.
+
+  `parts` ⊆ ("config", "weights", "tokenizer"): `config.json`; safetensors weights (one file,
+  an index or shards); a tokenizer (`tokenizer.json`, `tokenizer.model` or `vocab.json` +
+  `merges.txt`). Called before any work, so a wrong path fails with this message rather than
+  inside `huggingface_hub` (which takes a missing directory for a hub repo id) or
+  `transformers` (which asks for sentencepiece when an empty directory has no tokenizer).
+  """
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    kind = "is not a directory" if os.path.exists(path) else "does not exist"
+    raise CheckpointError(
+        f"{what} {path!r} {kind}: point it at a local Hugging Face checkpoint directory "
+        "(config.json, *.safetensors weights, tokenizer files); nothing is downloaded")
+  names = set(os.listdir(path))
+  missing = []
+  if "config" in parts and "config.json" not in names:
+    missing.append("config.json")
+  if "weights" in parts and not any(n.endswith(".safetensors") for n in names):
+    missing.append("weights (" + " or ".join(_WEIGHTS) + ")")
+  if "tokenizer" in parts and not any(set(group) <= names for group in _TOKENIZER_FILES):
+    missing.append("tokenizer files (" + " or ".join(" + ".join(g) for g in _TOKENIZER_FILES)
+                   + ")")
+  if missing:
+    raise CheckpointError(f"{what} {path!r} has no " + "; no ".join(missing)
+                          + f" (it holds: {', '.join(sorted(names)) or 'nothing'})")
+
+
 # ---------------------------------------------------------------------------------------------
 # config.json <-> ModelConfig
 
@@ -410,10 +445,8 @@ class _TensorReader:
 
 
 def load_config(path: str, dtype=jnp.float32) -> ModelConfig:
-  config_path = os.path.join(path, "config.json")
-  if not os.path.exists(config_path):
-    raise CheckpointError(f"no config.json in {path}")
-  with open(config_path) as f:
+  check_checkpoint_dir(path, ("config",), what="checkpoint")
+  with open(os.path.join(path, "config.json")) as f:
     return config_from_hf(json.load(f), dtype=dtype)
 
 
@@ -425,6 +458,7 @@ def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=jnp.float32,
   parameter must be present in the checkpoint with the right shape.
   """
   path = os.fspath(path)
+  check_checkpoint_dir(path, ("config", "weights"), what="checkpoint")
   config = load_config(path, dtype).replace(param_dtype=param_dtype, remat=remat)
   abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
   reader = _TensorReader(path)
@@ -510,4 +544,5 @@ def load_tokenizer(path: str):
   """The checkpoint's tokenizer (with its chat template) via `transformers.AutoTokenizer`."""
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
 
+  check_checkpoint_dir(path, ("tokenizer",), what="tokenizer directory")
   return AutoTokenizer.from_pretrained(os.fspath(path))

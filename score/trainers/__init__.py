@@ -17,6 +17,15 @@ TRAINERS = {
 }
 
 
+def check_inputs(config) -> None:
+  """Stops before any work when `config.model.model_dir` is set but is not a usable local
+  checkpoint (missing directory, config.json, weights or tokenizer: all named at once)."""
+  model_dir = config.get("model", {}).get("model_dir")
+  if model_dir:
+    from score.models import hf  # pylint: disable=g-import-not-at-top
+    hf.check_checkpoint_dir(model_dir, what="model.model_dir")
+
+
 def get(name: str):
   """The `train(config, workdir)` function registered as `name`."""
   if name not in TRAINERS:

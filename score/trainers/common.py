@@ -69,11 +69,8 @@ def build_model(cfg, vocab_size: int | None = None, *, seed: int = 0) -> Transfo
   except ValueError as e:
     raise config_lib.ConfigError(f"model.{e}") from None
   if cfg.get("model_dir"):
-    if not os.path.isdir(cfg.model_dir):
-      raise FileNotFoundError(
-          f"model_dir {cfg.model_dir!r} is not a directory; point it at a local Hugging Face "
-          "checkpoint (config.json + *.safetensors).")
     from score.models import hf  # pylint: disable=g-import-not-at-top
+    hf.check_checkpoint_dir(cfg.model_dir, what="model.model_dir")
     return hf.from_pretrained(cfg.model_dir, dtype=dtype)
   config = ModelConfig.from_section(cfg, vocab_size)
   return Transformer(config, rngs=nnx.Rngs(seed))
