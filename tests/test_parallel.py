@@ -4,7 +4,9 @@ Sharded results are compared with the same computation on one device; shardings 
 through `.sharding` and the shapes of the per-device shards.
 """
 
+import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,8 @@ from score.parallel import plan as plan_lib
 from score.sampling import sampler
 from score.trainers.common import Policy, make_optimizer
 from score.trainers.sft import make_sft_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (data, fsdp, tensor); (2, 2, 2) covers every axis and runs in the fast tier.
 MESHES = [
@@ -393,6 +397,29 @@ def test_plan_bytes_match_shard_shapes_and_compiled_arguments():
   assert fsdp.compiled["temp"] > 0
   table = plan_lib.format_table([one, fsdp])
   assert table.count("\n") == 3 and "1,8,1 (8)" in table
+
+
+def test_plan_score_update_reference_and_decode_compile(capsys):
+  """`--trainer score --json`: the SCoRe update's compiled arguments are exactly the params,
+  Adam's state and the batch the trainer feeds it; the reference and decode step have their
+  own keys; the estimate counts the reference copy; `--num_layers` changes the depth."""
+  require_devices()
+  args = ["--config", os.path.join(ROOT, "configs", "score_synthetic.py") + ":runlocal",
+          "--mesh", "data=1,fsdp=1,tensor=1", "--batch", "4", "--seq", "16",
+          "--trainer", "score", "--json"]
+  three, = plan_lib.main(args + ["--num_layers", "3"])
+  row, = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+  two, = plan_lib.main(args + ["--num_layers", "2", "--no-compile"])
+  assert row["num_params"] == three.num_params > two.num_params
+  # tokens, mask, turn_mask (int32), ref_logp (fp32): B × L × 4 bytes each; r1, r2: B × 4.
+  batch_bytes = 4 * (4 * 16 * 4) + 2 * 4 * 4
+  assert row["argument"] == three.params + three.optimizer + batch_bytes + 4  # + Adam's count
+  assert row["compile_s"] > 0 and row["temp"] > 0
+  for key in ("reference", "decode"):
+    assert row[key]["compile_s"] > 0 and row[key]["argument"] > three.params
+  assert row["estimate"]["reference"] == three.params == row["estimate"]["params"]
+  assert row["estimate"]["train_total"] == (three.params * 2 + three.grads + three.optimizer
+                                            + three.activations)
 
 
 def test_plan_cli_presets_without_compiling(capsys):

@@ -1,0 +1,62 @@
+r"""SCoRe on GSM8K at the 1–2B scale, where a public re-implementation first saw reward signal.
+
+  python -m experiments.main --config configs/score_gsm8k.py:model_dir=/ckpt/qwen2.5-1.5b-instruct \
+      --workdir /tmp/score_gsm8k
+
+Kumar et al. (2024, arXiv 2409.12917) train SCoRe on MATH with Gemini models; the public
+re-implementation that got signal on real GPUs (shared/SPEC.md §8) found that MATH on a 4B
+model gave almost no reward and moved to GSM8K with Qwen2.5-1.5B-Instruct. This config is that
+setting: train on GSM8K train (7,473 problems, `data/gsm8k_train.jsonl`), evaluate greedy, two
+attempts, on GSM8K test (1,319). The reward is 1 when the final answer the prompt asks for
+("Final Answer: The final answer is $answer$") equals the number after `####` in the gold
+rationale (numerically: `18`, `18.0` and `\$18` all match `18`; `score.rewards.math`). Methods:
+base / Self-Refine / STaR / Pair-SFT / SCoRe; `:ablations` adds Table 4's ablations. There is no
+published GSM8K table for SCoRe: compare the methods with each other.
+
+Defaults are sized for one 80 GB GPU and a 1.5B model: Adam lr 5e-6 (SCoRe's MATH setting),
+64 prompts × 4 samples = 256 sequences per step (SPEC §6: ≥ 256 sequences, leave-one-out over
+4 samples), 300 Stage I + 600 Stage II steps, 512 new tokens per attempt (GSM8K solutions are
+short), α = 10, β1 = 0.01, β2 = 0.1, bf16 compute with fp32 params.
+`:runlocal` runs every phase for a step or two on a tiny random checkpoint with a tokenizer
+trained on the problems (a smoke test, not a result).
+"""
+
+import ml_collections
+
+from configs import score_common
+from score.utils import config as config_lib
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, runlocal=False, ablations=False, model_dir="", seed=0,
+                             format="chat")
+  local = arg.runlocal
+  c = ml_collections.ConfigDict()
+  c.trainer = "self_correction_suite"
+  c.title = "SCoRe on GSM8K test (greedy, two attempts)"
+  c.published = ""
+  c.seed = arg.seed
+  c.runlocal_model = local and not arg.model_dir
+  c.task = score_common.text_task(
+      "math", train="gsm8k", eval="gsm8k", train_kwargs=dict(split="train"),
+      eval_kwargs=dict(split="test"), prompt_format=arg.format,
+      max_new_tokens=8 if local else 512, max_len=1024 if local else 2048)
+  c.model = score_common.model(arg.model_dir, dtype="float32" if local else "bfloat16")
+  c.warmup = score_common.warmup(0)
+  c.eval = ml_collections.ConfigDict(dict(num_problems=8 if local else 0, seed=0,
+                                          batch_size=8 if local else 64))
+  c.methods = ("base", "self_refine", "star", "pair_sft", "score")
+  c.ablations = (("no_multi_turn", "no_stage1", "no_shaping", "star_stage2")
+                 if arg.ablations else ())
+  sft = dict(num_problems=4, max_steps=2, batch_size=2) if local else dict(
+      num_problems=2048, max_steps=300, batch_size=64)
+  c.star = score_common.sampled_sft(lr=5e-6, **sft)
+  c.pair_sft = score_common.sampled_sft(lr=5e-6, **sft)
+  c.rl = score_common.rl(
+      seed=arg.seed, lr=5e-6, alpha=10.0, beta1=0.01, beta2=0.1,
+      stage1_steps=1 if local else 300, stage2_steps=1 if local else 600,
+      prompts_per_step=2 if local else 64, samples_per_prompt=2 if local else 4,
+      checkpoint_every=1 if local else 25, log_every=1 if local else 10)
+  score_common.scale(c)
+  c.lock()
+  return c
