@@ -5,7 +5,8 @@ Scale", arXiv 2503.14476).
       --workdir /tmp/dapo_math
   python -m experiments.main --config configs/dapo_math.py:runlocal --workdir /tmp/dapo_local
 
-DAPO = GRPO with: clip-higher (ε_low 0.2, ε_high 0.28); dynamic sampling (groups whose
+DAPO = GRPO (group advantages (r − mean)/(std + 1e-6), Bessel-corrected std as in verl, which
+DAPO's code builds on: `adv_std="sample"`, `adv_scale="group"`) with: clip-higher (ε_low 0.2, ε_high 0.28); dynamic sampling (groups whose
 rewards are all equal are dropped and refilled); token-level loss (sum over every token of the
 batch / number of tokens); overlong reward shaping (0 up to L_max − L_cache, then linearly to
 −1 at L_max; paper: L_max 20480, L_cache 4096); no KL term (β = 0). Paper settings: AdamW lr
@@ -24,8 +25,8 @@ from configs import grpo_synthetic
 from configs import score_common
 from score.utils import config as config_lib
 
-DAPO_RL = dict(advantage="grpo", eps_low=0.2, eps_high=0.28, beta=0.0, reduction="token",
-               dynamic_sampling=True)
+DAPO_RL = dict(advantage="grpo", adv_std="sample", adv_scale="group", adv_eps=1e-6,
+               eps_low=0.2, eps_high=0.28, beta=0.0, reduction="token", dynamic_sampling=True)
 
 
 def get_config(arg=None):

@@ -21,7 +21,7 @@ def np_advantages(rewards, kind, eps=1e-6, baseline=None):
       if kind == "rloo":
         out[b, i] = g[i] - others.mean()
       elif kind == "grpo":
-        out[b, i] = 0.0 if g.std() == 0 else (g[i] - g.mean()) / (g.std() + eps)
+        out[b, i] = 0.0 if g.std() == 0 else (g[i] - g.mean()) / (g.std(ddof=1) + eps)
       elif kind == "dr_grpo":
         out[b, i] = g[i] - g.mean()
   return out
@@ -54,6 +54,58 @@ def test_rloo_hand_example():
   # Group [1, 0, 0, 1]: leave-one-out means are 1/3, 2/3, 2/3, 1/3.
   adv = pg.advantages(jnp.array([[1.0, 0.0, 0.0, 1.0]]), "rloo")
   np.testing.assert_allclose(adv, [[2 / 3, -2 / 3, -2 / 3, 2 / 3]], rtol=1e-6)
+
+
+# Hand-worked GRPO advantages. G = 2, rewards [1, 0]: mean 1/2, deviations ±1/2; sample std
+# sqrt((1/4 + 1/4) / 1) = 1/√2, population std 1/2. G = 4, rewards [1, 0, 0, 0] (one differing
+# reward): mean 1/4, deviations 3/4, −1/4 ×3; Σ dev² = 9/16 + 3/16 = 3/4; sample std
+# sqrt(3/4 / 3) = 1/2, population sqrt(3/16) = √3/4.
+@pytest.mark.parametrize("rewards, std, expected", [
+    ([1.0, 0.0], "sample", [0.5 * np.sqrt(2), -0.5 * np.sqrt(2)]),
+    ([1.0, 0.0], "population", [1.0, -1.0]),
+    ([1.0, 0.0, 0.0, 0.0], "sample", [1.5, -0.5, -0.5, -0.5]),
+    ([1.0, 0.0, 0.0, 0.0], "population", [np.sqrt(3), -1 / np.sqrt(3), -1 / np.sqrt(3),
+                                          -1 / np.sqrt(3)]),
+])
+def test_grpo_hand_values(variant, rewards, std, expected):
+  got = variant(pg.advantages, kind="grpo", eps=0.0, std=std)(jnp.array([rewards]))
+  np.testing.assert_allclose(got, [expected], rtol=1e-6)
+
+
+def test_grpo_default_is_bessel_corrected_sample_std():
+  # TRL and verl (torch.std): [1, 0, 0, 0] -> (1 − 1/4) / (1/2 + 1e-6).
+  got = pg.advantages(jnp.array([[1.0, 0.0, 0.0, 0.0]]), "grpo")
+  np.testing.assert_allclose(got[0, 0], 0.75 / (0.5 + 1e-6), rtol=1e-7)
+
+
+def test_grpo_batch_and_none_scaling_hand_values():
+  # Batch [[1, 0], [4, 2]]. Centred per group: [[.5, −.5], [1, −1]]. Batch sample std of
+  # {1, 0, 4, 2}: mean 7/4, Σ dev² = 9/16 + 49/16 + 81/16 + 1/16 = 140/16; / 3 -> sqrt(35/12),
+  # / 4 -> sqrt(35/16).
+  rewards = jnp.array([[1.0, 0.0], [4.0, 2.0]])
+  centred = np.array([[0.5, -0.5], [1.0, -1.0]])
+  got = pg.advantages(rewards, "grpo", eps=0.0, scale="batch")
+  np.testing.assert_allclose(got, centred / np.sqrt(35 / 12), rtol=1e-6)
+  got = pg.advantages(rewards, "grpo", eps=0.0, scale="batch", std="population")
+  np.testing.assert_allclose(got, centred / np.sqrt(35 / 16), rtol=1e-6)
+  np.testing.assert_allclose(pg.advantages(rewards, "grpo", scale="none"), centred, rtol=1e-7)
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+@pytest.mark.parametrize("std", ["sample", "population"])
+def test_grpo_single_sample_and_equal_groups_are_zero(scale, std):
+  for rewards in (jnp.array([[1.0], [0.0], [5.0]]), jnp.full((2, 3), 0.5)):  # G = 1; all equal
+    adv = np.asarray(pg.advantages(rewards, "grpo", std=std, scale=scale))
+    assert np.all(adv == 0.0), (rewards, adv)
+
+
+def test_grpo_options_are_checked():
+  with pytest.raises(ValueError, match="unknown std"):
+    pg.advantages(jnp.ones((1, 2)), "grpo", std="bessel")
+  with pytest.raises(ValueError, match="unknown scale"):
+    pg.advantages(jnp.ones((1, 2)), "grpo", scale="global")
+  with pytest.raises(ValueError, match="for kind='grpo'"):
+    pg.advantages(jnp.ones((1, 2)), "rloo", scale="batch")
 
 
 def test_reinforce_with_explicit_ema_baseline(variant):

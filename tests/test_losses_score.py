@@ -42,7 +42,7 @@ def np_adv(r, kind):
       if kind == "rloo":
         out[start + i] = g[i] - np.delete(g, i).mean()
       elif kind == "grpo":
-        out[start + i] = 0.0 if g.std() == 0 else (g[i] - g.mean()) / (g.std() + 1e-6)
+        out[start + i] = 0.0 if g.std() == 0 else (g[i] - g.mean()) / (g.std(ddof=1) + 1e-6)
       elif kind == "reinforce":
         out[start + i] = g[i] - np.mean(r)
   return out

@@ -9,8 +9,14 @@ that does not depend on ``y``. Estimators, picked by name from ``ADVANTAGES``, a
 * ``"rloo"``: leave-one-out, ``A_i = r_i − mean_{j≠i} r_j = G/(G−1) · (r_i − mean_j r_j)``
   (Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for free!"; Ahmadian et al.
   2024, arXiv 2402.14740). Needs G ≥ 2.
-* ``"grpo"``: ``A_i = (r_i − mean r) / (std r + eps)`` (population std over the group;
-  DeepSeekMath, Shao et al. 2024, arXiv 2402.03300).
+* ``"grpo"``: ``A_i = (r_i − mean r) / (σ + eps)`` with the group mean (DeepSeekMath, Shao
+  et al. 2024, arXiv 2402.03300). ``σ`` is chosen by name: ``scale`` in ``SCALES`` --
+  ``"group"`` (the std of the group's rewards), ``"batch"`` (the std of all B·G rewards, TRL's
+  ``scale_rewards="batch"``), ``"none"`` (σ = 1, no ``eps``: Dr. GRPO's advantage); ``std``
+  in ``STDS`` -- ``"sample"`` (Bessel-corrected, ``ddof=1``: TRL's GRPO trainer and verl's
+  ``compute_grpo_outcome_advantage``, both ``torch.std``) or ``"population"`` (``ddof=0``,
+  ``jnp.std``: this library before issue #24). They differ by ``√(G/(G−1))`` (1.15 at G = 4).
+  ``eps`` is added to σ; TRL adds 1e-4, verl 1e-6 (the default here).
 * ``"dr_grpo"``: ``A_i = r_i − mean r`` (Dr. GRPO, Liu et al. 2025, arXiv 2503.20783).
 
 Groups whose rewards are all equal get advantage exactly 0 (never NaN). Every estimator
@@ -67,13 +73,50 @@ def rloo(rewards_BxG, *, eps=1e-6):
   return jax.lax.stop_gradient(adv_BxG)
 
 
-def grpo(rewards_BxG, *, eps=1e-6):
-  """Group-normalised: ``A_i = (r_i − mean r) / (std r + eps)``; 0 for all-equal groups."""
+# Degrees of freedom of the standard deviation, by name.
+STDS: dict[str, int] = {"sample": 1, "population": 0}
+
+
+def _std(x, axis, ddof):
+  """``sqrt(Σ (x − mean)² / max(n − ddof, 1))``: 0 (not NaN) for a single value."""
+  n = x.size if axis is None else x.shape[axis]
+  dev = x - jnp.mean(x, axis=axis, keepdims=True)
+  return jnp.sqrt(jnp.sum(jnp.square(dev), axis=axis, keepdims=True) / max(n - ddof, 1))
+
+
+def _scale_group(rewards_BxG, ddof, eps):
+  return _std(rewards_BxG, 1, ddof) + eps
+
+
+def _scale_batch(rewards_BxG, ddof, eps):
+  return _std(rewards_BxG, None, ddof) + eps
+
+
+def _scale_none(rewards_BxG, ddof, eps):
+  del rewards_BxG, ddof, eps
+  return 1.0
+
+
+# What GRPO divides the centred rewards by, by name: `fn(rewards_BxG, ddof, eps) -> σ + eps`.
+SCALES: dict[str, Callable] = {"group": _scale_group, "batch": _scale_batch, "none": _scale_none}
+
+
+def grpo(rewards_BxG, *, eps=1e-6, std="sample", scale="group"):
+  """Group-normalised: ``A_i = (r_i − mean r) / (σ + eps)``; 0 for all-equal groups.
+
+  ``std``: a name in ``STDS`` (``"sample"``, Bessel-corrected, as TRL and verl; or
+  ``"population"``). ``scale``: a name in ``SCALES`` (``"group"``, ``"batch"``, ``"none"``).
+  A group of one sample (G = 1) or of equal rewards gets advantage exactly 0.
+  """
   _check_2d("grpo", rewards_BxG)
+  if std not in STDS:
+    raise ValueError(f"pg.grpo: unknown std {std!r}; expected one of {sorted(STDS)}.")
+  if scale not in SCALES:
+    raise ValueError(f"pg.grpo: unknown scale {scale!r}; expected one of {sorted(SCALES)}.")
   rewards_BxG = _float(rewards_BxG)
   mean_Bx1 = jnp.mean(rewards_BxG, axis=1, keepdims=True)
-  std_Bx1 = jnp.std(rewards_BxG, axis=1, keepdims=True)
-  adv_BxG = jnp.where(_all_equal_G(rewards_BxG), 0.0, (rewards_BxG - mean_Bx1) / (std_Bx1 + eps))
+  sigma = SCALES[scale](rewards_BxG, STDS[std], eps)
+  adv_BxG = jnp.where(_all_equal_G(rewards_BxG), 0.0, (rewards_BxG - mean_Bx1) / sigma)
   return jax.lax.stop_gradient(adv_BxG)
 
 
@@ -95,11 +138,12 @@ ADVANTAGES: dict[str, Callable] = {
 }
 
 
-def advantages(rewards_BxG, kind, *, eps=1e-6, baseline=None):
+def advantages(rewards_BxG, kind, *, eps=1e-6, baseline=None, **options):
   """Advantages by name: ``ADVANTAGES[kind](rewards_BxG)`` -> ``advantages_BxG`` (constants).
 
   ``baseline`` is only meaningful for ``"reinforce"`` (an explicit baseline such as an EMA
-  state, see ``ema_baseline``); passing it with another kind is an error.
+  state, see ``ema_baseline``); passing it with another kind is an error. ``options`` go to
+  the estimator (``"grpo"``: ``std``, ``scale``); an option it does not take is an error.
   """
   try:
     fn = ADVANTAGES[kind]
@@ -111,8 +155,11 @@ def advantages(rewards_BxG, kind, *, eps=1e-6, baseline=None):
       raise ValueError(
           f"pg.advantages: a baseline was passed with kind={kind!r}; only 'reinforce' takes "
           "an explicit baseline (the group estimators compute their own).")
-    return fn(rewards_BxG, baseline=baseline, eps=eps)
-  return fn(rewards_BxG, eps=eps)
+    return fn(rewards_BxG, baseline=baseline, eps=eps, **options)
+  if options and kind != "grpo":
+    raise ValueError(f"pg.advantages: options {sorted(options)} are for kind='grpo', "
+                     f"got kind={kind!r}.")
+  return fn(rewards_BxG, eps=eps, **options)
 
 
 def ema_baseline(baseline, rewards, *, decay=0.9):
@@ -142,9 +189,10 @@ def group(rewards_B, group_size):
   return jnp.reshape(rewards_B, (n // group_size, group_size))
 
 
-def flat_advantages(rewards_B, group_size, kind, *, eps=1e-6, baseline=None):
+def flat_advantages(rewards_B, group_size, kind, *, eps=1e-6, baseline=None, **options):
   """``advantages`` on flat per-sample rewards grouped by ``group``; returns ``[B·G]``."""
-  adv_BxG = advantages(group(rewards_B, group_size), kind, eps=eps, baseline=baseline)
+  adv_BxG = advantages(group(rewards_B, group_size), kind, eps=eps, baseline=baseline,
+                       **options)
   return jnp.reshape(adv_BxG, (-1,))
 
 

@@ -14,8 +14,10 @@ Each step (SPEC §5):
    static, no gradient comes from them): the batch never trains on an all-equal group.
    (The `"token"` and `"sequence"` reductions ignore fillers; `"constant"` still counts them
    in its B·C denominator.)
-4. Advantages by name over each group (`score.losses.pg`: `grpo` = (r − mean)/std,
-   `dr_grpo` = r − mean, `rloo`), broadcast to every response token.
+4. Advantages by name over each group (`score.losses.pg`: `grpo` = (r − mean)/(σ + ε) with
+   σ per `adv_std` ("sample", Bessel-corrected as TRL/verl, or "population") and `adv_scale`
+   ("group", "batch" or "none"), ε = `adv_eps`; `dr_grpo` = r − mean; `rloo`), broadcast to
+   every response token.
 5. `num_epochs` passes over the batch in `num_minibatches` shuffled minibatches; each update
    minimises the clipped surrogate with `eps_low`/`eps_high` (DAPO clip-higher 0.2/0.28)
    against the sampler's log-probs, plus β·KL to the reference (the initial policy):
@@ -247,7 +249,14 @@ def minibatches(num_rows: int, num_minibatches: int, seed) -> list[np.ndarray]:
 
 def _check_rl(rl):
   common.check_names(rl, advantage=pg.ADVANTAGES, kl_placement=kl_lib.PLACEMENTS,
-                     kl_estimator=kl_lib.ESTIMATORS, reduction=reduce_lib.MODES)
+                     kl_estimator=kl_lib.ESTIMATORS, reduction=reduce_lib.MODES,
+                     adv_std=pg.STDS, adv_scale=pg.SCALES)
+
+
+def advantage_options(rl) -> dict:
+  """The `"grpo"` estimator's std and scaling (`rl.adv_std`, `rl.adv_scale`); the other
+  estimators take none."""
+  return dict(std=rl.adv_std, scale=rl.adv_scale) if rl.advantage == "grpo" else {}
 
 
 def check_minibatch(rl, mesh_cfg):
@@ -308,7 +317,8 @@ def train_grpo(policy, params, ref_params, env, rl, reward_cfg, *, workdir: str,
       seq_kl = sequence_kl(batch.old_logp_NxL, ref_logp, batch.loss_mask_NxL, rl.kl_estimator)
       rewards = rewards - rl.beta * seq_kl
       metrics["kl_seq"] = float(np.mean(seq_kl))
-    adv = np.asarray(pg.flat_advantages(jnp.asarray(rewards), group_size, rl.advantage))
+    adv = np.asarray(pg.flat_advantages(jnp.asarray(rewards), group_size, rl.advantage,
+                                        eps=rl.adv_eps, **advantage_options(rl)))
     adv = adv * batch.active_N
     arrays = {"tokens": tokens, "mask": mask, "loss_mask": batch.loss_mask_NxL,
               "old_logp": batch.old_logp_NxL, "ref_logp": ref_logp,
