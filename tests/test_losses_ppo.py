@@ -147,3 +147,111 @@ def test_gae_lambda_one_is_monte_carlo_return_minus_value():
   adv, ret = ppo.gae(rewards, values, mask, 1.0, 1.0)
   np.testing.assert_allclose(adv, [[0.7, 0.9, 0.8, 0.0]], rtol=1e-6)
   np.testing.assert_allclose(ret, [[1.0, 1.0, 1.0, 0.0]], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# GSPO (Zheng et al. 2025): sequence-level ratio and clipping.
+
+
+def np_gspo(logp, old, adv, mask, lo, hi):
+  """Loop reference: per row, s = exp(mean over its tokens of logp − old), A = mean advantage."""
+  loss = np.zeros_like(logp, np.float64)
+  clipped = np.zeros_like(logp, np.float64)
+  for b in range(logp.shape[0]):
+    idx = np.flatnonzero(mask[b] > 0)
+    if not len(idx):
+      continue
+    s = np.exp(np.mean(logp[b, idx].astype(np.float64) - old[b, idx]))
+    a = np.mean(adv[b, idx].astype(np.float64))
+    clip = min(max(s, 1 - lo), 1 + hi)
+    loss[b, idx] = -min(s * a, clip * a)
+    clipped[b, idx] = float(clip * a < s * a)
+  return loss, clipped.sum() / max(mask.sum(), 1)
+
+
+def gspo_inputs(seed, batch=5, time=7, spread=0.05):
+  rng = np.random.default_rng(seed)
+  old = -np.abs(rng.normal(size=(batch, time))).astype(np.float32)
+  logp = (old + spread * rng.normal(size=(batch, time))).astype(np.float32)
+  adv_B = rng.normal(size=(batch, 1)).astype(np.float32)
+  mask = ragged_mask(rng, batch, time)
+  mask[0] = 0.0  # a row without tokens
+  mask[1, :3] = 1.0
+  return logp, old, np.broadcast_to(adv_B, (batch, time)).copy(), mask
+
+
+@pytest.mark.parametrize("kind", ["gspo", "gspo_token"])
+def test_gspo_matches_loop_reference(variant, kind):
+  logp, old, adv, mask = gspo_inputs(0)
+  fn = variant(ppo.SURROGATES[kind], eps_low=0.01, eps_high=0.015)
+  loss, metrics = fn(logp, old, adv, mask)
+  ref, frac = np_gspo(logp, old, adv, mask, 0.01, 0.015)
+  np.testing.assert_allclose(loss, ref, rtol=1e-5, atol=1e-7)
+  assert 0.0 < frac < 1.0  # both branches are exercised
+  np.testing.assert_allclose(metrics["clip_frac"], frac, rtol=1e-6)
+
+
+@pytest.mark.parametrize("r, adv", [(1.3, 1.0), (0.7, 1.0), (1.3, -1.0), (0.7, -1.0),
+                                    (1.05, 2.0)])
+@pytest.mark.parametrize("kind", ["gspo", "gspo_token"])
+def test_gspo_with_constant_token_ratio_equals_ppo_clip(kind, r, adv):
+  # Every token of the sequence has ratio r, so s = r: GSPO's loss is PPO-clip's at r.
+  old = jnp.array([[-1.0, -2.0, -0.5, -3.0]])
+  logp = old + jnp.log(r)
+  mask = jnp.array([[1.0, 1.0, 1.0, 0.0]])
+  advs = jnp.full((1, 4), adv)
+  got, _ = ppo.surrogate(kind, logp, old, advs, mask, eps_low=0.2, eps_high=0.2)
+  want, _ = ppo.clipped_surrogate(logp, old, advs, mask, 0.2, 0.2)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  hand = -min(r * adv, min(max(r, 0.8), 1.2) * adv)  # worked by hand
+  np.testing.assert_allclose(got[0, :3], [hand] * 3, rtol=1e-5)
+
+
+def test_gspo_token_equals_gspo_in_value_and_sequence_gradient():
+  from score.losses import reduce as reduce_lib
+  logp, old, adv, mask = gspo_inputs(1)
+
+  def objective(kind):
+    return lambda l: reduce_lib.reduce(
+        ppo.surrogate(kind, l, old, adv, mask, eps_low=0.01, eps_high=0.015)[0], mask,
+        "sequence")
+
+  np.testing.assert_allclose(objective("gspo_token")(logp), objective("gspo")(logp), rtol=1e-5)
+  g_seq = jax.grad(objective("gspo"))(jnp.asarray(logp))
+  g_tok = jax.grad(objective("gspo_token"))(jnp.asarray(logp))
+  np.testing.assert_allclose(g_tok, g_seq, rtol=1e-5, atol=1e-8)
+  assert np.abs(np.asarray(g_seq)).max() > 0  # not trivially zero
+
+
+def test_gspo_gradient_hand_and_check_grads():
+  # One unclipped row of length n: L = −A·s, s = exp(mean(logp − old)); dL/dlogp_t = −A·s/n.
+  old = jnp.array([[-1.0, -2.0, -0.5]])
+  logp = old + jnp.array([[0.01, -0.02, 0.004]])
+  mask = jnp.ones((1, 3))
+  adv = jnp.full((1, 3), 0.8)
+  s = float(np.exp(np.mean([0.01, -0.02, 0.004])))
+  for kind in ("gspo", "gspo_token"):
+    fn = lambda l, kind=kind: jnp.sum(ppo.surrogate(kind, l, old, adv, mask, eps_low=0.2,
+                                                      eps_high=0.2)[0])
+    grad = jax.grad(fn)(logp)
+    # The summed loss counts the row's L on each of its 3 tokens: 3 · (−A·s/3) = −A·s.
+    np.testing.assert_allclose(grad, np.full((1, 3), -0.8 * s), rtol=1e-5)
+  logp2, old2, adv2, mask2 = gspo_inputs(2, spread=0.001)  # all sequences inside the clip range
+  for kind in ("gspo", "gspo_token"):
+    check_grads(lambda l, kind=kind: jnp.sum(ppo.surrogate(
+        kind, l, old2, adv2, mask2, eps_low=0.2, eps_high=0.2)[0]), (jnp.asarray(logp2),),
+        order=1, modes=["rev"], eps=1e-3, atol=1e-2, rtol=1e-2)
+
+
+def test_gspo_clipped_sequence_has_no_gradient():
+  old = jnp.array([[-1.0, -2.0]])
+  logp = old + 0.5  # s = e^0.5 > 1 + eps_high, positive advantage: clipped
+  grad = jax.grad(lambda l: jnp.sum(ppo.gspo(l, old, jnp.ones((1, 2)), jnp.ones((1, 2)),
+                                             eps_low=0.2, eps_high=0.2)[0]))(logp)
+  np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_surrogate_unknown_name():
+  with pytest.raises(ValueError, match="unknown kind 'gpo'"):
+    ppo.surrogate("gpo", jnp.zeros((1, 1)), jnp.zeros((1, 1)), jnp.zeros((1, 1)),
+                  jnp.ones((1, 1)), eps_low=0.2, eps_high=0.2)
