@@ -51,9 +51,16 @@ def set_jax_threads(n: int) -> None:
 
 
 def add_thread_flags(parser) -> None:
-  parser.add_argument("--torch_threads", type=int, default=1)
+  parser.add_argument("--torch_threads", type=int, default=0,
+                      help="0: every core, as XLA uses by default (equal hardware); 1: one")
   parser.add_argument("--jax_threads", type=int, default=0,
                       help="0: XLA's default (every core); 1: single-threaded XLA")
+
+
+def set_torch_threads(torch, n: int) -> None:
+  """torch's intra-op threads: `n`, or with n = 0 one per core — what XLA's CPU backend uses
+  by default, so that both frameworks run on the same cores."""
+  torch.set_num_threads(n or os.cpu_count() or 1)
 
 
 def timed(fn):

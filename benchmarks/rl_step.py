@@ -17,7 +17,7 @@ and rewards are mostly 0: the work per iteration is that of the longest episodes
            `env.rewards`; reference log-probs under `torch.no_grad`; the same Stage II loss
            written in torch (RLOO per turn, shaped r2, ½(logπ − logπref)² KL, per-sequence
            mean), `backward`, `clip_grad_norm_(1.0)`, `torch.optim.AdamW` — eager. Threads:
-           `--torch_threads` (default 1; XLA uses every core, so compare the CPU-time ratio).
+           `--torch_threads` (default 0: every core, as XLA; 1 for one thread).
 
 Phases (seconds, median of --repeats interleaved iterations after one warm-up each; the JAX
 warm-up compiles): `rollout` (both turns, rewards excluded), `rewards`, `ref_logprobs`,
@@ -137,7 +137,7 @@ def main(argv=None):
   from score.trainers import envs  # pylint: disable=g-import-not-at-top
   from score.trainers import score as score_trainer  # pylint: disable=g-import-not-at-top
 
-  torch.set_num_threads(args.torch_threads)
+  common.set_torch_threads(torch, args.torch_threads)
   device = common.torch_device(args.torch_device, torch)
   bf16 = args.dtype == "bfloat16"
   args.peak_n = args.peak_n or (8192 if common.jax_on_accelerator() else 2048)

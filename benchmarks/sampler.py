@@ -60,7 +60,8 @@ def _parse(argv=None):
   p.add_argument("--intermediate", type=int, default=512)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
+  p.add_argument("--torch_threads", type=int, default=0,
+                 help="0: every core, as XLA uses by default (equal hardware)")
   common.add_device_flags(p)
   common.add_common_flags(p)
   args = p.parse_args(argv)
@@ -114,8 +115,7 @@ def main(argv=None):
   from score.models import hf  # pylint: disable=g-import-not-at-top
   from score.sampling import generate, left_pad  # pylint: disable=g-import-not-at-top
 
-  if args.torch_threads:
-    torch.set_num_threads(args.torch_threads)
+  common.set_torch_threads(torch, args.torch_threads)
   device = common.torch_device(args.torch_device, torch)
   rng = np.random.default_rng(args.seed)
   lengths = np.linspace(args.min_prompt, args.max_prompt, args.batch).astype(int)

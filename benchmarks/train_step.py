@@ -10,8 +10,8 @@ identical weights (a random `transformers` Qwen2 saved to a temporary directory,
          donated).
   torch  `Qwen2ForCausalLM(...).logits` -> gather − logsumexp (what TRL does) -> the same
          loss -> `backward()` -> `torch.optim.AdamW` (eager; torch threads: --torch_threads,
-         default 1 — JAX/XLA uses its own thread pool over every core unless
-         `--jax_threads 1`, so compare the CPU-time columns, which count all threads).
+         default 0 = every core, the cores XLA's thread pool uses unless `--jax_threads 1`:
+         both frameworks run on the same hardware; the CPU-time columns count all threads).
 
 Both: AdamW lr 1e-5, weight decay 0.01, no clipping; random advantages per sequence; the loss
 is on the last 3/4 of each row (the first quarter plays the prompt).
@@ -332,7 +332,7 @@ def main(argv=None):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
-  torch.set_num_threads(args.torch_threads)
+  common.set_torch_threads(torch, args.torch_threads)
   device = common.torch_device(args.torch_device, torch)
   accelerator = common.jax_on_accelerator()
   if args.profile and (accelerator or device != "cpu"):

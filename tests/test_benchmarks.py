@@ -27,6 +27,8 @@ def _run(script, *flags, timeout=600):
 def _machine_ok(result):
   m = result["machine"]
   assert m["cpu_count"] >= 1 and "load_avg_1m" in m and m["versions"]["jax"]
+  # Equal hardware by default: torch gets every core, as XLA's CPU backend does.
+  assert m.get("torch_threads", m["cpu_count"]) == m["cpu_count"]
   assert result["peak_rss_mb"] > 0 if "peak_rss_mb" in result else True
 
 
