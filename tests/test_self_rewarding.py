@@ -15,8 +15,10 @@ import pytest
 
 from configs import self_rewarding as config_mod
 from score.data import self_rewarding as data_lib
+from score.eval import judge_quality as jq
 from score.rewards import judge as judge_lib
 from score.trainers import dpo as dpo_lib
+from score.trainers import self_instruct as si
 from score.trainers import self_rewarding as sr
 from score.utils import config as config_lib
 from score.utils import metrics as metrics_lib
@@ -203,8 +205,8 @@ def e2e_config(workdir):
 def e2e(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("srlm") / "run")
   mp = pytest.MonkeyPatch()
-  spy = Spy(sr.generate_texts)
-  mp.setattr(sr, "generate_texts", spy)
+  spy = Spy(si.generate_texts)
+  mp.setattr(si, "generate_texts", spy)
   try:
     results = sr.train(e2e_config(workdir), workdir)
   finally:
@@ -282,7 +284,7 @@ def test_end_to_end_pairwise_evaluations(e2e):
     rows = data_lib.read_jsonl(os.path.join(workdir, "eval", f"{key}.jsonl"))
     assert len(rows) == len(REFERENCE) == m["judged"] + m["failed"]
     winners = [r["winner"] for r in rows]
-    assert m == pytest.approx(sr.win_tie_lose(winners), nan_ok=True)
+    assert m == pytest.approx(jq.win_tie_lose(winners), nan_ok=True)
     for r in rows:  # both orders were judged and combined
       assert r["winner"] == judge_lib.combine_pairwise(
           judge_lib.parse_pairwise(r["raw_ab"]), judge_lib.parse_pairwise(r["raw_ba"])).winner
@@ -294,7 +296,7 @@ def test_end_to_end_pairwise_evaluations(e2e):
 
 
 def test_win_tie_lose():
-  m = sr.win_tie_lose(["A", "A", "tie", "B", None])
+  m = jq.win_tie_lose(["A", "A", "tie", "B", None])
   assert m == {"win": 50.0, "tie": 25.0, "lose": 25.0, "judged": 4, "failed": 1,
                "win_rate": 62.5}
 
@@ -326,8 +328,8 @@ def test_resume_in_the_middle_of_an_iteration(e2e, tmp_path, monkeypatch):
   shutil.rmtree(os.path.join(resumed, "models", "m3"))
   kept = {a: _read(os.path.join(resumed, a)) for a in
           ["iter1/prompts.jsonl", "iter2/prompts.jsonl", "iter2/candidates.jsonl"]}
-  spy = Spy(sr.generate_texts)
-  monkeypatch.setattr(sr, "generate_texts", spy)
+  spy = Spy(si.generate_texts)
+  monkeypatch.setattr(si, "generate_texts", spy)
   sr.train(e2e_config(resumed), resumed)
   assert spy.calls["few_shot"] == 0 and spy.calls["candidates"] == 0
   assert spy.calls["judge"] > 0
@@ -353,9 +355,9 @@ def test_no_pairs_stops_with_a_clear_message(e2e, tmp_path, monkeypatch):
   for a in ["iter1/judgments.jsonl", "iter1/pairs.jsonl", "iter1/mining.json",
             "iter1/dpo.json", "eval/judge_m2.json", "eval/judge_m3.json"]:
     os.remove(os.path.join(run, a))
-  spy = Spy(sr.generate_texts, judge_fn=lambda text, k: ["no verdict", "Score: 3-4",
+  spy = Spy(si.generate_texts, judge_fn=lambda text, k: ["no verdict", "Score: 3-4",
                                                          "Score: 12"][k % 3])
-  monkeypatch.setattr(sr, "generate_texts", spy)
+  monkeypatch.setattr(si, "generate_texts", spy)
   results = sr.train(e2e_config(run), run)
   assert "iteration 1 yielded no preference pairs" in results["stopped"]
   assert set(results["judge"]) == {"m1"}

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from score.data import DataError
+from score.data import codec as codec_lib
 from score.data import self_rewarding as sr
+from score.eval import judge_quality as jq
 from score.rewards import judge as judge_lib
-from score.trainers import self_rewarding as trainer
+from score.trainers import self_instruct as si
 
 
 def _write(path, rows):
@@ -204,7 +206,7 @@ def test_judge_quality_hand_computed():
   scores = [[5.0, 3.0, 4.0],   # pairs (0,1) ok, (0,2) ok, (1,2) wrong → 2/3
             [4.0, 4.0, None],  # (0,1) tie → wrong, (0,2) missing → wrong; (1,2) same rank
             [2.0, 1.0]]        # (1 is better) but scored lower → wrong
-  m = trainer.judge_quality(scores, ranks)
+  m = jq.judge_quality(scores, ranks)
   assert m["pairs"] == 3 + 2 + 1
   assert m["pairwise_accuracy"] == pytest.approx(100 * 2 / 6)
   assert m["five_best"] == pytest.approx(100 / 3)  # prompt 0's best got 5
@@ -215,7 +217,7 @@ def test_judge_quality_hand_computed():
   assert m["correlation_prompts"] == 2
   assert m["spearman"] == pytest.approx((0.5 - 1) / 2)
   assert m["kendall_tau"] == pytest.approx((1 / 3 - 1) / 2)
-  perfect = trainer.judge_quality([[5.0, 3.0, 3.0]], [[0, 1, 1]])
+  perfect = jq.judge_quality([[5.0, 3.0, 3.0]], [[0, 1, 1]])
   assert perfect["exact_match"] == 100.0 and perfect["pairwise_accuracy"] == 100.0
 
 
@@ -225,7 +227,7 @@ def test_spearman_kendall_match_scipy():
   for _ in range(20):
     x = rng.integers(0, 4, size=6).astype(float)
     y = rng.integers(0, 3, size=6).astype(float)
-    rho, tau = trainer.spearman(x, y), trainer.kendall_tau(x, y)
+    rho, tau = jq.spearman(x, y), jq.kendall_tau(x, y)
     if rho is None:
       assert np.std(x) == 0 or np.std(y) == 0
       continue
@@ -241,7 +243,7 @@ def test_mine_pairs_best_vs_worst_ties_dropped():
             [None, None, 4.0, None],   # one scored candidate → dropped
             [5.0, 1.0, 5.0, 1.0],      # ties within best/worst → first index of each
             [4.0, 3.0, 1.0, 3.0]]      # best 0 / worst 2 have the same text → dropped
-  pairs, counts = trainer.mine_pairs(prompts, texts, scores)
+  pairs, counts = si.mine_pairs(prompts, texts, scores)
   assert counts == {"prompts": 5, "pairs": 2, "tie": 1, "unscored": 1, "identical": 1}
   assert [(p["chosen"], p["rejected"]) for p in pairs] == [("b", "d"), ("a", "b")]
   assert (pairs[0]["chosen_score"], pairs[0]["rejected_score"]) == (4.5, 1.0)
@@ -275,10 +277,10 @@ def test_judge_rows_survives_malformed_outputs(monkeypatch):
                   "finish": "prompt_too_long" if text is None else "stop"})
     return out
 
-  monkeypatch.setattr(trainer, "generate_texts", fake_generate)
+  monkeypatch.setattr(si, "generate_texts", fake_generate)
   cfg = type("C", (), dict(num_judgments=3, max_new_tokens=8, temperature=0.7, top_p=0.9,
                            multiple="reject"))
-  rows = trainer.judge_rows(None, trainer.Codec(_Tok()), [("q", "a"), ("q", "b"), ("q", "c")],
+  rows = si.judge_rows(None, codec_lib.Codec(_Tok()), [("q", "a"), ("q", "b"), ("q", "c")],
                             cfg, seed=0, batch_size=4, max_prompt_tokens=10)
   assert rows[0]["score"] == 3.0
   assert [j["reason"] for j in rows[0]["judgments"]][2] == "no 'Score:' line"

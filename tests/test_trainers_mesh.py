@@ -741,7 +741,7 @@ def test_suite_evaluates_on_the_mesh(tmp_path, sharded_sampling):
 
 
 def test_generation_and_evaluation_sample_on_the_models_mesh(sharded_sampling):
-  from score.trainers import self_rewarding  # pylint: disable=g-import-not-at-top
+  from score.trainers import self_instruct  # pylint: disable=g-import-not-at-top
 
   class Codec:  # what `generate_texts` uses of one
     eos_ids, pad_id = (1,), 0
@@ -754,13 +754,13 @@ def test_generation_and_evaluation_sample_on_the_models_mesh(sharded_sampling):
   prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [3], [4, 4]]
   kwargs = dict(max_new_tokens=5, temperature=0.0, top_p=None, seed=0, batch_size=8,
                 max_prompt_tokens=16)
-  one = self_rewarding.generate_texts(model, Codec(), prompts, **kwargs)
+  one = self_instruct.generate_texts(model, Codec(), prompts, **kwargs)
   assert not sharded_sampling and common.model_mesh(model) is None
   policy, params = common.Policy.split(model)
   params, _, _ = common.shard(policy, params, {}, lambda *a: a, mesh_cfg())
   on_mesh = policy.model(params)
   assert common.model_mesh(on_mesh) is not None
-  assert self_rewarding.generate_texts(on_mesh, Codec(), prompts, **kwargs) == one
+  assert self_instruct.generate_texts(on_mesh, Codec(), prompts, **kwargs) == one
   assert sharded_sampling
   # GRPO/PPO's greedy evaluation too.
   sharded_sampling.clear()

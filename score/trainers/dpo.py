@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from score.data import codec as codec_lib
 from score.losses import preference
 from score.models import token_logprobs
 from score.trainers import common
@@ -229,7 +230,7 @@ def evaluate_pairs(logprob_fn: LogprobFn, params, pairs: Sequence[PairTokens], c
 def preference_pairs(codec, ranked, max_len: int) -> tuple[list[PairTokens], int]:
   """`(chosen tokens, loss mask, rejected tokens, loss mask)` per prompt — its best against its
   worst response (pairs data: chosen against rejected) — rendered by `codec`
-  (`score.trainers.self_rewarding.Codec`). Prompts whose responses all tie, or whose texts
+  (`score.data.codec.Codec`). Prompts whose responses all tie, or whose texts
   exceed `max_len` tokens, are dropped; returns the pairs and the number dropped."""
   out, dropped = [], 0
   for r in ranked:
@@ -251,7 +252,6 @@ def train(config, workdir: str):
   Face checkpoint in `<workdir>/model`."""
   from score.models import hf  # pylint: disable=g-import-not-at-top
   from score.trainers import reward_model as rm_lib  # pylint: disable=g-import-not-at-top
-  from score.trainers import self_rewarding  # pylint: disable=g-import-not-at-top
   from score.utils import config as config_lib  # pylint: disable=g-import-not-at-top
   from score.utils import run as run_lib  # pylint: disable=g-import-not-at-top
 
@@ -261,7 +261,7 @@ def train(config, workdir: str):
     raise config_lib.ConfigError("dpo needs model.model_dir (a local Hugging Face checkpoint: "
                                  "the initial policy, the reference and the tokenizer)")
   tokenizer = hf.load_tokenizer(config.model.model_dir)
-  codec = self_rewarding.Codec(tokenizer, config.data.format)
+  codec = codec_lib.Codec(tokenizer, config.data.format)
   train_rows, heldout_rows = rm_lib.split_preferences(config)
   (pairs, dropped), (heldout, dropped_eval) = (
       preference_pairs(codec, rows, config.data.max_len) for rows in (train_rows, heldout_rows))

@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from score.data import synthetic
+from score.data import codec as codec_lib
 from score.losses import preference
 from score.models import Transformer
 from score.trainers import common
@@ -182,8 +183,8 @@ def synthetic_preferences(task: synthetic.AdditionTask, problems, num_responses:
 def ranked_arrays(codec, ranked, *, max_len: int, num_responses: int = 0):
   """`(tokens_BxKxL, mask_BxKxL, ranks_BxK)` numpy arrays, left-padded, from `RankedPrompt`s.
 
-  Each text is what the policy sees and writes: `codec` (`score.trainers.self_rewarding.
-  Codec`: chat template or plain "Question: … Answer: ") renders the prompt, then the response
+  Each text is what the policy sees and writes: `codec` (`score.data.codec.Codec`:
+  chat template or plain "Question: … Answer: ") renders the prompt, then the response
   and EOS, where the reward is read. A text longer than `max_len` tokens keeps its last
   `max_len`. K = `num_responses` or (0) the most responses of any prompt; a prompt with fewer
   has empty slots (all-zero mask), which the loss and the accuracy skip. Returns the arrays and
@@ -325,8 +326,7 @@ def _jsonl_setup(config, workdir: str):
   if not config.model.model_dir:
     raise config_lib.ConfigError("reward_model on JSONL preferences needs model.model_dir (a "
                                  "local Hugging Face checkpoint: its weights and tokenizer)")
-  from score.trainers import self_rewarding  # pylint: disable=g-import-not-at-top
-  codec = self_rewarding.Codec(hf.load_tokenizer(config.model.model_dir), config.data.format)
+  codec = codec_lib.Codec(hf.load_tokenizer(config.model.model_dir), config.data.format)
   train, heldout = split_preferences(config)
   k = config.rm.num_responses or max(len(r.responses) for r in train + heldout)
   (train_arrays, cut), (heldout, cut_eval) = (
