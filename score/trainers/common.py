@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 import os
+import signal
 from typing import Any, Callable
 
 import jax
@@ -178,6 +179,17 @@ def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
+KILL_AFTER_ENV = "SCORE_KILL_AFTER"
+
+
+def after_checkpoint(name: str, step: int) -> None:
+  """Called right after `train_loop` saves phase `name` at `step`. A test hook: with
+  `SCORE_KILL_AFTER=<name>:<step>` in the environment the process SIGKILLs itself there, so
+  tests crash a run at a known point (tests/test_resume.py); in-process tests replace it."""
+  if os.environ.get(KILL_AFTER_ENV) == f"{name}:{step}":
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def train_loop(*, workdir: str, name: str, state: dict, update: Callable, num_steps: int,
                checkpoint_every: int, keep: int = 2, log_every: int = 10,
                writer: metrics_lib.MetricWriter | None = None,
@@ -227,6 +239,7 @@ def train_loop(*, workdir: str, name: str, state: dict, update: Callable, num_st
         bar.set_postfix({loss_key: f"{loss:.4f}"})
       if step % checkpoint_every == 0 or step == num_steps:
         ckpt.save(step, state, extra_state() if extra_state else None, force=True)
+        after_checkpoint(name, step)
   finally:
     bar.close()
     ckpt.close()
