@@ -415,7 +415,8 @@ def test_python_grader_failures_score_zero():
 @pytest.mark.skipif(not _OK, reason=_WHY)
 def test_python_grader_cannot_read_parent_secrets(monkeypatch):
   monkeypatch.setenv("SCORE_TEST_SECRET", "hunter2")
+  # 1.0 only from a grader that ran and saw no secret: a crashed grader also scores 0.0.
   source = ("import os\ndef grade(sample, item):\n"
-            "    return 1.0 if os.environ.get('SCORE_TEST_SECRET') else 0.0\n")
+            "    return 0.0 if os.environ.get('SCORE_TEST_SECRET') else 1.0\n")
   grader = g.build_grader({"type": "python", "name": "env", "source": source})
-  assert grader("x", {}) == 0.0
+  assert grader("x", {}) == 1.0

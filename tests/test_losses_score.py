@@ -131,14 +131,19 @@ def test_shaped_rewards_by_hand():
 
 
 def test_alpha_zero_equals_unshaped_objective():
+  """α = 0: Stage II is plain two-turn REINFORCE on (r1, r2) -- the numpy objective on the
+  unshaped returns -- and α = 10 is that objective on (r1, r2 + 10 (r2 − r1))."""
   logp, ref, turn, r1, r2 = episode_batch(2)
   kwargs = dict(group_size=G, beta1=0.05)
   shaped0, _ = score.stage2_objective(logp, ref, turn, r1, r2, alpha=0.0, **kwargs)
-  plain, _ = score.multi_turn_objective(logp, ref, turn, jnp.stack([r1, r2], 1), (0.05, 0.05),
-                                        group_size=G)
-  np.testing.assert_allclose(shaped0, plain, rtol=1e-6)
+  want0 = np_objective(logp, ref, turn, np.stack([r1, r2], 1), (0.05, 0.05), (1, 1), "rloo",
+                       "k2", "loss", "sequence")
+  np.testing.assert_allclose(shaped0, want0, rtol=1e-5, atol=1e-6)
   shaped10, _ = score.stage2_objective(logp, ref, turn, r1, r2, alpha=10.0, **kwargs)
-  assert abs(float(shaped10) - float(shaped0)) > 1e-3  # α matters when r2 ≠ r1 somewhere
+  want10 = np_objective(logp, ref, turn, np.stack([r1, 11 * r2 - 10 * r1], 1), (0.05, 0.05),
+                        (1, 1), "rloo", "k2", "loss", "sequence")
+  np.testing.assert_allclose(shaped10, want10, rtol=1e-5, atol=1e-6)
+  assert abs(want10 - want0) > 1e-3  # α matters when r2 ≠ r1 somewhere
 
 
 def grad_logp(fn, logp, *args, **kwargs):

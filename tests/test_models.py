@@ -280,6 +280,12 @@ def test_remat_matches():
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+# Max |bf16 − fp32| logit error measured on these models (jax 0.10, CPU, commit 9b5bc52):
+# llama 0.093, gemma2 0.062 (logit scale 6.2 / 10.4). The bound is 2× the measured error; an
+# error under 1e-3 would mean the forward did not compute in bf16 at all.
+BF16_LOGIT_ERR = {"llama": 0.093, "gemma2": 0.062}
+
+
 @pytest.mark.parametrize("variant", ["llama", "gemma2"])
 def test_bf16_compute(variant):
   model = _model(variant)
@@ -292,7 +298,7 @@ def test_bf16_compute(variant):
   ref = _fwd(model, tokens, mask)
   real = np.asarray(mask) > 0
   err = np.abs(np.asarray(logits - ref))[real].max()
-  assert err < 0.1 * float(np.abs(np.asarray(ref)).max()) + 0.1
+  assert 1e-3 < err < 2 * BF16_LOGIT_ERR[variant], err
   logp = _logprobs(bf16, tokens, mask)
   assert np.isfinite(np.asarray(logp)).all()
 

@@ -146,7 +146,10 @@ def test_bf16_checkpoint_and_compute(tmp_path):
   low = hf.from_pretrained(tmp_path, dtype=jnp.bfloat16)
   logits = np.asarray(_ours(low, tokens, mask))
   real = mask > 0
-  assert np.abs(logits[real] - theirs[real]).max() < 0.05 * np.abs(theirs).max() + 0.05
+  # bf16 compute against torch fp32: measured max error 0.052 at logit scale 4.8 (jax 0.10,
+  # CPU, commit 9b5bc52); the bound is 2× that, and below 1e-3 nothing ran in bf16.
+  err = np.abs(logits[real] - theirs[real]).max()
+  assert 1e-3 < err < 0.104, err
 
 
 def _rewrite_config(path, **changes):
@@ -261,5 +264,7 @@ def test_save_sharded_bf16_from_scratch(tmp_path):
   assert again.config == config
   tokens, mask, positions = _batch()
   _assert_close(_ours(again, tokens, mask), _hf_logits(model, tokens, mask, positions), mask)
-  bf16_err = np.abs(np.asarray(again.embed.value) - np.asarray(ours.embed.value)).max()
-  assert 0 < bf16_err < 1e-2 * np.abs(np.asarray(ours.embed.value)).max()
+  # bf16 export rounds each weight to 8 significant bits: |error| ≤ 2^-8 |w| (unit roundoff).
+  w = np.asarray(ours.embed.value)
+  bf16_err = np.abs(np.asarray(again.embed.value) - w)
+  assert bf16_err.max() > 0 and (bf16_err <= 2.0**-8 * np.abs(w)).all()

@@ -54,13 +54,39 @@ def test_code_env_runs_tests_in_the_sandbox(checkpoint):
   assert env.rewards([p, p], [right, wrong]) == [1.0, 0.0]
 
 
-def test_self_refine_scores_the_third_turn(checkpoint):
-  from score.models import hf  # pylint: disable=g-import-not-at-top
+def test_self_refine_scores_the_third_turn(checkpoint, monkeypatch):
+  """Self-Refine: three turns (attempt, feedback, refined attempt) with the self-refine
+  instruction; the refined attempt -- not the feedback -- is scored as the second attempt.
+  The rollout is scripted so that scoring the wrong turn gives other numbers."""
+  import types  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
   problems = loaders.load("math500")[:2]
   env = _env(checkpoint, "math", "chat", problems, problems)
-  out = self_correction.two_attempts(hf.from_pretrained(checkpoint), env, problems,
-                                     self_refine=True, batch_size=2)
-  assert len(out["correct_t1"]) == 2 and set(out["attempts"][0]) == {"id", "t1", "t2", "t3"}
+
+  def answer(value):
+    return env.tokenizer.encode(f"Final Answer: The final answer is ${value}$. I hope it is "
+                                "correct.", add_special_tokens=False)
+  # Rows come back in the order (problem 1, problem 0), as a rollout may reorder them.
+  scripted = {1: [answer(problems[1].answer), answer(problems[1].answer), answer(-2)],
+              0: [answer(-3), answer(-4), answer(problems[0].answer)]}
+  calls = []
+
+  def rollout(model, prompt_tokens, *, num_turns, instruction, **kwargs):
+    calls.append((num_turns, instruction, prompt_tokens))
+    return types.SimpleNamespace(prompt_index_B=np.array([1, 0]),
+                                 responses=[scripted[1][:num_turns], scripted[0][:num_turns]])
+  monkeypatch.setattr(self_correction.rollouts, "rollout", rollout)
+  out = self_correction.two_attempts(None, env, problems, self_refine=True, batch_size=2)
+  assert calls[0][:2] == (3, env.self_refine_instruction)
+  assert calls[0][2] == [env.prompt_tokens(p) for p in problems]
+  # Problem 1: right, right (feedback), wrong; problem 0: wrong, wrong (feedback), right.
+  assert out["correct_t1"] == [1.0, 0.0] and out["correct_t2"] == [0.0, 1.0]
+  assert [a["id"] for a in out["attempts"]] == [problems[1].id, problems[0].id]
+  assert out["attempts"][0]["t3"] == env.decode(scripted[1][2])
+  # Without Self-Refine: two turns, the plain instruction, the second turn scored.
+  out = self_correction.two_attempts(None, env, problems, batch_size=2)
+  assert calls[1][:2] == (2, env.instruction)
+  assert out["correct_t2"] == [1.0, 0.0] and "t3" not in out["attempts"][0]
 
 
 def test_train_problems_are_deterministic(checkpoint):
