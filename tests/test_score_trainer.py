@@ -103,6 +103,91 @@ def _runlocal_config(**overrides):
   return c
 
 
+def test_ablation_configs_change_what_is_trained():
+  """Each Table-4 ablation changes exactly its `rl` fields (runlocal: 2 + 2 steps, α = 10)."""
+  from score.trainers import suite  # pylint: disable=g-import-not-at-top
+  c = _runlocal_config()
+  want = {"no_stage1": {"stage1_steps": 0, "stage2_steps": 4},
+          "no_shaping": {"alpha": 0.0},
+          "no_stage1_no_shaping": {"stage1_steps": 0, "stage2_steps": 4, "alpha": 0.0},
+          "no_multi_turn": {"multi_turn": False, "stage1_steps": 0, "stage2_steps": 4},
+          "star_stage2": {"stage2_method": "star"}}
+  assert set(want) == set(suite.ABLATIONS)
+  for name, fields in want.items():
+    rl = suite.ablation_config(c, name).rl
+    assert {k: rl[k] for k in rl if rl[k] != c.rl[k]} == fields, name
+
+
+class _TabularPolicy:
+  """The tabular policy of `_toy` behind the trainer's `policy.model(params)`."""
+
+  def model(self, params):
+    return params["theta"]
+
+
+def _one_update(rl, batch, stage):
+  import optax  # pylint: disable=g-import-not-at-top
+  from score.trainers import score as score_lib  # pylint: disable=g-import-not-at-top
+  theta = _toy(4)[0]
+  opt = optax.sgd(1.0)
+  step = score_lib.make_rl_step(_TabularPolicy(), opt, rl)
+  new, _, _ = step({"theta": theta}, opt.init({"theta": theta}), batch, stage)
+  return np.asarray(new["theta"] - theta)
+
+
+def test_rl_step_switches_change_the_update(monkeypatch):
+  """`rl.alpha`, `rl.multi_turn` and `rl.beta2` reach the compiled update (on the tabular
+  policy): α changes the Stage II step; without multi-turn training the Stage II step ignores
+  r2 and moves no turn-2 logit (only attempt 1 is trained, on r1); β2 changes Stage I."""
+  from score.trainers import common  # pylint: disable=g-import-not-at-top
+  from score.trainers import score as score_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(score_lib, "token_logprobs", lambda theta, tokens, mask: _logp(theta,
+                                                                                     tokens))
+  c = _runlocal_config(**{"rl.samples_per_prompt": G})
+  _, tokens, ref_logp = _toy(4)
+  batch = {"tokens": tokens, "mask": jnp.ones_like(tokens), "turn_mask": jnp.asarray(TURN_MASK),
+           "ref_logp": ref_logp, "r1": R1, "r2": R2}
+  flipped = dict(batch, r2=1 - R2)
+
+  def rl(**kw):
+    out = common.unfrozen(common.frozen(c.rl))
+    out.update(kw)
+    return out
+  base = _one_update(rl(), batch, 2)
+  assert not np.allclose(base, _one_update(rl(alpha=0.0), batch, 2))
+  single = _one_update(rl(multi_turn=False), batch, 2)
+  assert np.abs(base[TURN_MASK == 2]).sum() > 0 and not single[TURN_MASK == 2].any()
+  np.testing.assert_allclose(single, _one_update(rl(multi_turn=False), flipped, 2), atol=1e-7)
+  s1 = _one_update(rl(beta2=0.1), batch, 1)
+  assert not np.allclose(s1, _one_update(rl(beta2=1.0), batch, 1))
+
+
+def test_star_stage2_trains_with_sft(monkeypatch):
+  """`rl.stage2_method="star"` compiles Stage II as an SFT step (Stage I stays RL)."""
+  from score.trainers import common, envs  # pylint: disable=g-import-not-at-top
+  from score.trainers import score as score_lib  # pylint: disable=g-import-not-at-top
+  c = _runlocal_config(**{"rl.stage2_method": "star"})
+  env = envs.make_env(c)
+  policy, params = common.Policy.split(common.build_model(c.model, env.tokenizer.vocab_size))
+  stars = []
+
+  class Stop(Exception):
+    pass
+
+  def spy(policy, rl_items, steps, star, micro_batches=1):
+    stars.append(star)
+    if len(stars) == 2:
+      raise Stop
+    return score_lib.__wrapped_compiled_steps(policy, rl_items, steps, star, micro_batches)
+  monkeypatch.setattr(score_lib, "__wrapped_compiled_steps", score_lib._compiled_steps,
+                      raising=False)
+  monkeypatch.setattr(score_lib, "_compiled_steps", spy)
+  monkeypatch.setattr(score_lib.common, "train_loop", lambda **kw: kw["state"])
+  with pytest.raises(Stop):
+    score_lib.train_score(policy, params, params, env, c.rl, workdir="/nonexistent")
+  assert stars == [False, True]
+
+
 def test_suite_end_to_end_checkpoints_resumes_and_writes_table(tmp_path):
   from score.trainers import suite  # pylint: disable=g-import-not-at-top
   c = _runlocal_config()
