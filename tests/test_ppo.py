@@ -165,6 +165,12 @@ def test_rlvr_runlocal_end_to_end(tmp_path):
   for r in steps:
     assert r["ppo/ratio_max_dev_first"] < 1e-4 and np.isfinite(r["ppo/loss"])
   assert os.path.exists(tmp_path / "results.md")
+  # PPO moved the warmed-up policy (and the value model was trained from its copy).
+  from test_resume import checkpoint_params  # pylint: disable=g-import-not-at-top
+  warm = checkpoint_params(str(tmp_path), "warmup")["params"]
+  trained = checkpoint_params(str(tmp_path), "ppo")
+  assert max(float(np.abs(trained["params"][k] - warm[k]).max()) for k in warm) > 1e-6
+  assert any(np.abs(trained["value_params"][k]).max() > 0 for k in trained["value_params"])
 
 
 def test_rlvr_math_config():

@@ -1,7 +1,7 @@
 """Resume after a crash, for every training phase that protects compute: SCoRe Stage I and
-Stage II, GRPO, PPO, DPO (fast, in-process), the SFT warm-up killed with a real SIGKILL (fast),
-and a Self-Rewarding iteration, GRPO, PPO, DPO and the SCoRe suite killed with a real SIGKILL
-in a subprocess (slow).
+Stage II, PPO, DPO (fast, in-process; GRPO slow), the SFT warm-up killed with a real SIGKILL
+(fast), and a Self-Rewarding iteration, GRPO, PPO, DPO and the SCoRe suite killed with a real
+SIGKILL in a subprocess (slow).
 
 A run is crashed right after phase P saved its checkpoint at step k (the `common.
 after_checkpoint` hook: in-process it raises `Killed`; in a subprocess `SCORE_KILL_AFTER=P:k`
@@ -119,6 +119,7 @@ def test_score_stages_killed_and_resumed(score_setup, tmp_path, monkeypatch):
     assert_same_rows(ref_rows, rows, phase)
 
 
+@pytest.mark.slow  # PPO is the fast representative of the RLVR trainers
 def test_grpo_killed_and_resumed(tmp_path, monkeypatch):
   from score.trainers import grpo  # pylint: disable=g-import-not-at-top
   from test_grpo import ToyEnv, reward_cfg, rl_cfg, tiny_policy  # pylint: disable=g-import-not-at-top
