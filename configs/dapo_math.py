@@ -15,6 +15,8 @@ of 32 prompts (16 gradient updates per rollout step). Reward: ±1 in the paper (
 wrong −1); here 1/0 from the MATH answer checker (a constant shift, which group advantages
 remove). The paper trains on DAPO-Math-17K; this config uses the 12k MATH split and MATH500.
 `:runlocal` runs the same options for a few steps on synthetic addition (tests);
+`:synthetic` is a minutes-long CPU run on the GRPO demo's task, base model and batch
+(configs/grpo_synthetic.py) with DAPO's options (measured: see below);
 `:math_local` one tiny step of the MATH path on a tiny random checkpoint (smoke run).
 """
 
@@ -30,8 +32,8 @@ DAPO_RL = dict(advantage="grpo", adv_std="sample", adv_scale="group", adv_eps=1e
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, math_local=False, model_dir="", seed=0,
-                             format="chat",
+  arg = config_lib.parse_arg(arg, runlocal=False, math_local=False, synthetic=False,
+                             model_dir="", seed=0, format="chat", steps=200,
                              max_new_tokens=20480, cache_len=4096)
   if arg.runlocal:
     c = grpo_synthetic.get_config(f"runlocal,seed={arg.seed}")
@@ -41,6 +43,14 @@ def get_config(arg=None):
                                               cache_len=2)
       c.rl.update(DAPO_RL)
       c.rl.max_sampling_rounds = 3
+    return c
+  if arg.synthetic:
+    # The GRPO demo's task, model, SFT warm-up and batch (configs/grpo_synthetic.py), with
+    # DAPO's options; no overlong shaping (answers are 2–4 tokens of a 5-token budget).
+    c = grpo_synthetic.get_config(f"seed={arg.seed},steps={arg.steps}")
+    with c.unlocked():
+      c.title = "DAPO on synthetic addition (greedy, held-out problems)"
+      c.rl.update(DAPO_RL)
     return c
   c = ml_collections.ConfigDict()
   c.trainer = "grpo"

@@ -53,11 +53,16 @@ def rl_config(**overrides):
   Advantages (`score.losses.pg.grpo`): `adv_std="sample"` is the Bessel-corrected std of TRL
   and verl ("population" the ddof=0 one), `adv_scale` "group" | "batch" (TRL's
   `scale_rewards`) | "none", `adv_eps` the ε added to the std (verl 1e-6; TRL 1e-4).
+  `policy_loss`: "ppo_clip" | "gspo" | "gspo_token" (`score.losses.ppo.SURROGATES`; GSPO's
+  paper clips at eps_low=3e-4, eps_high=4e-4). Sampler/trainer mismatch: `tis_level` "none" |
+  "token" | "sequence" with cap `tis_cap` (`score.losses.importance`; off in fp32, "token"
+  with cap 2 for bf16 sampling on accelerators); `mismatch_threshold` for `mismatch/frac`.
   """
   rl = dict(
       seed=0, steps=100, prompts_per_step=32, samples_per_prompt=8, temperature=1.0,
       advantage="grpo", adv_std="sample", adv_scale="group", adv_eps=1e-6,
-      eps_low=0.2, eps_high=0.2, dual_clip=0.0,
+      policy_loss="ppo_clip", eps_low=0.2, eps_high=0.2, dual_clip=0.0,
+      tis_level="none", tis_cap=2.0, mismatch_threshold=0.1,
       beta=0.04, kl_estimator="k3", kl_placement="loss", reduction="sequence",
       loss_constant=0, num_epochs=1, num_minibatches=1,
       dynamic_sampling=False, max_sampling_rounds=4,
@@ -83,7 +88,7 @@ def task_config(num_digits=2, p_wrong_first=0.5):
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, seed=0, steps=200, warmup_steps=400,
+  arg = config_lib.parse_arg(arg, runlocal=False, seed=0, steps=200, warmup_steps=300,
                              num_digits=2, p_wrong_first=0.5, lr=3e-4)
   c = ml_collections.ConfigDict()
   c.trainer = "grpo"

@@ -31,10 +31,12 @@ from score.utils import config as config_lib
 
 
 def ppo_rl(**overrides):
-  """The `rl` section of the PPO trainer with the Tülu 3 RLVR defaults."""
+  """The `rl` section of the PPO trainer with the Tülu 3 RLVR defaults (`policy_loss`,
+  `tis_level`, `tis_cap`, `mismatch_threshold`: see `grpo_synthetic.rl_config`)."""
   rl = dict(
       seed=0, steps=1000, prompts_per_step=64, samples_per_prompt=1, temperature=1.0,
-      eps_low=0.2, eps_high=0.2, dual_clip=0.0, gamma=1.0, lam=0.95, whiten_advantages=True,
+      policy_loss="ppo_clip", eps_low=0.2, eps_high=0.2, dual_clip=0.0,
+      tis_level="none", tis_cap=2.0, mismatch_threshold=0.1, gamma=1.0, lam=0.95, whiten_advantages=True,
       beta=0.05, kl_estimator="k1", kl_placement="reward", reduction="token",
       vf_coef=0.1, value_clip=0.2, num_epochs=4, num_minibatches=1,
       lr=3e-7, value_lr=3e-7, warmup_steps=0, schedule="constant", end_lr_factor=0.0,

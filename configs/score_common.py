@@ -27,6 +27,8 @@ def rl(*, seed=0, stage1_steps, stage2_steps, prompts_per_step, samples_per_prom
 
   `prompts_per_step × samples_per_prompt` is the paper's batch size. The KL gradient uses
   k2 in the loss (on-policy gradient of KL(π‖π_ref)); see `score.losses.score`.
+  `tis_level` / `tis_cap` / `mismatch_threshold`: the sampler/trainer mismatch of both turns,
+  logged and optionally corrected (`score.losses.importance`; "none" in fp32).
   """
   return ml_collections.ConfigDict(dict(
       seed=seed, rounds=1, stage1_steps=stage1_steps, stage2_steps=stage2_steps,
@@ -34,8 +36,8 @@ def rl(*, seed=0, stage1_steps, stage2_steps, prompts_per_step, samples_per_prom
       temperature=1.0, lr=lr, warmup_steps=0, schedule="constant", grad_clip=1.0,
       weight_decay=0.0, b1=0.9, b2=0.999, alpha=alpha, beta1=beta1, beta2=beta2,
       advantage="rloo", kl_estimator="k2", kl_placement="loss", reduction="sequence",
-      multi_turn=True, stage2_method="reinforce", checkpoint_every=checkpoint_every,
-      log_every=log_every))
+      multi_turn=True, stage2_method="reinforce", tis_level="none", tis_cap=2.0,
+      mismatch_threshold=0.1, checkpoint_every=checkpoint_every, log_every=log_every))
 
 
 def text_task(name, *, train, eval, train_kwargs=None, eval_kwargs=None, prompt_format,

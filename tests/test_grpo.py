@@ -86,6 +86,8 @@ def test_grpo_runlocal_end_to_end(tmp_path):
     # The first update of a step uses the sampler's policy: ρ = 1 up to float error.
     assert r["grpo/ratio_max_dev_first"] < 1e-4
     assert np.isfinite(r["grpo/loss"])
+    # π_old is the trainer's recomputation; in fp32 it matches the sampler's log-probs.
+    assert r["grpo/mismatch/abs_max"] < 1e-4 and r["grpo/mismatch/frac"] == 0.0
   # Later updates of the same step see a moved policy (the test above can fail).
   assert max(r["grpo/ratio_max_dev"] for r in steps) > 1e-4
   # Resuming a finished run is a no-op that returns the same results.
@@ -143,7 +145,8 @@ def toy_batch():
 def _arrays(batch, advantages, ref_logp=None):
   return {"tokens": jnp.asarray(batch.tokens_NxL), "mask": jnp.asarray(batch.mask_NxL),
           "loss_mask": jnp.asarray(batch.loss_mask_NxL),
-          "old_logp": jnp.asarray(batch.old_logp_NxL),
+          "old_logp": jnp.asarray(batch.sampler_logp_NxL),
+          "sampler_logp": jnp.asarray(batch.sampler_logp_NxL),
           "ref_logp": jnp.zeros(batch.tokens_NxL.shape) if ref_logp is None else ref_logp,
           "advantages": jnp.asarray(advantages, jnp.float32)}
 
@@ -171,8 +174,8 @@ def test_loss_matches_numpy(toy_batch, reduction):
   policy, params, _, batch = toy_batch
   rng = np.random.default_rng(0)
   mask = batch.loss_mask_NxL.astype(np.float64)
-  old = batch.old_logp_NxL + rng.normal(0, 0.3, mask.shape) * mask  # off-policy by a bit
-  ref = batch.old_logp_NxL + rng.normal(0, 0.5, mask.shape) * mask
+  old = batch.sampler_logp_NxL + rng.normal(0, 0.3, mask.shape) * mask  # off-policy by a bit
+  ref = batch.sampler_logp_NxL + rng.normal(0, 0.5, mask.shape) * mask
   adv = rng.normal(size=len(batch))
   arrays = _arrays(batch, adv, jnp.asarray(ref, jnp.float32))
   arrays["old_logp"] = jnp.asarray(old, jnp.float32)
@@ -192,6 +195,39 @@ def test_loss_matches_numpy(toy_batch, reduction):
   else:
     expected = per_tok.sum() / (len(batch) * 3.0)
   np.testing.assert_allclose(float(loss), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy_loss", ["ppo_clip", "gspo"])
+def test_truncated_importance_weights_scale_the_policy_term_only(toy_batch, policy_loss):
+  """TIS off: the sampler's log-probs do not enter the loss (perturbing them changes neither
+  loss nor gradient). Token TIS with π_old / π_sampler = 3 on every token and cap 2: the
+  policy term doubles, the KL term does not, and the gradient changes."""
+  import jax  # pylint: disable=g-import-not-at-top
+  policy, params, _, batch = toy_batch
+  rng = np.random.default_rng(2)
+  mask = batch.loss_mask_NxL.astype(np.float32)
+  ref = batch.sampler_logp_NxL + rng.normal(0, 0.5, mask.shape) * mask
+  arrays = _arrays(batch, rng.normal(size=len(batch)), jnp.asarray(ref, jnp.float32))
+  arrays["old_logp"] = arrays["old_logp"] + jnp.asarray(rng.normal(0, 0.3, mask.shape) * mask,
+                                                        jnp.float32)
+  perturbed = dict(arrays, sampler_logp=arrays["old_logp"] - np.log(3.0) * mask)
+
+  def run(batch_arrays, tis_level):
+    rl = rl_cfg(beta=0.1, policy_loss=policy_loss, tis_level=tis_level, tis_cap=2.0)
+    fn = lambda p: grpo.grpo_loss(p, batch_arrays, policy=policy, rl=rl, loss_constant=3.0)
+    return jax.value_and_grad(fn, has_aux=True)(params)
+
+  (loss_a, m_a), g_a = run(arrays, "none")
+  (loss_b, m_b), g_b = run(perturbed, "none")
+  assert float(loss_a) == float(loss_b)
+  for k in g_a:
+    np.testing.assert_array_equal(g_a[k], g_b[k], err_msg=k)
+  (loss_c, m_c), g_c = run(perturbed, "token")
+  np.testing.assert_allclose(m_c["pg_loss"], 2.0 * m_a["pg_loss"], rtol=1e-5)
+  np.testing.assert_allclose(m_c["kl"], m_a["kl"], rtol=1e-6)
+  np.testing.assert_allclose(float(loss_c) - float(loss_a), float(m_a["pg_loss"]), rtol=1e-4)
+  assert max(float(jnp.max(jnp.abs(g_c[k] - g_a[k]))) for k in g_a) > 1e-4
+  np.testing.assert_allclose(m_c["tis_weight"], 2.0, rtol=1e-6)
 
 
 def test_kl_in_reward_is_sequence_sum_of_estimator():
@@ -221,7 +257,7 @@ def _fake_round_factory(group_size, num_groups, seed):
     batch = grpo.RolloutBatch(
         tokens_NxL=np.tile(np.arange(n)[:, None], (1, 4)).astype(np.int32),
         mask_NxL=np.ones((n, 4), np.int32), loss_mask_NxL=np.ones((n, 4), np.int32),
-        old_logp_NxL=np.zeros((n, 4), np.float32), rewards_N=rewards, correct_N=rewards,
+        sampler_logp_NxL=np.zeros((n, 4), np.float32), rewards_N=rewards, correct_N=rewards,
         lengths_N=np.ones(n, np.int32), finished_N=np.ones(n, bool),
         active_N=np.ones(n, np.float32), problems=[(r, i // group_size) for i in range(n)],
         responses=[[i] for i in range(n)])

@@ -65,13 +65,13 @@ def test_gae_and_value_loss_through_trainer_match_numpy():
 
   rng = np.random.default_rng(1)
   lm = batch.loss_mask_NxL.astype(np.float64)
-  ref = batch.old_logp_NxL + rng.normal(0, 0.2, lm.shape) * lm
+  ref = batch.sampler_logp_NxL + rng.normal(0, 0.2, lm.shape) * lm
   rl = rlvr_math.ppo_rl(beta=0.05, gamma=1.0, lam=0.95, whiten_advantages=False)
-  adv, returns, r_tok = ppo.compute_advantages(batch.rewards_N, batch.old_logp_NxL,
+  adv, returns, r_tok = ppo.compute_advantages(batch.rewards_N, batch.sampler_logp_NxL,
                                                jnp.asarray(ref, jnp.float32), values,
                                                batch.loss_mask_NxL, rl)
   # numpy: −β·k1 on every response token, the sequence reward on the last one.
-  expected_r = -0.05 * (batch.old_logp_NxL - ref) * lm
+  expected_r = -0.05 * (batch.sampler_logp_NxL - ref) * lm
   for b in range(len(batch)):
     last = np.flatnonzero(lm[b])[-1]
     expected_r[b, last] += batch.rewards_N[b]
@@ -82,7 +82,7 @@ def test_gae_and_value_loss_through_trainer_match_numpy():
 
   # Whitening: zero mean, unit variance over response tokens.
   rl_w = rlvr_math.ppo_rl(beta=0.05, whiten_advantages=True)
-  adv_w, _, _ = ppo.compute_advantages(batch.rewards_N, batch.old_logp_NxL,
+  adv_w, _, _ = ppo.compute_advantages(batch.rewards_N, batch.sampler_logp_NxL,
                                        jnp.asarray(ref, jnp.float32), values,
                                        batch.loss_mask_NxL, rl_w)
   sel = np.asarray(adv_w)[lm > 0]
@@ -91,7 +91,8 @@ def test_gae_and_value_loss_through_trainer_match_numpy():
   # The value loss of the trainer's objective, at moved values, against numpy.
   old_values = values + rng.normal(0, 0.5, values.shape) * lm
   arrays = {"tokens": tokens, "mask": mask, "loss_mask": jnp.asarray(batch.loss_mask_NxL),
-            "old_logp": jnp.asarray(batch.old_logp_NxL), "ref_logp": jnp.asarray(ref, jnp.float32),
+            "old_logp": jnp.asarray(batch.sampler_logp_NxL),
+            "sampler_logp": jnp.asarray(batch.sampler_logp_NxL), "ref_logp": jnp.asarray(ref, jnp.float32),
             "advantages": adv, "returns": returns,
             "old_values": jnp.asarray(old_values, jnp.float32)}
   rl_l = rlvr_math.ppo_rl(value_clip=0.2, vf_coef=0.1, reduction="token")
@@ -107,6 +108,17 @@ def test_gae_and_value_loss_through_trainer_match_numpy():
   np.testing.assert_allclose(float(total), float(m["pg_loss"]) + 0.1 * float(m["value_loss"]),
                              rtol=1e-5)
   assert float(m["ratio_max_dev"]) < 1e-5
+  # Sequence-level TIS: π_old / π_sampler = e^0.1 on each of a row's n tokens, so the row's
+  # weight is min(e^(0.1 n), 1.5); the value loss is untouched.
+  rl_tis = rlvr_math.ppo_rl(value_clip=0.2, vf_coef=0.1, reduction="token",
+                            tis_level="sequence", tis_cap=1.5)
+  shifted = dict(arrays, sampler_logp=arrays["old_logp"] - 0.1 * jnp.asarray(lm, jnp.float32))
+  _, m_tis = ppo.ppo_loss(params, vparams, shifted, policy=policy, value_def=value_def,
+                          rl=rl_tis)
+  w = np.minimum(np.exp(0.1 * lm.sum(1, keepdims=True)), 1.5)
+  np.testing.assert_allclose(float(m_tis["pg_loss"]), -(w * a * lm).sum() / lm.sum(),
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(float(m_tis["value_loss"]), float(m["value_loss"]), rtol=1e-6)
 
 
 def test_ppo_bandit_learns_the_optimal_action(tmp_path):
@@ -164,6 +176,7 @@ def test_rlvr_runlocal_end_to_end(tmp_path):
   assert len(steps) == 2
   for r in steps:
     assert r["ppo/ratio_max_dev_first"] < 1e-4 and np.isfinite(r["ppo/loss"])
+    assert r["ppo/mismatch/abs_max"] < 1e-4  # the trainer's π_old vs the sampler's, fp32
   assert os.path.exists(tmp_path / "results.md")
   # PPO moved the warmed-up policy (and the value model was trained from its copy).
   from test_resume import checkpoint_params  # pylint: disable=g-import-not-at-top

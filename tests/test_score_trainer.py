@@ -67,6 +67,28 @@ def test_stage2_first_attempt_sees_only_its_own_return():
   assert not np.allclose(np.asarray(g_a)[turn2], np.asarray(g_b)[turn2])
 
 
+@pytest.mark.parametrize("objective", [score_losses.stage1_objective,
+                                       score_losses.stage2_objective])
+def test_importance_weights_scale_the_reinforce_term_of_both_turns(objective):
+  """Weights w on every token: the REINFORCE term (both turns) is w times, the KL is not."""
+  theta, tokens, ref_logp = _toy()
+  logp = _logp(theta, tokens)
+  plain, m = objective(logp, ref_logp, TURN_MASK, R1, R2, group_size=G)
+  w = jnp.full((B, T), 2.0)
+  _, m_w = objective(logp, ref_logp, TURN_MASK, R1, R2, group_size=G, is_weights_BxT=w)
+  np.testing.assert_allclose(m_w["pg_loss"], 2.0 * m["pg_loss"], rtol=1e-6)
+  np.testing.assert_allclose(m_w["kl_loss"], m["kl_loss"], rtol=1e-6)
+  assert abs(float(m["pg_loss"])) > 1e-3 and float(plain) != float(m_w["loss"])
+  # Without KL, weight 0 on the second turn: its tokens get no gradient (weight 1: they do).
+  no_kl = dict(beta1=0.0, **({"beta2": 0.0} if objective is score_losses.stage1_objective
+                             else {}))
+  w2 = jnp.asarray(np.where(TURN_MASK == 2, 0.0, 1.0), jnp.float32)
+  g = _grad(objective, theta, tokens, ref_logp, R1, R2, is_weights_BxT=w2, **no_kl)
+  np.testing.assert_array_equal(np.asarray(g)[TURN_MASK == 2], 0.0)
+  g1 = _grad(objective, theta, tokens, ref_logp, R1, R2, **no_kl)
+  assert np.abs(np.asarray(g1)[TURN_MASK == 2]).max() > 1e-4
+
+
 @pytest.mark.parametrize("kind", ["k2", "k3"])
 def test_kl_gradient_is_live_and_matches_finite_differences(kind):
   theta, tokens, ref_logp = _toy(3)
@@ -217,6 +239,11 @@ def test_suite_end_to_end_checkpoints_resumes_and_writes_table(tmp_path):
   for m, p in moved.items():
     assert max(float(np.abs(p[k] - warm[k]).max()) for k in warm) > 1e-6, m
   assert any(not np.allclose(moved["score"][k], moved["no_stage1"][k]) for k in warm)
+  # Both stages log the sampler/trainer mismatch of both turns: fp32 float noise here.
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  for stage in ("stage1", "stage2"):
+    logged = [r[k] for r in rows for k in r if k.startswith(f"score/r0_{stage}/mismatch/abs_max")]
+    assert logged and max(logged) < 1e-4, stage
   # A second run resumes: nothing is retrained, the same table comes out.
   mtime = os.path.getmtime(os.path.join(workdir, "checkpoints", "warmup"))
   again = suite.train(c, workdir)

@@ -584,7 +584,7 @@ def _random_minibatch(policy, params, rows=8, length=8, seed=0):
   logp = np.asarray(token_logprobs(policy.model(params), tokens, mask))
   f = lambda *shape: rng.normal(size=shape).astype(np.float32)  # pylint: disable=unnecessary-lambda-assignment
   return {"tokens": tokens, "mask": mask, "loss_mask": loss_mask, "old_logp": logp,
-          "ref_logp": logp + 0.1 * f(rows, length), "advantages": f(rows),
+          "sampler_logp": logp, "ref_logp": logp + 0.1 * f(rows, length), "advantages": f(rows),
           "returns": f(rows, length), "old_values": f(rows, length)}
 
 

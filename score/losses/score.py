@@ -58,7 +58,8 @@ def _masked_mean(x_BxT, mask_BxT):
 
 def multi_turn_objective(logp_BxT, ref_logp_BxT, turn_mask_BxT, returns_BxK, betas_K, *,
                          group_size, credited_K=None, advantage="rloo", kl_estimator="k2",
-                         kl_placement="loss", reduction="sequence", constant=None, eps=1e-6):
+                         kl_placement="loss", reduction="sequence", constant=None, eps=1e-6,
+                         is_weights_BxT=None):
   """Multi-turn REINFORCE + KL objective with per-turn credit (the core of both stages).
 
   Per token ``t`` of turn ``k``::
@@ -85,6 +86,8 @@ def multi_turn_objective(logp_BxT, ref_logp_BxT, turn_mask_BxT, returns_BxK, bet
     kl_placement: ``"loss"`` or ``"reward"``.
     reduction: a mode of ``reduce.reduce``; ``constant`` is its normaliser.
     eps: GRPO's std epsilon.
+    is_weights_BxT: constant per-token weights of the REINFORCE term (not of the KL): the
+      truncated importance weights of ``score.losses.importance``; None = 1.
 
   Returns:
     ``(loss, metrics)``: a scalar and a dict of scalar diagnostics (stop-gradient).
@@ -136,6 +139,8 @@ def multi_turn_objective(logp_BxT, ref_logp_BxT, turn_mask_BxT, returns_BxK, bet
   adv_BxK = jnp.stack(adv_columns, axis=1)
   adv_BxT = pg.per_turn_advantages(adv_BxK, turn_BxT)
   pg_loss_BxT = pg.policy_gradient_loss(logp_BxT, adv_BxT, mask_BxT)
+  if is_weights_BxT is not None:
+    pg_loss_BxT = pg_loss_BxT * jax.lax.stop_gradient(is_weights_BxT)
 
   def reduced(x_BxT):
     return reduce_lib.reduce(x_BxT, mask_BxT, reduction, constant=constant)
@@ -164,7 +169,8 @@ def _reward_metrics(r1_B, r2_B):
 
 def stage1_objective(logp_BxT, ref_logp_BxT, turn_mask_BxT, r1_B, r2_B, *, group_size,
                      advantage="rloo", beta1=0.01, beta2=0.1, kl_estimator="k2",
-                     kl_placement="loss", reduction="sequence", constant=None, eps=1e-6):
+                     kl_placement="loss", reduction="sequence", constant=None, eps=1e-6,
+                     is_weights_BxT=None):
   """SCoRe Stage I loss: reward on the second attempt only, β2 KL on first-attempt tokens.
 
   ``loss = reduce( −A(r2)·log π on turn 2  +  β2·KL on turn 1  +  β1·KL on turn 2 )``.
@@ -179,14 +185,15 @@ def stage1_objective(logp_BxT, ref_logp_BxT, turn_mask_BxT, r1_B, r2_B, *, group
       logp_BxT, ref_logp_BxT, turn_mask_BxT, returns_BxK, (beta2, beta1),
       group_size=group_size, credited_K=(False, True), advantage=advantage,
       kl_estimator=kl_estimator, kl_placement=kl_placement, reduction=reduction,
-      constant=constant, eps=eps)
+      constant=constant, eps=eps, is_weights_BxT=is_weights_BxT)
   metrics = dict(metrics, **jax.lax.stop_gradient(_reward_metrics(r1_B, r2_B)))
   return loss, metrics
 
 
 def stage2_objective(logp_BxT, ref_logp_BxT, turn_mask_BxT, r1_B, r2_B, *, group_size,
                      advantage="rloo", alpha=10.0, beta1=0.01, kl_estimator="k2",
-                     kl_placement="loss", reduction="sequence", constant=None, eps=1e-6):
+                     kl_placement="loss", reduction="sequence", constant=None, eps=1e-6,
+                     is_weights_BxT=None):
   """SCoRe Stage II loss: both attempts rewarded, shaped bonus on the second, β1 KL on both.
 
   ``loss = reduce( −A(r1)·log π on turn 1  −  A(r2 + α(r2 − r1))·log π on turn 2
@@ -200,7 +207,8 @@ def stage2_objective(logp_BxT, ref_logp_BxT, turn_mask_BxT, r1_B, r2_B, *, group
   loss, metrics = multi_turn_objective(
       logp_BxT, ref_logp_BxT, turn_mask_BxT, returns_BxK, (beta1, beta1),
       group_size=group_size, advantage=advantage, kl_estimator=kl_estimator,
-      kl_placement=kl_placement, reduction=reduction, constant=constant, eps=eps)
+      kl_placement=kl_placement, reduction=reduction, constant=constant, eps=eps,
+      is_weights_BxT=is_weights_BxT)
   extra = _reward_metrics(r1_B, r2_B)
   extra["reward/t2_shaped"] = jnp.mean(shaped_r2_B)
   metrics = dict(metrics, **jax.lax.stop_gradient(extra))

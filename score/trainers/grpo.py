@@ -4,7 +4,13 @@ Each step (SPEC §5):
 
 1. Sample G responses for each of `prompts_per_step` prompts with the current policy
    (`score.sampling.rollouts`, one turn). The sampler returns the raw model's log-probs of
-   every generated token: these are the "old" log-probs `log π_old` of the importance ratio.
+   every generated token (π_sampler); the trainer recomputes them with its own forward pass at
+   the same weights: these are the "old" log-probs `log π_old` of the importance ratio. Their
+   difference, the sampler/trainer mismatch, is logged (`mismatch/mean`, `abs_max`, `frac`
+   beyond `rl.mismatch_threshold`) and can be corrected with truncated importance weights
+   `min(π_old / π_sampler, rl.tis_cap)` per token or per sequence (`rl.tis_level`; "none" by
+   default: in fp32 the mismatch is float noise; for bf16 sampling on accelerators use
+   "token" with a cap of 2, Yao et al. 2025).
 2. Reward each response with the configured components (`rewards_compose`: the verifiable
    oracle, graders, format, Kimi length, DAPO overlong, no-EOS).
 3. DAPO dynamic sampling (`dynamic_sampling=True`): groups whose rewards are all equal carry
@@ -19,8 +25,9 @@ Each step (SPEC §5):
    ("group", "batch" or "none"), ε = `adv_eps`; `dr_grpo` = r − mean; `rloo`), broadcast to
    every response token.
 5. `num_epochs` passes over the batch in `num_minibatches` shuffled minibatches; each update
-   minimises the clipped surrogate with `eps_low`/`eps_high` (DAPO clip-higher 0.2/0.28)
-   against the sampler's log-probs, plus β·KL to the reference (the initial policy):
+   minimises the clipped surrogate `rl.policy_loss` ("ppo_clip" per token; "gspo" /
+   "gspo_token": GSPO's length-normalised sequence ratio, clipped per sequence) with
+   `eps_low`/`eps_high` (DAPO clip-higher 0.2/0.28; GSPO 3e-4/4e-4) against `log π_old`, plus β·KL to the reference (the initial policy):
    `kl_placement="loss"` adds `β·k(log π − log π_ref)` per token (GRPO: k3, β = 0.04);
    `"reward"` subtracts `β·Σ_t k(log π_old − log π_ref)` from each sequence reward before the
    group advantage. β = 0 skips the reference model altogether (DAPO).
@@ -50,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from score.losses import importance
 from score.losses import kl as kl_lib
 from score.losses import pg
 from score.losses import ppo as ppo_losses
@@ -77,15 +85,15 @@ class RolloutBatch:
 
   tokens_NxL / mask_NxL: prompt ⊕ response, left-padded to the environment's `max_len`.
   loss_mask_NxL: 1 on generated tokens (EOS included), 0 elsewhere.
-  old_logp_NxL: the sampler's raw-model log-probs of generated tokens (same alignment as
-    `token_logprobs`), the importance-ratio denominators.
+  sampler_logp_NxL: the sampler's raw-model log-probs of generated tokens (same alignment
+    as `token_logprobs`): π_sampler of the mismatch metrics and truncated importance weights.
   rewards_N: composed rewards; correct_N: oracle rewards; lengths_N: generated tokens;
   finished_N: ended with EOS; active_N: 0 for filler rows (no loss, see dynamic sampling).
   """
   tokens_NxL: np.ndarray
   mask_NxL: np.ndarray
   loss_mask_NxL: np.ndarray
-  old_logp_NxL: np.ndarray
+  sampler_logp_NxL: np.ndarray
   rewards_N: np.ndarray
   correct_N: np.ndarray
   lengths_N: np.ndarray
@@ -129,7 +137,7 @@ def sample_batch(policy, params, env, problems, *, group_size, temperature, seed
       finished=finished)
   batch = RolloutBatch(
       tokens_NxL=episodes.tokens_BxL, mask_NxL=episodes.mask_BxL,
-      loss_mask_NxL=episodes.loss_mask_BxL, old_logp_NxL=episodes.logprobs_BxL,
+      loss_mask_NxL=episodes.loss_mask_BxL, sampler_logp_NxL=episodes.logprobs_BxL,
       rewards_N=rewards, correct_N=correct,
       lengths_N=episodes.lengths_BxK[:, 0].astype(np.int32), finished_N=finished,
       active_N=np.ones(len(rewards), np.float32), problems=row_problems, responses=responses)
@@ -200,15 +208,15 @@ def collect_groups(sample_round, num_groups: int, group_size: int, *, dynamic: b
 def grpo_loss(params, batch, *, policy, rl, loss_constant):
   """The per-update objective on a minibatch; returns `(loss, metrics)`.
 
-  `batch`: tokens, mask, loss_mask, old_logp, ref_logp (unused when the KL is not in the
-  loss), advantages_B (one per sequence).
+  `batch`: tokens, mask, loss_mask, old_logp (the trainer's recomputation at the sampling
+  weights), sampler_logp (the sampler's), ref_logp (unused when the KL is not in the loss),
+  advantages_B (one per sequence). The policy loss is `rl.policy_loss` ("ppo_clip", "gspo",
+  "gspo_token"), weighted per token by the truncated importance weights of `rl.tis_level`.
   """
   logp_BxL = token_logprobs(policy.model(params), batch["tokens"], batch["mask"])
   loss_mask_BxL = batch["loss_mask"]
   adv_BxL = batch["advantages"][:, None] * loss_mask_BxL
-  pg_BxL, metrics = ppo_losses.clipped_surrogate(
-      logp_BxL, batch["old_logp"], adv_BxL, loss_mask_BxL, eps_low=rl.eps_low,
-      eps_high=rl.eps_high, dual_clip=rl.dual_clip or None)
+  pg_BxL, metrics = policy_loss(logp_BxL, adv_BxL, batch, rl)
   loss_BxL = pg_BxL
   if rl.beta > 0 and rl.kl_placement == "loss":
     _, kl_BxL = kl_lib.penalty(logp_BxL, batch["ref_logp"], loss_mask_BxL, beta=rl.beta,
@@ -221,6 +229,30 @@ def grpo_loss(params, batch, *, policy, rl, loss_constant):
   metrics["pg_loss"] = reduce_lib.reduce(pg_BxL, loss_mask_BxL, rl.reduction,
                                          constant=loss_constant)
   return loss, jax.lax.stop_gradient(metrics)
+
+
+def policy_loss(logp_BxL, adv_BxL, batch, rl):
+  """`rl.policy_loss` against `batch["old_logp"]`, times the TIS weights of `rl.tis_level`
+  (`min(π_old / π_sampler, rl.tis_cap)`, 1 with "none"); `(loss_BxL, metrics)` (GRPO, PPO)."""
+  loss_mask_BxL = batch["loss_mask"]
+  pg_BxL, metrics = ppo_losses.surrogate(
+      rl.policy_loss, logp_BxL, batch["old_logp"], adv_BxL, loss_mask_BxL, eps_low=rl.eps_low,
+      eps_high=rl.eps_high, dual_clip=rl.dual_clip or None)
+  weights_BxL = importance.truncated_weights(batch["old_logp"], batch["sampler_logp"],
+                                             loss_mask_BxL, level=rl.tis_level, cap=rl.tis_cap)
+  metrics["tis_weight"] = reduce_lib.reduce(weights_BxL, loss_mask_BxL, "token")
+  return pg_BxL * weights_BxL, metrics
+
+
+def old_logprobs(logp_fn, params, batch: RolloutBatch, rl) -> tuple[np.ndarray, dict]:
+  """π_old: the trainer's log-probs of the sampled tokens at the sampling weights (what the
+  importance ratio divides by), and the sampler/trainer mismatch against the sampler's own
+  (`score.losses.importance.mismatch_metrics`, threshold `rl.mismatch_threshold`) as
+  `mismatch/mean`, `mismatch/abs_max`, `mismatch/frac`. On the host (GRPO, PPO)."""
+  old_logp = common.to_host(logp_fn(params, batch.tokens_NxL, batch.mask_NxL))
+  metrics = importance.mismatch_metrics(old_logp, batch.sampler_logp_NxL, batch.loss_mask_NxL,
+                                        threshold=rl.mismatch_threshold)
+  return old_logp, {f"mismatch/{k}": float(v) for k, v in metrics.items()}
 
 
 def make_update(policy, optimizer, rl, loss_constant, micro_batches=1):
@@ -250,7 +282,8 @@ def minibatches(num_rows: int, num_minibatches: int, seed) -> list[np.ndarray]:
 def _check_rl(rl):
   common.check_names(rl, advantage=pg.ADVANTAGES, kl_placement=kl_lib.PLACEMENTS,
                      kl_estimator=kl_lib.ESTIMATORS, reduction=reduce_lib.MODES,
-                     adv_std=pg.STDS, adv_scale=pg.SCALES)
+                     adv_std=pg.STDS, adv_scale=pg.SCALES, policy_loss=ppo_losses.SURROGATES,
+                     tis_level=importance.LEVELS)
 
 
 def advantage_options(rl) -> dict:
@@ -288,7 +321,7 @@ def train_grpo(policy, params, ref_params, env, rl, reward_cfg, *, workdir: str,
       policy, params, optimizer.init(params),
       make_update(policy, optimizer, rl, float(loss_constant),
                   micro_batches=common.micro_batches(mesh_cfg)), mesh_cfg)
-  ref_fn = common.logprobs_fn(policy)
+  logp_fn = ref_fn = common.logprobs_fn(policy)
   use_ref = rl.beta > 0
   ref_params = common.shard_like(ref_params, params) if use_ref else None
   base_key = jax.random.fold_in(jax.random.key(rl.seed), stable_hash(name))
@@ -312,17 +345,19 @@ def train_grpo(policy, params, ref_params, env, rl, reward_cfg, *, workdir: str,
     # On the host, so that a sharded update can lay it out like the rest of the batch.
     ref_logp = (common.to_host(ref_fn(ref_params, tokens, mask)) if use_ref
                 else np.zeros(tokens.shape, np.float32))
+    old_logp, mismatch = old_logprobs(logp_fn, params, batch, rl)
+    metrics.update(mismatch)
     rewards = batch.rewards_N
     if use_ref and rl.kl_placement == "reward":
-      seq_kl = sequence_kl(batch.old_logp_NxL, ref_logp, batch.loss_mask_NxL, rl.kl_estimator)
+      seq_kl = sequence_kl(old_logp, ref_logp, batch.loss_mask_NxL, rl.kl_estimator)
       rewards = rewards - rl.beta * seq_kl
       metrics["kl_seq"] = float(np.mean(seq_kl))
     adv = np.asarray(pg.flat_advantages(jnp.asarray(rewards), group_size, rl.advantage,
                                         eps=rl.adv_eps, **advantage_options(rl)))
     adv = adv * batch.active_N
     arrays = {"tokens": tokens, "mask": mask, "loss_mask": batch.loss_mask_NxL,
-              "old_logp": batch.old_logp_NxL, "ref_logp": ref_logp,
-              "advantages": adv.astype(np.float32)}
+              "old_logp": old_logp, "sampler_logp": batch.sampler_logp_NxL,
+              "ref_logp": ref_logp, "advantages": adv.astype(np.float32)}
     history = []
     for epoch in range(rl.num_epochs):
       for idx in minibatches(len(batch), rl.num_minibatches, [rl.seed, step, epoch]):

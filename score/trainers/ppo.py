@@ -2,8 +2,10 @@ r"""PPO with a value model and GAE: the Tülu 3 RLVR recipe (Lambert et al. 2024
 
 Each step (SPEC §3–§4):
 
-1. Sample responses with the current policy (the sampler's raw-model log-probs are
-   `log π_old`), score them: reward = α·[answer verified] (α = 10) plus the −10 no-EOS penalty
+1. Sample responses with the current policy; `log π_old` is the trainer's recomputation of
+   the sampled tokens' log-probs (the sampler/trainer mismatch against the sampler's own is
+   logged and optionally corrected by truncated importance weights, `rl.tis_level`, as in
+   `score.trainers.grpo`); score them: reward = α·[answer verified] (α = 10) plus the −10 no-EOS penalty
    (`rewards_compose`, from the config's `reward` section).
 2. Per-token rewards: `r_t = −β·k1(log π_old − log π_ref)` on every response token (KL in the
    reward, `kl_placement="reward"`, k1), plus the sequence reward on the last response token.
@@ -13,7 +15,7 @@ Each step (SPEC §3–§4):
    A_t = Σ_l (γλ)^l δ_{t+l}, returns R_t = A_t + V_t; advantages optionally whitened over the
    batch's response tokens.
 4. `num_epochs` × `num_minibatches` updates of both models: clipped surrogate
-   (`eps_low`/`eps_high`) for the policy, `vf_coef` × clipped value loss for the value model
+   (`rl.policy_loss`: "ppo_clip", or GSPO's sequence ratio; `eps_low`/`eps_high`) for the policy, `vf_coef` × clipped value loss for the value model
    (each with its own optimiser; the two parameter sets are disjoint).
 
 The value model starts from the policy's body (`value.init="policy"`), from a reward model
@@ -34,6 +36,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from score.losses import importance
 from score.losses import kl as kl_lib
 from score.losses import ppo as ppo_losses
 from score.losses import reduce as reduce_lib
@@ -106,9 +109,7 @@ def ppo_loss(params, value_params, batch, *, policy, value_def, rl):
   """`(total loss, (policy loss, value loss, metrics))` on a minibatch."""
   loss_mask_BxL = batch["loss_mask"]
   logp_BxL = token_logprobs(policy.model(params), batch["tokens"], batch["mask"])
-  pg_BxL, metrics = ppo_losses.clipped_surrogate(
-      logp_BxL, batch["old_logp"], batch["advantages"], loss_mask_BxL, eps_low=rl.eps_low,
-      eps_high=rl.eps_high, dual_clip=rl.dual_clip or None)
+  pg_BxL, metrics = grpo_lib.policy_loss(logp_BxL, batch["advantages"], batch, rl)
   if rl.beta > 0 and rl.kl_placement == "loss":
     _, kl_BxL = kl_lib.penalty(logp_BxL, batch["ref_logp"], loss_mask_BxL, beta=rl.beta,
                                kind=rl.kl_estimator, placement="loss")
@@ -177,7 +178,8 @@ def init_value_model(value_cfg, model_cfg, policy_params, *, vocab_size, seed, m
 
 def _check_rl(rl):
   common.check_names(rl, kl_placement=kl_lib.PLACEMENTS,
-                     kl_estimator=kl_lib.ESTIMATORS, reduction=reduce_lib.MODES)
+                     kl_estimator=kl_lib.ESTIMATORS, reduction=reduce_lib.MODES,
+                     policy_loss=ppo_losses.SURROGATES, tis_level=importance.LEVELS)
 
 
 def train_ppo(policy, params, ref_params, value_def, value_params, env, rl, reward_cfg, *,
@@ -199,7 +201,7 @@ def train_ppo(policy, params, ref_params, value_def, value_params, env, rl, rewa
                   micro_batches=common.micro_batches(mesh_cfg)), mesh_cfg,
       (policy, params, policy_opt.init(params)),
       (value_def, value_params, value_opt.init(value_params)))
-  ref_fn = common.logprobs_fn(policy)
+  logp_fn = ref_fn = common.logprobs_fn(policy)
   ref_params = common.shard_like(ref_params, params) if rl.beta > 0 else None
   v_fn = values_fn(value_def)
   base_key = jax.random.fold_in(jax.random.key(rl.seed), stable_hash(name))
@@ -215,11 +217,13 @@ def train_ppo(policy, params, ref_params, value_def, value_params, env, rl, rewa
     # On the host, so that a sharded update can lay them out like the rest of the batch.
     ref_logp = (common.to_host(ref_fn(ref_params, tokens, mask)) if rl.beta > 0
                 else np.zeros(tokens.shape, np.float32))
+    old_logp, mismatch = grpo_lib.old_logprobs(logp_fn, state["params"], batch, rl)
+    metrics.update(mismatch)
     old_values = common.to_host(v_fn(state["value_params"], tokens, mask))
     adv, returns, r_tok = common.to_host(compute_advantages(
-        batch.rewards_N, batch.old_logp_NxL, ref_logp, old_values, batch.loss_mask_NxL, rl))
+        batch.rewards_N, old_logp, ref_logp, old_values, batch.loss_mask_NxL, rl))
     arrays = {"tokens": tokens, "mask": mask, "loss_mask": batch.loss_mask_NxL,
-              "old_logp": batch.old_logp_NxL, "ref_logp": ref_logp,
+              "old_logp": old_logp, "sampler_logp": batch.sampler_logp_NxL, "ref_logp": ref_logp,
               "advantages": adv, "returns": returns, "old_values": old_values}
     p, o = state["params"], state["opt_state"]
     vp, vo = state["value_params"], state["value_opt_state"]

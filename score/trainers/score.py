@@ -11,6 +11,10 @@ gradient step on the Stage I or Stage II objective (`score.losses.score`):
   attempt's reward gets the bonus α·(r2 − r1); β1 KL on both turns.
 
 Stages are interleaved for `rounds` rounds. The reference policy is the initial model.
+The update logs the sampler/trainer mismatch of both turns' tokens (`mismatch/*`: the
+update's own log-probs, at the sampling weights, against the sampler's) and can weight the
+REINFORCE term with truncated importance weights (`rl.tis_level`, `rl.tis_cap`;
+`score.losses.importance`).
 Ablations are config overrides (`configs/score_ablations.py`):
 `rl.stage1_steps=0` (w/o Stage I), `rl.alpha=0` (w/o shaping), `rl.multi_turn=False`
 (w/o multi-turn training: only the first attempt is trained, single-turn RL),
@@ -28,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score import report
+from score.losses import importance
 from score.losses import kl as kl_lib
 from score.losses import pg
 from score.losses import reduce as reduce_lib
@@ -66,19 +71,28 @@ def make_rl_step(policy, optimizer, rl, micro_batches=1):
 
   def loss_fn(params, batch, stage):
     logp_BxL = token_logprobs(policy.model(params), batch["tokens"], batch["mask"])
-    common_kw = dict(group_size=rl.samples_per_prompt, advantage=rl.advantage,
-                     beta1=rl.beta1, kl_estimator=rl.kl_estimator,
-                     kl_placement=rl.kl_placement, reduction=rl.reduction)
+    # One update at the sampling weights: π_old is this forward pass, held constant.
+    old_logp_BxL = jax.lax.stop_gradient(logp_BxL)
     turn_mask = batch["turn_mask"]
+    mismatch = importance.mismatch_metrics(old_logp_BxL, batch["sampler_logp"], turn_mask > 0,
+                                           threshold=rl.mismatch_threshold)
     if not rl.multi_turn:  # w/o multi-turn training: only the first attempt is trained
       turn_mask = jnp.where(turn_mask == 1, 1, 0)
+    common_kw = dict(group_size=rl.samples_per_prompt, advantage=rl.advantage,
+                     beta1=rl.beta1, kl_estimator=rl.kl_estimator,
+                     kl_placement=rl.kl_placement, reduction=rl.reduction,
+                     is_weights_BxT=importance.truncated_weights(
+                         old_logp_BxL, batch["sampler_logp"], turn_mask > 0,
+                         level=rl.tis_level, cap=rl.tis_cap))
     if stage == 1:
-      return score_losses.stage1_objective(
+      loss, metrics = score_losses.stage1_objective(
           logp_BxL, batch["ref_logp"], turn_mask, batch["r1"], batch["r2"],
           beta2=rl.beta2, **common_kw)
-    return score_losses.stage2_objective(
-        logp_BxL, batch["ref_logp"], turn_mask, batch["r1"], batch["r2"], alpha=rl.alpha,
-        **common_kw)
+    else:
+      loss, metrics = score_losses.stage2_objective(
+          logp_BxL, batch["ref_logp"], turn_mask, batch["r1"], batch["r2"], alpha=rl.alpha,
+          **common_kw)
+    return loss, dict(metrics, **{f"mismatch/{k}": v for k, v in mismatch.items()})
 
   step = common.make_step(loss_fn, optimizer, static_argnames=("stage",),
                           micro_batches=micro_batches, group_size=rl.samples_per_prompt)
@@ -124,7 +138,7 @@ def train_score(policy, params, ref_params, env, rl, *, workdir: str, name: str 
   """
   common.check_names(rl, advantage=pg.ADVANTAGES, kl_placement=kl_lib.PLACEMENTS,
                      kl_estimator=kl_lib.ESTIMATORS, reduction=reduce_lib.MODES,
-                     stage2_method=("reinforce", "star"))
+                     stage2_method=("reinforce", "star"), tis_level=importance.LEVELS)
   ref_fn = common.logprobs_fn(policy)
   stages = [(1, rl.stage1_steps), (2, rl.stage2_steps)]
   for rnd in range(rl.rounds):
@@ -163,6 +177,7 @@ def train_score(policy, params, ref_params, env, rl, *, workdir: str, name: str 
         else:
           batch = {"tokens": tokens, "mask": mask,
                    "turn_mask": jnp.asarray(episodes.turn_mask_BxL),
+                   "sampler_logp": jnp.asarray(episodes.logprobs_BxL),
                    # Stays on the device(s): reference log-probs never visit the host.
                    "ref_logp": ref_fn(ref, tokens, mask),
                    "r1": jnp.asarray(rewards[:, 0]), "r2": jnp.asarray(rewards[:, 1])}
