@@ -62,7 +62,7 @@ def get_config(arg=None):
   c.task = grpo_math.math_task(arg, max_new_tokens=max_new, max_len=max_new + 1024)
   c.model = score_common.model(arg.model_dir)
   c.warmup = score_common.warmup(0)
-  c.eval = ml_collections.ConfigDict(dict(num_problems=4 if local else 0, seed=0,
+  c.eval = score_common.eval_config(dict(num_problems=4 if local else 0, seed=0,
                                           batch_size=4 if local else 64))
   c.reward = grpo_synthetic.reward_config(verifiable=1.0, dapo_overlong=1.0, max_len=max_new,
                                           cache_len=cache)

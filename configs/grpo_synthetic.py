@@ -100,8 +100,9 @@ def get_config(arg=None):
       steps=10 if arg.runlocal else arg.warmup_steps, batch_size=16 if arg.runlocal else 128,
       lr=2e-3, warmup_steps=0, schedule="constant", grad_clip=1.0, weight_decay=0.0,
       checkpoint_every=5 if arg.runlocal else 100))
-  c.eval = ml_collections.ConfigDict(dict(
-      num_problems=16 if arg.runlocal else 500, seed=12345, batch_size=256))
+  c.eval = score_common.eval_config(dict(
+      num_problems=16 if arg.runlocal else 500, seed=12345, batch_size=256,
+      samples=4 if arg.runlocal else 0))
   c.reward = reward_config()
   c.rl = rl_config(
       seed=arg.seed, steps=2 if arg.runlocal else arg.steps,

@@ -63,7 +63,7 @@ def get_config(arg=None):
     c.task = sft_synthetic.task_config(num_digits=4)
     c.model = sft_synthetic.tiny_model_config(hidden_size=32)
     c.warmup = score_common.warmup(10, batch_size=16, checkpoint_every=5)
-    c.eval = ml_collections.ConfigDict(dict(num_problems=16, seed=12345, batch_size=256))
+    c.eval = score_common.eval_config(dict(num_problems=16, seed=12345, batch_size=256))
     c.rl = ppo_rl(seed=arg.seed, steps=2, prompts_per_step=8, num_epochs=2, num_minibatches=2,
                   lr=3e-4, value_lr=1e-3, schedule="constant", checkpoint_every=1)
   elif arg.synthetic:
@@ -80,7 +80,7 @@ def get_config(arg=None):
     c.task = grpo_math.math_task(arg, max_new_tokens=8) if local else grpo_math.math_task(arg)
     c.model = score_common.model(arg.model_dir)
     c.warmup = score_common.warmup(0)
-    c.eval = ml_collections.ConfigDict(dict(num_problems=4 if local else 0, seed=0,
+    c.eval = score_common.eval_config(dict(num_problems=4 if local else 0, seed=0,
                                             batch_size=4 if local else 64))
     c.rl = ppo_rl(seed=arg.seed)
     if local:

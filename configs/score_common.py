@@ -40,6 +40,13 @@ def rl(*, seed=0, stage1_steps, stage2_steps, prompts_per_step, samples_per_prom
       mismatch_threshold=0.1, checkpoint_every=checkpoint_every, log_every=log_every))
 
 
+def eval_config(section: dict):
+  """The `eval` section with the sampled evaluation off: `samples` n > 0 adds pass@k and
+  maj@k over n samples per problem at `temperature` (`score.eval.sampled`; for SCoRe, n ≥ 2
+  adds pass@2 of independent first attempts beside the greedy two-attempt metrics)."""
+  return ml_collections.ConfigDict(dict(dict(samples=0, temperature=1.0), **section))
+
+
 def text_task(name, *, train, eval, train_kwargs=None, eval_kwargs=None, prompt_format,
               max_new_tokens, max_len, reward_timeout_s=10.0):
   return ml_collections.ConfigDict(dict(

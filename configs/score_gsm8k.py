@@ -43,7 +43,7 @@ def get_config(arg=None):
       max_new_tokens=8 if local else 512, max_len=1024 if local else 2048)
   c.model = score_common.model(arg.model_dir, dtype="float32" if local else "bfloat16")
   c.warmup = score_common.warmup(0)
-  c.eval = ml_collections.ConfigDict(dict(num_problems=8 if local else 0, seed=0,
+  c.eval = score_common.eval_config(dict(num_problems=8 if local else 0, seed=0,
                                           batch_size=8 if local else 64))
   c.methods = ("base", "self_refine", "star", "pair_sft", "score")
   c.ablations = (("no_multi_turn", "no_stage1", "no_shaping", "star_stage2")

@@ -38,7 +38,7 @@ def get_config(arg=None):
       max_len=1024 if local else 3072, reward_timeout_s=10.0)
   c.model = score_common.model(arg.model_dir)
   c.warmup = score_common.warmup(0)
-  c.eval = ml_collections.ConfigDict(dict(num_problems=4 if local else 0, seed=0,
+  c.eval = score_common.eval_config(dict(num_problems=4 if local else 0, seed=0,
                                           batch_size=4 if local else 64))
   c.repair = ml_collections.ConfigDict(dict(task="mbpp", split="test",
                                             num_problems=4 if local else 0, path=""))

@@ -28,8 +28,9 @@ def get_config(arg=None):
   c.warmup = score_common.warmup(10 if arg.runlocal else 600,
                                  batch_size=16 if arg.runlocal else 256,
                                  checkpoint_every=5 if arg.runlocal else 100)
-  c.eval = ml_collections.ConfigDict(dict(
-      num_problems=16 if arg.runlocal else 4000, seed=12345, batch_size=256))
+  c.eval = score_common.eval_config(dict(
+      num_problems=16 if arg.runlocal else 4000, seed=12345, batch_size=256,
+      samples=2 if arg.runlocal else 0))
   c.methods = ("base", "star", "pair_sft", "score")
   c.ablations = (("no_stage1", "no_shaping", "no_multi_turn") if arg.ablations else ())
   sft = (dict(num_problems=8, max_steps=4, batch_size=8, checkpoint_every=2) if arg.runlocal

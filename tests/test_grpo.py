@@ -77,6 +77,10 @@ def test_grpo_runlocal_end_to_end(tmp_path):
   results = grpo.train(config, str(tmp_path))
   assert set(results) == {"base", "grpo"}
   assert 0.0 <= results["grpo"]["accuracy"] <= 100.0
+  # eval.samples = 4 in runlocal: pass@k and maj@k for k = 1, 2, 4, monotone in k.
+  r = results["grpo"]
+  assert r["pass@1"] <= r["pass@2"] <= r["pass@4"] and 0.0 <= r["maj@4"] <= 100.0
+  assert "| pass@1 | maj@1 | pass@2 |" in open(tmp_path / "results.md").read()
   for name in ("results.json", "results.md", "metrics.jsonl", "config.json"):
     assert os.path.exists(tmp_path / name), name
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
@@ -218,6 +222,17 @@ def test_truncated_importance_weights_scale_the_policy_term_only(toy_batch, poli
     return jax.value_and_grad(fn, has_aux=True)(params)
 
   (loss_a, m_a), g_a = run(arrays, "none")
+  # The named surrogate is the one applied (PPO-clip and GSPO differ on this batch).
+  from score.losses import ppo as ppo_losses  # pylint: disable=g-import-not-at-top
+  from score.losses import reduce as reduce_lib  # pylint: disable=g-import-not-at-top
+  from score.models import token_logprobs  # pylint: disable=g-import-not-at-top
+  logp = token_logprobs(policy.model(params), arrays["tokens"], arrays["mask"])
+  adv = arrays["advantages"][:, None] * arrays["loss_mask"]
+  want = {name: reduce_lib.reduce(ppo_losses.SURROGATES[name](
+      logp, arrays["old_logp"], adv, arrays["loss_mask"], 0.2, 0.2)[0], arrays["loss_mask"],
+      "sequence") for name in ("ppo_clip", "gspo")}
+  assert abs(float(want["ppo_clip"]) - float(want["gspo"])) > 1e-3
+  np.testing.assert_allclose(m_a["pg_loss"], want[policy_loss], rtol=1e-5)
   (loss_b, m_b), g_b = run(perturbed, "none")
   assert float(loss_a) == float(loss_b)
   for k in g_a:

@@ -226,6 +226,9 @@ def test_suite_end_to_end_checkpoints_resumes_and_writes_table(tmp_path):
     assert f"| {m} |" in table
   saved = json.load(open(os.path.join(workdir, "results.json")))
   assert saved["results"]["score"]["n"] == c.eval.num_problems
+  # eval.samples = 2 in runlocal: pass@2 of two sampled first attempts, its own column.
+  assert 0.0 <= saved["results"]["score"]["pass@2"]["value"] <= 100.0
+  assert "pass@2 (sampled t1) (ours)" in table
   phases = os.listdir(os.path.join(workdir, "checkpoints"))
   assert {"warmup", "score", "no_stage1"} <= set(phases)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "score"))) == [

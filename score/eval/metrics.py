@@ -14,7 +14,8 @@ import numpy as np
 
 METRICS = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i")
 LABELS = {"acc_t1": "Acc@t1", "acc_t2": "Acc@t2", "delta": "Δ(t1,t2)",
-          "delta_i2c": "Δi→c", "delta_c2i": "Δc→i", "mbpp_r": "MBPP-R"}
+          "delta_i2c": "Δi→c", "delta_c2i": "Δc→i", "mbpp_r": "MBPP-R",
+          "pass@2": "pass@2 (sampled t1)"}
 
 
 def _point(c1_RxN: np.ndarray, c2_RxN: np.ndarray) -> dict[str, np.ndarray]:

@@ -36,7 +36,7 @@ PUBLISHED = {"math": PUBLISHED_MATH, "humaneval": PUBLISHED_HUMANEVAL,
              "ablations": PUBLISHED_ABLATIONS}
 # Single-metric columns a method's results may hold beside the self-correction metrics
 # (`{"value", "low", "high", "n"}`, shown before them), and the paper's values of each.
-EXTRA = ("mbpp_r",)
+EXTRA = ("mbpp_r", "pass@2")
 PUBLISHED_EXTRA = {"humaneval": {"mbpp_r": PUBLISHED_MBPP_R}}
 
 

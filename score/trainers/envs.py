@@ -69,6 +69,13 @@ class SyntheticEnv:
   def rewards(self, problems, responses) -> list[float]:
     return [self.reward(p, r) for p, r in zip(problems, responses)]
 
+  def answer_key(self, problem, response_ids: Sequence[int]) -> str | None:
+    """The answer a response gives, for majority voting (None without a final EOS)."""
+    del problem
+    if not response_ids or response_ids[-1] != self.tokenizer.eos_id:
+      return None
+    return self.decode(response_ids)
+
   def episode_tokens(self, problem, attempts_ids: Sequence[Sequence[int]]):
     """`(tokens, turn_mask)` of an episode built from attempt token ids (EOS included)."""
     attempts = [self.decode(a) for a in attempts_ids]
@@ -145,6 +152,16 @@ class TextEnv:
 
   def reward(self, problem, response_ids) -> float:
     return self.rewards([problem], [response_ids])[0]
+
+  def answer_key(self, problem, response_ids) -> str | None:
+    """The normalised final answer (`score.rewards.math`) for majority voting; None for code
+    (programs are not voted on) and for a response without an answer."""
+    del problem
+    if self.task != "math":
+      return None
+    from score.rewards import math as math_reward  # pylint: disable=g-import-not-at-top
+    answer = math_reward.extract_answer(self.decode(response_ids))
+    return None if answer is None else math_reward.normalize(answer)
 
   def episode_tokens(self, problem, attempts_ids):
     tokens = self.prompt_tokens(problem)

@@ -57,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from score.eval import sampled as sampled_eval
 from score.losses import importance
 from score.losses import kl as kl_lib
 from score.losses import pg
@@ -384,9 +385,12 @@ def train_grpo(policy, params, ref_params, env, rl, reward_cfg, *, workdir: str,
 # Shared by the single-turn trainers (GRPO, PPO).
 
 
-def evaluate(model, env, problems, *, batch_size: int = 256) -> dict[str, float]:
+def evaluate(model, env, problems, *, batch_size: int = 256, samples: int = 0,
+             temperature: float = 1.0, seed: int = 0) -> dict[str, float]:
   """Greedy single-attempt accuracy (oracle reward) and mean response length (sampled on the
-  mesh the model's params live on, if any)."""
+  mesh the model's params live on, if any). With `samples` n > 0, also pass@k and maj@k of n
+  samples per problem at `temperature` (`score.eval.sampled`; k = 1, 2, 4, …, n) as
+  `pass@k`, `pass@k_low`, `pass@k_high` (95 % interval), the same for `maj@k`."""
   mesh = common.model_mesh(model)
   correct, lengths, finished = [], [], []
   for start in range(0, len(problems), batch_size):
@@ -401,8 +405,15 @@ def evaluate(model, env, problems, *, batch_size: int = 256) -> dict[str, float]
   n = len(correct)
   acc = float(np.mean(correct)) if n else 0.0
   half = 1.96 * np.sqrt(max(acc * (1 - acc), 0.0) / max(n, 1))
-  return {"accuracy": 100 * acc, "accuracy_ci95": float(100 * half), "length": float(np.mean(lengths)),
-          "finished": 100 * float(np.mean(finished)), "n": n}
+  out = {"accuracy": 100 * acc, "accuracy_ci95": float(100 * half),
+         "length": float(np.mean(lengths)), "finished": 100 * float(np.mean(finished)), "n": n}
+  if samples > 0:
+    sampled = sampled_eval.evaluate(model, env, problems, samples=samples,
+                                    temperature=temperature, seed=seed, batch_size=batch_size,
+                                    mesh=mesh)
+    for name, m in sampled.items():
+      out.update({name: m["value"], f"{name}_low": m["low"], f"{name}_high": m["high"]})
+  return out
 
 
 def init_policy(config, env, *, workdir: str, writer=None):
@@ -434,6 +445,15 @@ def write_results(workdir: str, results: dict[str, dict], *, config, title: str)
   for name, r in results.items():
     lines.append(f"| {name} | {r['n']} | {r['accuracy']:.1f} ± {r['accuracy_ci95']:.1f} | "
                  f"{r['length']:.2f} | {r['finished']:.1f} |")
+  sampled = [k for k in next(iter(results.values())) if k.startswith(("pass@", "maj@"))
+             and not k.endswith(("_low", "_high"))]
+  if sampled:  # `eval.samples` > 0
+    lines += ["", f"Sampled at temperature {config.eval.temperature}, "
+              f"{config.eval.samples} samples per problem (95 % bootstrap intervals):", "",
+              "| model | " + " | ".join(sampled) + " |", "|---|" + "---|" * len(sampled)]
+    for name, r in results.items():
+      lines.append(f"| {name} | " + " | ".join(
+          f"{r[k]:.1f} [{r[k + '_low']:.1f}, {r[k + '_high']:.1f}]" for k in sampled) + " |")
   lines += ["", f"commit {info['commit']}, {info['machine']}, seed {config.seed}"]
   table = "\n".join(lines) + "\n"
   with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
@@ -455,11 +475,11 @@ def run_single_turn(config, workdir: str, train_fn, *, title: str):
   writer = metrics_lib.MetricWriter(workdir)
   policy, base = init_policy(config, env, workdir=workdir, writer=writer)
   problems = list(env.heldout)[:config.eval.num_problems]
-  results = {"base": evaluate(policy.model(base), env, problems,
-                              batch_size=config.eval.batch_size)}
+  eval_kw = dict(batch_size=config.eval.batch_size, samples=config.eval.samples,
+                 temperature=config.eval.temperature, seed=config.eval.seed)
+  results = {"base": evaluate(policy.model(base), env, problems, **eval_kw)}
   params = train_fn(policy, base, env, writer)
-  results[config.trainer] = evaluate(policy.model(params), env, problems,
-                                     batch_size=config.eval.batch_size)
+  results[config.trainer] = evaluate(policy.model(params), env, problems, **eval_kw)
   for name, r in results.items():
     writer.write_scalars(0, {f"eval/{name}/{k}": v for k, v in r.items()})
     logging.warning("%s: %s", name, {k: round(v, 2) for k, v in r.items()})

@@ -14,6 +14,10 @@ synthetic task):
    With `config.repair` (code tasks; `score.eval.repair`), also MBPP-R: the base model's
    wrong greedy first attempts on `repair.task`/`repair.split` (or the JSONL at
    `repair.path`) are fixed, and each method's repair rate is the `mbpp_r` column.
+   With `eval.samples` n ≥ 2, also pass@2 of independent first attempts sampled at
+   `eval.temperature` (`score.eval.sampled`, unbiased over n): the accuracy that two tries
+   without feedback reach, the line a second attempt has to beat; shown beside the greedy Δ,
+   not compared with it.
 
 Every phase is checkpointed and every evaluation cached, so re-running resumes.
 """
@@ -29,6 +33,7 @@ import numpy as np
 from absl import logging
 
 from score.eval import repair as repair_lib
+from score.eval import sampled as sampled_eval
 from score.eval import self_correction
 from score.eval import tables
 from score.trainers import common
@@ -249,6 +254,13 @@ def train(config, workdir: str):
           workdir, method, model_fn, env, by_id, repair_set, batch_size=config.eval.batch_size,
           self_refine=method == "self_refine", mesh=mesh)
       out["metrics"] = results[method] = {**out["metrics"], "mbpp_r": rep["metrics"]}
+    if config.eval.samples >= 2:  # the line a second attempt has to beat (not a Δ)
+      correct_PxN, _ = sampled_eval.sample_answers(
+          model_fn(), env, env.heldout, samples=config.eval.samples,
+          temperature=config.eval.temperature, seed=config.eval.seed,
+          batch_size=config.eval.batch_size, mesh=mesh)
+      out["metrics"] = results[method] = {
+          **out["metrics"], "pass@2": sampled_eval.sampled_metrics(correct_PxN, ks=[2])["pass@2"]}
     writer.write_scalars(0, {f"eval/{method}/{k}": v["value"]
                              for k, v in out["metrics"].items() if k != "n"})
     logging.warning("%s: %s", method, {k: round(v["value"], 1)
