@@ -168,7 +168,8 @@ def test_rl_step_switches_change_the_update(monkeypatch):
   c = _runlocal_config(**{"rl.samples_per_prompt": G})
   _, tokens, ref_logp = _toy(4)
   batch = {"tokens": tokens, "mask": jnp.ones_like(tokens), "turn_mask": jnp.asarray(TURN_MASK),
-           "ref_logp": ref_logp, "r1": R1, "r2": R2}
+           "ref_logp": ref_logp, "r1": R1, "r2": R2,
+           "sampler_logp": _logp(_toy(4)[0], tokens)}  # the sampler's: no mismatch
   flipped = dict(batch, r2=1 - R2)
 
   def rl(**kw):
@@ -182,6 +183,15 @@ def test_rl_step_switches_change_the_update(monkeypatch):
   np.testing.assert_allclose(single, _one_update(rl(multi_turn=False), flipped, 2), atol=1e-7)
   s1 = _one_update(rl(beta2=0.1), batch, 1)
   assert not np.allclose(s1, _one_update(rl(beta2=1.0), batch, 1))
+  # `rl.tis_level`: off, the sampler's log-probs do not enter the step; token-level with
+  # π_old / π_sampler = 3 (capped at 2) on both turns, the step changes; without mismatch
+  # the weights are 1.
+  shifted = dict(batch, sampler_logp=batch["sampler_logp"] - np.log(3.0))
+  np.testing.assert_array_equal(_one_update(rl(), shifted, 2), base)
+  np.testing.assert_allclose(_one_update(rl(tis_level="token"), batch, 2), base, atol=1e-6)
+  tis = _one_update(rl(tis_level="token", tis_cap=2.0), shifted, 2)
+  for turn in (1, 2):
+    assert not np.allclose(tis[TURN_MASK == turn], base[TURN_MASK == turn]), turn
 
 
 def test_star_stage2_trains_with_sft(monkeypatch):
