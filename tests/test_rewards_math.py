@@ -343,15 +343,23 @@ def test_extraction_recovers_every_math_train_answer():
   """The reference solutions box their answers (sometimes with "final answer is" in prose
   nearby): extraction + normalisation must give back the `answer` field of all 12,000."""
   rows = [json.loads(line) for line in MATH12K.read_text().splitlines() if line]
-  bad = []
+  bad, several = [], []
   for r in rows:
     if r["answer"] in ("", "None"):  # Rows of the data file without a usable gold answer.
       continue
     got = rmath.extract_answer(r["solution"])
+    if got is not None and rmath.normalize(got) != rmath.normalize(r["answer"]):
+      # Adjacent boxes ("\boxed{30^\circ}, \boxed{150^\circ}") are one answer of several
+      # parts; the data file's `answer` field kept only the last box.
+      got, last = rmath._parts(got), rmath._parts(got)[-1]  # pylint: disable=protected-access
+      if len(got) > 1 and rmath.normalize(last) == rmath.normalize(r["answer"]):
+        several.append(r["unique_id"])
+        continue
     if got is None or rmath.normalize(got) != rmath.normalize(r["answer"]):
       bad.append((r["unique_id"], got, r["answer"]))
   assert len(rows) == 12_000
   assert not bad, bad[:10]
+  assert len(several) == 16, several  # MATH solutions that box several answers side by side
 
 
 @pytest.mark.parametrize("pred,gold,expected", [
@@ -364,3 +372,38 @@ def test_extraction_recovers_every_math_train_answer():
 ])
 def test_literals_compare_exactly(pred, gold, expected):
   assert rmath.is_equivalent(pred, gold) is expected
+
+
+# ----------------------------------------------------------------------------------------------
+# Answers in several boxes: one answer of several parts, compared as a set.
+
+@pytest.mark.parametrize("response, answer", [
+    (r"The solutions are $\boxed{(2, 2)} \text{ and } \boxed{(6, 2)}$.", "(2, 2), (6, 2)"),
+    (r"so $\boxed{1}$ and $\boxed{\frac{1}{2}}$.", r"1, \frac{1}{2}"),
+    (r"\boxed{-3}, \boxed{4}", "-3, 4"),
+    (r"\boxed{\frac{\sqrt{3}}{2}} \quad \boxed{\sqrt{\frac{1}{2}}}",  # nested braces
+     r"\frac{\sqrt{3}}{2}, \sqrt{\frac{1}{2}}"),
+    (r"\boxed{5} \boxed{5}", "5"),                    # a repeated box is one answer
+    (r"x = \boxed{3}, y = \boxed{4}", "4"),           # not adjacent: the last box only
+    (r"First \boxed{2}. Then more work, finally \boxed{7}", "7"),
+])
+def test_extract_answer_several_boxes(response, answer):
+  assert rmath.extract_answer(response) == answer
+
+
+@pytest.mark.parametrize("response, gold, expected", [
+    (r"$\boxed{(2, 2)} \text{ and } \boxed{(6, 2)}$", "(2, 2), (6, 2)", True),
+    (r"$\boxed{(6, 2)} \text{ and } \boxed{(2, 2)}$", "(2, 2), (6, 2)", True),   # order-free
+    (r"$\boxed{(2, 2)}$", "(2, 2), (6, 2)", False),                               # a subset
+    (r"\boxed{(2, 2)}, \boxed{(6, 2)}, \boxed{(1, 1)}", "(2, 2), (6, 2)", False),  # a superset
+    (r"\boxed{2} and \boxed{2}", "2, 3", False),        # duplicates do not cover another part
+    (r"\boxed{2} and \boxed{2}", "2", True),            # ... and collapse to one answer
+    (r"\boxed{\sqrt{3}} or \boxed{\frac{1}{2}}", r"0.5, \sqrt{3}", True),  # parts checked
+    (r"\boxed{(2, 6)} \text{ and } \boxed{(2, 2)}", "(2, 2), (6, 2)", False),  # tuples ordered
+    (r"\boxed{000}, \boxed{1}", "1,000", False),        # a thousands comma is not a separator
+    (r"\boxed{x+11}, or \boxed{11+x}", "11+x", True),    # one answer in two forms
+    (r"\boxed{\frac{1}{2}} and \boxed{7}", r"0.5, \frac{1}{2}", False),  # one part per part
+    (r"\boxed{30^\circ}, \boxed{150^\circ}", "150^\circ", False),  # two answers for one
+])
+def test_several_boxes_compare_as_a_set(response, gold, expected):
+  assert rmath.reward(response, gold) == float(expected)

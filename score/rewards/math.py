@@ -10,14 +10,19 @@ The oracle reward of SCoRe (Kumar et al., 2024, arXiv 2409.12917) on MATH is
     correct" or is one short phrase; ``X`` may itself be boxed);
   - the MATH convention (Hendrycks et al., 2021): the argument of the last ``\boxed{...}`` or
     ``\fbox{...}``, braces nested arbitrarily, or ``\boxed 2`` without braces (up to the next
-    ``$`` or line end).
+    ``$`` or line end). Several adjacent boxes (``\boxed{(2, 2)} \text{ and } \boxed{(6, 2)}``:
+    only spaces, ``$``, commas, "and"/"or" between them) are one answer of several parts,
+    returned joined by ``", "`` (duplicates dropped); `is_equivalent` compares such answers
+    as sets.
 
   When both occur, the one that starts *later* in the text wins (the last stated answer; so
   in ``the final answer is $4 + 2 = \boxed{6}$`` the box wins).
 * `normalize(answer)`: the Hendrycks et al. string normaliser (``strip_string`` of the MATH
   repository's ``is_equiv``) plus a few extra rules (listed in its docstring).
 * `is_equivalent(pred, gold)`: normalised strings equal, or math-verify (``parse`` on
-  ``$...$``-wrapped strings, then ``verify(gold, pred)``) says so.
+  ``$...$``-wrapped strings, then ``verify(gold, pred)``) says so, or -- for answers of
+  several parts -- the parts match one to one in any order (``(6, 2), (2, 2)`` ≡
+  ``(2, 2), (6, 2)``; not a subset, not a superset).
 * `reward(response, gold)` and the batch API `rewards(responses, golds)`: 1.0 or 0.0.
 
 **Never crashes, never hangs.** `rewards` keeps a fast path in the calling process (no answer
@@ -142,6 +147,39 @@ def _last_boxed(text: str) -> tuple[int, str] | None:
   return None
 
 
+# What may stand between the boxes of one multi-part answer: `\boxed{a} \text{ and } \boxed{b}`,
+# `$\boxed{a}$, $\boxed{b}$`, `\boxed{a} or \boxed{b}`, `\boxed{a} \quad \boxed{b}`.
+_BOX_GAP_RE = re.compile(
+    r"[\s$,;]*(?:(?:\\text\{\s*(?:and|or|,)?\s*\}|\\q?quad|\\[,;:!]|\band\b|\bor\b|&)"
+    r"[\s$,;]*)*")
+
+
+def _last_box_group(text: str) -> tuple[int, list[str]] | None:
+  r"""(position, arguments) of the last run of adjacent boxes: ``\boxed{(2, 2)} \text{ and }
+  \boxed{(6, 2)}`` is one answer of two parts. Boxes are adjacent when only spaces, ``$``,
+  commas, semicolons, "and"/"or" (plain or in ``\text{}``), ``\quad`` or a thin space stand
+  between them; a box further back ("x = \boxed{3}, y = \boxed{4}") is not part of it."""
+  pairs = _brace_pairs(text)
+  boxes = []  # (start, end, argument) of well-formed boxes, in order
+  for m in _BOX_RE.finditer(text):
+    arg = _box_argument(text, m.end(), pairs)
+    if arg is not None:
+      j = m.end()
+      while text[j] in " \t":
+        j += 1
+      end = pairs[j] + 1 if text[j] == "{" else j + len(text[j:].split("\n", 1)[0])
+      boxes.append((m.start(), end, arg))
+  if not boxes:
+    return None
+  group = [boxes[-1]]
+  for prev in reversed(boxes[:-1]):
+    if prev[1] <= group[0][0] and _BOX_GAP_RE.fullmatch(text[prev[1]:group[0][0]]):
+      group.insert(0, prev)
+    else:
+      break
+  return group[0][0], [arg for _, _, arg in group]
+
+
 def _find_unescaped(text: str, sub: str, start: int) -> int:
   i = start
   while True:
@@ -231,9 +269,11 @@ def extract_answer(text: str | None) -> str | None:
     if answer is not None:
       candidates.append((m.start(), end, answer))
       break
-  boxed = _last_boxed(text)
-  if boxed is not None and _clean(boxed[1]) is not None:
-    candidates.append((boxed[0], boxed[0], _clean(boxed[1])))
+  boxed = _last_box_group(text)
+  if boxed is not None:
+    parts = list(dict.fromkeys(a for a in map(_clean, boxed[1]) if a is not None))  # dedup
+    if parts:
+      candidates.append((boxed[0], boxed[0], ", ".join(parts)))
   if not candidates:
     return None
   return max(candidates, key=lambda c: c[0])[2]
@@ -469,6 +509,54 @@ def _literal_verdict(pred_n: str, gold_n: str) -> bool | None:
   return None
 
 
+# Top-level separators of an answer's parts: ", " (not "1,000"), ";", "and" / "or" in words.
+_PART_SEP_RE = re.compile(r",\s+|\s*;\s*|\s*\\text\{\s*(?:and|or)\s*\}\s*|\s+(?:and|or)\s+")
+
+
+def _parts(answer: str) -> list[str]:
+  """`answer` split at top-level separators (outside (), [], {}); one part if none."""
+  parts, depth, start, i = [], 0, 0, 0
+  while i < len(answer):
+    c = answer[i]
+    if c in "([{":
+      depth += 1
+    elif c in ")]}" and depth:
+      depth -= 1
+    elif depth == 0:
+      m = _PART_SEP_RE.match(answer, i)
+      if m and m.end() > i:
+        parts.append(answer[start:i])
+        start = i = m.end()
+        continue
+    i += 1
+  parts.append(answer[start:])
+  return [p.strip() for p in parts if p.strip()]
+
+
+def _same_part(pred: str, gold: str, string_match: bool) -> bool:
+  pred_n, gold_n = normalize(pred), normalize(gold)
+  return ((string_match and pred_n == gold_n) or bool(_literal_verdict(pred_n, gold_n))
+          or _math_verify_equal(pred, gold))
+
+
+def _same_parts(pred_s: str, gold_s: str, string_match: bool) -> bool:
+  """Answers of several parts: equal as sets (each gold part matched by one distinct pred part,
+  none left over), or every part of `pred` equal to a one-part `gold` (the same answer in
+  several forms). False otherwise, and when `pred` has a single part (the plain comparison)."""
+  pred_parts, gold_parts = _parts(pred_s), _parts(gold_s)
+  if len(pred_parts) > 1 and len(gold_parts) == 1:  # one answer in several forms: x+11, 11+x
+    return all(_same_part(p, gold_s, string_match) for p in pred_parts)
+  if len(gold_parts) < 2 or len(pred_parts) != len(gold_parts):
+    return False
+  unused = list(pred_parts)
+  for g in gold_parts:
+    match = next((p for p in unused if _same_part(p, g, string_match)), None)
+    if match is None:
+      return False
+    unused.remove(match)
+  return True
+
+
 def _equivalent(pred, gold, timeout_s, string_match) -> tuple[bool, str | None]:
   """(equivalent?, why the check failed or None). Never raises."""
   if pred is None or gold is None:
@@ -491,9 +579,10 @@ def _equivalent(pred, gold, timeout_s, string_match) -> tuple[bool, str | None]:
       # Retry on the normalised strings, except when normalisation unwrapped \text{...}:
       # sympy reads a bare word as a product of symbols, so anagrams would compare equal.
       if (string_match and pred_n and gold_n and (pred_n, gold_n) != (pred_s, gold_s)
-          and not _TEXT_CMD_RE.search(pred_s + gold_s)):
-        return _math_verify_equal(pred_n, gold_n), None
-      return False, None
+          and not _TEXT_CMD_RE.search(pred_s + gold_s)
+          and _math_verify_equal(pred_n, gold_n)):
+        return True, None
+      return _same_parts(pred_s, gold_s, string_match), None
   except CheckTimeout as e:
     return False, str(e)
   except Exception as e:  # pylint: disable=broad-except
