@@ -6,17 +6,20 @@ Scale", arXiv 2503.14476).
   python -m experiments.main --config configs/dapo_math.py:runlocal --workdir /tmp/dapo_local
 
 DAPO = GRPO (group advantages (r − mean)/(std + 1e-6), Bessel-corrected std as in verl, which
-DAPO's code builds on: `adv_std="sample"`, `adv_scale="group"`) with: clip-higher (ε_low 0.2, ε_high 0.28); dynamic sampling (groups whose
-rewards are all equal are dropped and refilled); token-level loss (sum over every token of the
-batch / number of tokens); overlong reward shaping (0 up to L_max − L_cache, then linearly to
-−1 at L_max; paper: L_max 20480, L_cache 4096); no KL term (β = 0). Paper settings: AdamW lr
+DAPO's code builds on: `adv_std="sample"`, `adv_scale="group"`) with: clip-higher (ε_low 0.2,
+ε_high 0.28); dynamic sampling (groups whose rewards are all equal are dropped and refilled);
+token-level loss (sum over every token of the batch / number of tokens); overlong reward
+shaping (0 up to L_max − L_cache, then linearly to −1 at L_max; paper: L_max 20480, L_cache
+4096); no KL term (β = 0). Paper settings: AdamW lr
 1e-6 with 20 warm-up rollout steps, 512 prompts × 16 responses per rollout step, mini-batches
 of 32 prompts (16 gradient updates per rollout step). Reward: ±1 in the paper (correct +1,
 wrong −1); here 1/0 from the MATH answer checker (a constant shift, which group advantages
 remove). The paper trains on DAPO-Math-17K; this config uses the 12k MATH split and MATH500.
 `:runlocal` runs the same options for a few steps on synthetic addition (tests);
 `:synthetic` is a minutes-long CPU run on the GRPO demo's task, base model and batch
-(configs/grpo_synthetic.py) with DAPO's options (measured: see below);
+(configs/grpo_synthetic.py) with DAPO's options (seed 0, commit 9a80e8d, 2 shared CPU
+cores, 6 min 15 s: greedy accuracy on 500 held-out problems 29.0 ± 4.0 → 81.8 ± 3.4 % after 200
+steps; tests/test_rl_results_slow.py);
 `:math_local` one tiny step of the MATH path on a tiny random checkpoint (smoke run).
 """
 

@@ -8,8 +8,9 @@ The paper's GRPO hyper-parameters: lr 1e-6, KL coefficient β = 0.04 (k3, in the
 64 samples per question, batch 1024 (16 questions × 64), max length 1024, one policy update
 per exploration stage; advantages (r − mean)/(std + 1e-6) over the group with the
 Bessel-corrected std (`adv_std="sample"`, `adv_scale="group"`: TRL's and verl's default; the
-paper does not say which std), the loss averaged over each sequence then over the batch. Trains on the 12k MATH split, evaluates greedily on MATH500
-(`results.md`: base vs GRPO). Reward: the MATH answer checker (`score.rewards.math`), 1/0.
+paper does not say which std), the loss averaged over each sequence then over the batch.
+Trains on the 12k MATH split, evaluates greedily on MATH500 (`results.md`: base vs GRPO).
+Reward: the MATH answer checker (`score.rewards.math`), 1/0.
 `:runlocal` is a seconds-long smoke run of the same trainer on synthetic addition (tests);
 `:math_local` runs this config's MATH path (data, prompts, answer checker) for one tiny step
 on a tiny random checkpoint with a tokenizer trained on the problems (a smoke run, not a result).
@@ -49,7 +50,8 @@ def get_config(arg=None):
   c.reward = grpo_synthetic.reward_config(verifiable=1.0)
   c.rl = grpo_synthetic.rl_config(
       seed=arg.seed, steps=1000, prompts_per_step=16, samples_per_prompt=64, temperature=1.0,
-      advantage="grpo", adv_std="sample", adv_scale="group", adv_eps=1e-6, eps_low=0.2, eps_high=0.2, beta=0.04, kl_estimator="k3",
+      advantage="grpo", adv_std="sample", adv_scale="group", adv_eps=1e-6, eps_low=0.2,
+      eps_high=0.2, beta=0.04, kl_estimator="k3",
       kl_placement="loss", reduction="sequence", num_epochs=1, num_minibatches=1, lr=1e-6,
       checkpoint_every=50, log_every=1)
   if local:

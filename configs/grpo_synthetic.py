@@ -9,23 +9,29 @@ prompt is `^a+b=` and the response one answer ending with EOS), then trained wit
 oracle reward (1 for the right sum). Greedy accuracy on held-out problems is reported before
 and after RL (`results.md`).
 
-The base model is a designed starting point: the task is 2-digit addition and half of the
-warm-up's first answers have one digit changed (`p_wrong_first=0.5`), so the base model often
-samples a wrong digit; RL has to sharpen it towards the right sum.
+The base model is a designed starting point: the task is 2-digit addition, half of the
+warm-up's first answers have one digit changed (`p_wrong_first=0.5`) and the warm-up stops
+early (300 steps), so the base model often samples a wrong digit; RL has to sharpen it
+towards the right sum. The warm-up mixture is this config's own (`task_config`): the SCoRe
+demo's redesigned mixture gave a 4.4 % base model that 200 GRPO steps only took to 7.8 %.
 
-Measured (seed 0, config of commit 5ba2934, 2 shared CPU cores, ≈ 12 min wall: 400 SFT steps
-≈ 7 min, 200 GRPO steps ≈ 5.5 min), 500 held-out problems, greedy:
+Measured (seed 0, commit 9a80e8d, 2 CPU cores shared with other jobs, 4 min 50 s wall:
+300 SFT steps, 200 GRPO steps and both evaluations), 500 held-out problems, greedy:
 
   | model | accuracy % (95% CI) |
   |---|---|
-  | base (SFT warm-up) | 51.0 ± 4.4 |
-  | GRPO, 200 steps    | 83.8 ± 3.2 |
+  | base (SFT warm-up) | 29.0 ± 4.0 |
+  | GRPO, 200 steps    | 77.4 ± 3.7 |
 
-Sampled reward (temperature 1, 256 samples per step): 0.33 at step 5, 0.45 at step 85, 0.72 at
-step 185. The same base model with PPO (`configs/rlvr_math.py:synthetic`, 100 steps): 85.0 ± 3.1. Variants are overrides: `--config.rl.advantage=dr_grpo
---config.rl.reduction=constant` (Dr. GRPO), `--config.rl.dynamic_sampling=True
---config.rl.eps_high=0.28 --config.rl.reduction=token --config.rl.beta=0` (DAPO),
-`--config.rl.kl_placement=reward --config.rl.kl_estimator=k1`.
+The same base model with DAPO's options (`configs/dapo_math.py:synthetic`, 200 steps, 6 min
+15 s): 81.8 ± 3.4; with PPO (`configs/rlvr_math.py:synthetic`, 100 steps, 10 min 54 s):
+78.0 ± 3.6. tests/test_rl_results_slow.py re-runs the three.
+
+Variants are overrides: `--config.rl.advantage=dr_grpo --config.rl.reduction=constant`
+(Dr. GRPO), `--config.rl.policy_loss=gspo --config.rl.eps_low=3e-4 --config.rl.eps_high=4e-4`
+(GSPO), `--config.rl.kl_placement=reward --config.rl.kl_estimator=k1`; DAPO is
+`configs/dapo_math.py:synthetic`. `--config.eval.samples=8` adds pass@k / maj@k at
+`eval.temperature`.
 """
 
 import ml_collections

@@ -92,7 +92,8 @@ def test_gae_and_value_loss_through_trainer_match_numpy():
   old_values = values + rng.normal(0, 0.5, values.shape) * lm
   arrays = {"tokens": tokens, "mask": mask, "loss_mask": jnp.asarray(batch.loss_mask_NxL),
             "old_logp": jnp.asarray(batch.sampler_logp_NxL),
-            "sampler_logp": jnp.asarray(batch.sampler_logp_NxL), "ref_logp": jnp.asarray(ref, jnp.float32),
+            "sampler_logp": jnp.asarray(batch.sampler_logp_NxL),
+            "ref_logp": jnp.asarray(ref, jnp.float32),
             "advantages": adv, "returns": returns,
             "old_values": jnp.asarray(old_values, jnp.float32)}
   rl_l = rlvr_math.ppo_rl(value_clip=0.2, vf_coef=0.1, reduction="token")

@@ -27,7 +27,8 @@ Each step (SPEC §5):
 5. `num_epochs` passes over the batch in `num_minibatches` shuffled minibatches; each update
    minimises the clipped surrogate `rl.policy_loss` ("ppo_clip" per token; "gspo" /
    "gspo_token": GSPO's length-normalised sequence ratio, clipped per sequence) with
-   `eps_low`/`eps_high` (DAPO clip-higher 0.2/0.28; GSPO 3e-4/4e-4) against `log π_old`, plus β·KL to the reference (the initial policy):
+   `eps_low`/`eps_high` (DAPO clip-higher 0.2/0.28; GSPO 3e-4/4e-4) against `log π_old`,
+   plus β·KL to the reference (the initial policy):
    `kl_placement="loss"` adds `β·k(log π − log π_ref)` per token (GRPO: k3, β = 0.04);
    `"reward"` subtracts `β·Σ_t k(log π_old − log π_ref)` from each sequence reward before the
    group advantage. β = 0 skips the reference model altogether (DAPO).

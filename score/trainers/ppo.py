@@ -5,8 +5,8 @@ Each step (SPEC §3–§4):
 1. Sample responses with the current policy; `log π_old` is the trainer's recomputation of
    the sampled tokens' log-probs (the sampler/trainer mismatch against the sampler's own is
    logged and optionally corrected by truncated importance weights, `rl.tis_level`, as in
-   `score.trainers.grpo`); score them: reward = α·[answer verified] (α = 10) plus the −10 no-EOS penalty
-   (`rewards_compose`, from the config's `reward` section).
+   `score.trainers.grpo`); score them: reward = α·[answer verified] (α = 10) plus the −10
+   no-EOS penalty (`rewards_compose`, from the config's `reward` section).
 2. Per-token rewards: `r_t = −β·k1(log π_old − log π_ref)` on every response token (KL in the
    reward, `kl_placement="reward"`, k1), plus the sequence reward on the last response token.
 3. Values `V(s_t)` from the value model (a `ScalarModel`: a Transformer body with a scalar
@@ -15,7 +15,8 @@ Each step (SPEC §3–§4):
    A_t = Σ_l (γλ)^l δ_{t+l}, returns R_t = A_t + V_t; advantages optionally whitened over the
    batch's response tokens.
 4. `num_epochs` × `num_minibatches` updates of both models: clipped surrogate
-   (`rl.policy_loss`: "ppo_clip", or GSPO's sequence ratio; `eps_low`/`eps_high`) for the policy, `vf_coef` × clipped value loss for the value model
+   (`rl.policy_loss`: "ppo_clip", or GSPO's sequence ratio; `eps_low`/`eps_high`) for the
+   policy, `vf_coef` × clipped value loss for the value model
    (each with its own optimiser; the two parameter sets are disjoint).
 
 The value model starts from the policy's body (`value.init="policy"`), from a reward model
