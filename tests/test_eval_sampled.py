@@ -66,3 +66,42 @@ def test_default_ks():
   assert sampled.default_ks(1) == [1]
   assert sampled.default_ks(6) == [1, 2, 4, 6]
   assert sampled.default_ks(8) == [1, 2, 4, 8]
+
+
+class _ParityEnv:
+  """Prompts `[1, i]`; an attempt is right iff its problem is even (whatever it says), and its
+  answer key is the problem's id: rows of `sample_answers` must follow the problems."""
+  eos_ids, pad_id, max_new_tokens, max_len = (2,), 0, 2, 6
+
+  def prompt_tokens(self, i):
+    return [1, 3 + i]
+
+  def rewards(self, problems, responses):
+    return [float(i % 2 == 0) for i in problems]
+
+  def answer_key(self, i, response):
+    return str(i)
+
+
+def test_sample_answers_groups_samples_by_problem():
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from score.models import ModelConfig, Transformer  # pylint: disable=g-import-not-at-top
+  config = ModelConfig.tiny(vocab_size=10, hidden_size=16, num_layers=1, num_heads=2,
+                            num_kv_heads=1, head_dim=8, intermediate_size=32,
+                            max_position_embeddings=16)
+  model = Transformer(config, rngs=nnx.Rngs(0))
+  problems = [0, 1, 2, 3, 4]
+  correct, keys = sampled.sample_answers(model, _ParityEnv(), problems, samples=3,
+                                         temperature=1.0, batch_size=6)  # 2 problems a batch
+  np.testing.assert_array_equal(correct, [[1] * 3, [0] * 3, [1] * 3, [0] * 3, [1] * 3])
+  assert keys == [[str(i)] * 3 for i in problems]
+
+
+def test_synthetic_env_answer_key():
+  from score.data import synthetic  # pylint: disable=g-import-not-at-top
+  from score.trainers import envs  # pylint: disable=g-import-not-at-top
+  env = envs.SyntheticEnv(task=synthetic.AdditionTask(num_digits=2), seed=0, num_eval=1,
+                          eval_seed=0)
+  ids = env.tokenizer.encode("57") + [env.tokenizer.eos_id]
+  assert env.answer_key(env.heldout[0], ids) == "57"
+  assert env.answer_key(env.heldout[0], ids[:-1]) is None  # no EOS: no answer

@@ -37,6 +37,10 @@ def test_math_env_prompts_and_rewards(checkpoint, fmt):
   bad = env.tokenizer.encode("Final Answer: The final answer is $-12345$. I hope it is correct.",
                              add_special_tokens=False)
   assert env.rewards([p, p], [good, bad]) == [1.0, 0.0]
+  # maj@k votes on the normalised final answer; a response without one does not vote.
+  two = env.tokenizer.encode("so the answer is $\\boxed{\\frac12}$", add_special_tokens=False)
+  assert env.answer_key(p, two) == "\\frac{1}{2}" and env.answer_key(p, bad) == "-12345"
+  assert env.answer_key(p, env.tokenizer.encode("no idea", add_special_tokens=False)) is None
   tokens, turn = env.episode_tokens(p, [bad, good])
   assert tokens[:len(env.prompt_tokens(p))] == env.prompt_tokens(p)
   assert [t for t, m in zip(tokens, turn) if m == 2] == good
@@ -52,6 +56,7 @@ def test_code_env_runs_tests_in_the_sandbox(checkpoint):
   right = env.tokenizer.encode(f"```python\n{p.solution}\n```", add_special_tokens=False)
   wrong = env.tokenizer.encode("```python\nimport os\nos._exit(0)\n```", add_special_tokens=False)
   assert env.rewards([p, p], [right, wrong]) == [1.0, 0.0]
+  assert env.answer_key(p, right) is None  # programs are not voted on: pass@k only
 
 
 def test_self_refine_scores_the_third_turn(checkpoint, monkeypatch):
