@@ -245,6 +245,26 @@ def test_truncated_importance_weights_scale_the_policy_term_only(toy_batch, poli
   np.testing.assert_allclose(m_c["tis_weight"], 2.0, rtol=1e-6)
 
 
+def test_advantage_std_scale_and_eps_reach_the_estimator(tmp_path, monkeypatch):
+  """rl.adv_std / adv_scale / adv_eps go to `pg.grpo` (and nothing but eps to other kinds)."""
+  from score.losses import pg  # pylint: disable=g-import-not-at-top
+  calls = []
+  real = pg.flat_advantages
+
+  def spy(*args, **kw):
+    calls.append((args[2], kw))
+    return real(*args, **kw)
+  monkeypatch.setattr(pg, "flat_advantages", spy)
+  policy, params = tiny_policy()
+  for advantage in ("grpo", "rloo"):
+    rl = rl_cfg(steps=1, beta=0.0, advantage=advantage, adv_std="population", adv_scale="batch",
+                adv_eps=1e-4)
+    grpo.train_grpo(policy, params, params, ToyEnv(), rl, reward_cfg(),
+                    workdir=str(tmp_path / advantage))
+  assert calls == [("grpo", dict(eps=1e-4, std="population", scale="batch")),
+                   ("rloo", dict(eps=1e-4))]
+
+
 def test_kl_in_reward_is_sequence_sum_of_estimator():
   old = np.array([[0.0, -1.0, -2.0, -0.5]])
   ref = np.array([[0.0, -1.5, -1.0, -3.0]])
