@@ -48,11 +48,14 @@ def eval_config(section: dict):
 
 
 def text_task(name, *, train, eval, train_kwargs=None, eval_kwargs=None, prompt_format,
-              max_new_tokens, max_len, reward_timeout_s=10.0):
+              max_new_tokens, max_len, reward_timeout_s=10.0, shaping="", shaping_weight=0.0):
+  """A MATH/code task; `shaping` names a training-only reward term
+  (`score.trainers.envs.SHAPING`, '' = none) added with `shaping_weight` to the oracle's."""
   return ml_collections.ConfigDict(dict(
       name=name, train=train, eval=eval, train_kwargs=train_kwargs or {},
       eval_kwargs=eval_kwargs or {}, prompt_format=prompt_format,
-      max_new_tokens=max_new_tokens, max_len=max_len, reward_timeout_s=reward_timeout_s))
+      max_new_tokens=max_new_tokens, max_len=max_len, reward_timeout_s=reward_timeout_s,
+      shaping=shaping, shaping_weight=shaping_weight))
 
 
 def model(model_dir="", dtype="float32"):

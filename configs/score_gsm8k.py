@@ -19,6 +19,19 @@ Defaults are sized for one 80 GB GPU and a 1.5B model: Adam lr 5e-6 (SCoRe's MAT
 short), α = 10, β1 = 0.01, β2 = 0.1, bf16 compute with fp32 params.
 `:runlocal` runs every phase for a step or two on a tiny random checkpoint with a tokenizer
 trained on the problems (a smoke test, not a result).
+
+`:rehearsal` is the run to do before renting a GPU (`score.trainers.rehearsal`): it writes a
+random-weight Qwen2.5-0.5B-shaped checkpoint with a tokenizer, then runs SCoRe Stage I and
+Stage II for two steps each on GSM8K prompts (4 prompts × 2 samples, 64 new tokens per turn,
+bf16 compute, LoRA) through `experiments.main`, kills it after the first step, resumes it,
+compares it with an uninterrupted run, exports it, and prints compile seconds, per-phase
+seconds and peak RSS:
+
+  python -m experiments.main --config configs/score_gsm8k.py:rehearsal --workdir /tmp/rehearsal
+
+A random model earns no GSM8K reward, so the rehearsal's runs add a shaping term it can earn
+(`task.shaping="known_tokens"`: the fraction of sampled tokens its tokenizer can write) so that
+advantages, and the adapters, are non-zero.
 """
 
 import ml_collections
@@ -27,9 +40,24 @@ from configs import score_common
 from score.utils import config as config_lib
 
 
+def rehearsal_config(seed: int):
+  """`:rehearsal` without `model_dir`: the orchestrator (`score.trainers.rehearsal`)."""
+  c = ml_collections.ConfigDict()
+  c.trainer = "rehearsal"
+  c.seed = seed
+  c.rehearsal = ml_collections.ConfigDict(dict(
+      preset="qwen2.5-0.5b", tokenizer_vocab=4096, config_module="configs.score_gsm8k",
+      run_arg=f"rehearsal,seed={seed}"))
+  c.lock()
+  return c
+
+
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, ablations=False, model_dir="", seed=0,
-                             format="chat")
+  arg = config_lib.parse_arg(arg, runlocal=False, ablations=False, rehearsal=False,
+                             model_dir="", seed=0, format="chat")
+  if arg.rehearsal and not arg.model_dir:
+    return rehearsal_config(arg.seed)
+  rehearsal = arg.rehearsal  # the rehearsal's runs: real shape, a few short steps
   local = arg.runlocal
   c = ml_collections.ConfigDict()
   c.trainer = "self_correction_suite"
@@ -40,23 +68,28 @@ def get_config(arg=None):
   c.task = score_common.text_task(
       "math", train="gsm8k", eval="gsm8k", train_kwargs=dict(split="train"),
       eval_kwargs=dict(split="test"), prompt_format=arg.format,
-      max_new_tokens=8 if local else 512, max_len=1024 if local else 2048)
+      max_new_tokens=8 if local else 64 if rehearsal else 512,
+      max_len=1024 if local or rehearsal else 2048,
+      shaping="known_tokens" if rehearsal else "", shaping_weight=1.0 if rehearsal else 0.0)
   c.model = score_common.model(arg.model_dir, dtype="float32" if local else "bfloat16")
   c.warmup = score_common.warmup(0)
-  c.eval = score_common.eval_config(dict(num_problems=8 if local else 0, seed=0,
-                                          batch_size=8 if local else 64))
-  c.methods = ("base", "self_refine", "star", "pair_sft", "score")
+  c.eval = score_common.eval_config(dict(
+      num_problems=8 if local else 1 if rehearsal else 0, seed=0, batch_size=8 if local else 64))
+  c.methods = ("score",) if rehearsal else ("base", "self_refine", "star", "pair_sft", "score")
   c.ablations = (("no_multi_turn", "no_stage1", "no_shaping", "star_stage2")
                  if arg.ablations else ())
   sft = dict(num_problems=4, max_steps=2, batch_size=2) if local else dict(
       num_problems=2048, max_steps=300, batch_size=64)
   c.star = score_common.sampled_sft(lr=5e-6, **sft)
   c.pair_sft = score_common.sampled_sft(lr=5e-6, **sft)
+  short = local or rehearsal
   c.rl = score_common.rl(
       seed=arg.seed, lr=5e-6, alpha=10.0, beta1=0.01, beta2=0.1,
-      stage1_steps=1 if local else 300, stage2_steps=1 if local else 600,
-      prompts_per_step=2 if local else 64, samples_per_prompt=2 if local else 4,
-      checkpoint_every=1 if local else 25, log_every=1 if local else 10)
+      stage1_steps=1 if local else 2 if rehearsal else 300,
+      stage2_steps=1 if local else 2 if rehearsal else 600,
+      prompts_per_step=2 if local else 4 if rehearsal else 64,
+      samples_per_prompt=2 if short else 4,
+      checkpoint_every=1 if short else 25, log_every=1 if short else 10)
   score_common.scale(c)
   c.lock()
   return c

@@ -26,7 +26,11 @@ def main(argv):
   trainers.check_inputs(config)
   parallel.initialize_distributed(config.get("distributed"))  # before any device is touched
   run_lib.write_run_info(_WORKDIR.value, config)
-  trainers.get(config.trainer)(config, _WORKDIR.value)
+  resources = run_lib.ResourceLog(_WORKDIR.value)
+  try:
+    trainers.get(config.trainer)(config, _WORKDIR.value)
+  finally:
+    resources.write()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ TRAINERS = {
     "reward_model": "score.trainers.reward_model:train",
     "dpo": "score.trainers.dpo:train",
     "self_rewarding": "score.trainers.self_rewarding:train",
+    "rehearsal": "score.trainers.rehearsal:train",
 }
 
 

@@ -76,6 +76,10 @@ class SyntheticEnv:
       return None
     return self.decode(response_ids)
 
+  def shaping_bonus(self, responses) -> list[float]:
+    """Training-only reward shaping (none on synthetic tasks)."""
+    return [0.0] * len(responses)
+
   def episode_tokens(self, problem, attempts_ids: Sequence[Sequence[int]]):
     """`(tokens, turn_mask)` of an episode built from attempt token ids (EOS included)."""
     attempts = [self.decode(a) for a in attempts_ids]
@@ -92,7 +96,8 @@ class TextEnv:
   """
 
   def __init__(self, *, tokenizer, train, heldout, task: str, prompt_format: str, seed: int,
-               max_new_tokens: int, max_len: int, reward_timeout_s: float = 10.0):
+               max_new_tokens: int, max_len: int, reward_timeout_s: float = 10.0,
+               shaping: str = "", shaping_weight: float = 0.0):
     from score.data import prompts  # pylint: disable=g-import-not-at-top
     if task not in ("math", "code"):
       raise ValueError(f"task must be 'math' or 'code', got {task!r}")
@@ -100,6 +105,9 @@ class TextEnv:
     self.task, self.format, self.seed = task, prompt_format, seed
     self.max_new_tokens, self.max_len = max_new_tokens, max_len
     self.reward_timeout_s = reward_timeout_s
+    if shaping and shaping not in SHAPING:
+      raise ValueError(f"task.shaping={shaping!r}; expected '' or one of {sorted(SHAPING)}")
+    self.shaping, self.shaping_weight = shaping, float(shaping_weight)
     self._prompts = prompts
     eos = tokenizer.eos_token_id
     self.eos_ids = tuple(eos if isinstance(eos, (list, tuple)) else [eos])
@@ -163,6 +171,14 @@ class TextEnv:
     answer = math_reward.extract_answer(self.decode(response_ids))
     return None if answer is None else math_reward.normalize(answer)
 
+  def shaping_bonus(self, responses) -> list[float]:
+    """`shaping_weight × SHAPING[shaping](self, ids)` per response: a training-only term that
+    RL adds to the oracle's reward (evaluation never sees it). Off ('') by default."""
+    if not self.shaping:
+      return [0.0] * len(responses)
+    term = SHAPING[self.shaping]
+    return [self.shaping_weight * term(self, list(ids)) for ids in responses]
+
   def episode_tokens(self, problem, attempts_ids):
     tokens = self.prompt_tokens(problem)
     turn_mask = [0] * len(tokens)
@@ -173,6 +189,17 @@ class TextEnv:
         tokens, turn_mask = tokens + list(p), turn_mask + [0] * len(p)
       tokens, turn_mask = tokens + list(ids), turn_mask + [k] * len(ids)
     return tokens, turn_mask
+
+
+def known_token_fraction(env: TextEnv, ids: Sequence[int]) -> float:
+  """Fraction of a response's tokens that the tokenizer can write (ids below its size): a
+  format term a random-weight model with a padded vocabulary earns unevenly, so that its
+  advantages are non-zero (the rehearsal's signal; a trained model scores 1)."""
+  return sum(i < len(env.tokenizer) for i in ids) / max(len(ids), 1)
+
+
+# Reward shaping by name (`task.shaping`).
+SHAPING = {"known_tokens": known_token_fraction}
 
 
 def code_program(problem, code: str) -> str:
@@ -192,7 +219,8 @@ def _text_env(config):
   return TextEnv(tokenizer=hf.load_tokenizer(config.model.model_dir), train=train,
                  heldout=heldout, task=t.name, prompt_format=t.prompt_format, seed=config.seed,
                  max_new_tokens=t.max_new_tokens, max_len=t.max_len,
-                 reward_timeout_s=t.reward_timeout_s)
+                 reward_timeout_s=t.reward_timeout_s, shaping=t.get("shaping", ""),
+                 shaping_weight=t.get("shaping_weight", 0.0))
 
 
 def make_env(config):

@@ -55,9 +55,10 @@ def sample_episodes(policy, params, env, problems, *, samples_per_prompt, temper
   rewards = np.zeros((len(episodes.responses), num_turns), np.float32)
   for k in range(num_turns):
     rows = [b for b, r in enumerate(episodes.responses) if len(r) > k]
-    rewards[rows, k] = env.rewards(
-        [problems[int(episodes.prompt_index_B[b])] for b in rows],
-        [episodes.responses[b][k] for b in rows])
+    responses = [episodes.responses[b][k] for b in rows]
+    rewards[rows, k] = np.add(
+        env.rewards([problems[int(episodes.prompt_index_B[b])] for b in rows], responses),
+        env.shaping_bonus(responses))
   return episodes, rewards
 
 

@@ -74,3 +74,48 @@ def run_info(workdir: str, config) -> dict:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   return write_run_info(workdir, config)
+
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+class ResourceLog:
+  """Wall seconds, JAX compile seconds (tracing + lowering + XLA, from `jax.monitoring`) and
+  peak RSS of this process; `write()` puts them in `<workdir>/resources.json`.
+
+  `experiments.main` starts one per run and writes it at exit, so each run says what its
+  compiles and memory cost (a process killed with SIGKILL writes nothing).
+  """
+
+  def __init__(self, workdir: str):
+    import time  # pylint: disable=g-import-not-at-top
+    from jax import monitoring  # pylint: disable=g-import-not-at-top
+    self.path = os.path.join(workdir, "resources.json")
+    self._clock = time.perf_counter
+    self._start = self._clock()
+    self.compile_s = 0.0
+    self.compiles = 0
+
+    def on_event(name, seconds, **kwargs):
+      del kwargs
+      if name in _COMPILE_EVENTS:
+        self.compile_s += seconds
+        self.compiles += name == _COMPILE_EVENTS[-1]
+
+    monitoring.register_event_duration_secs_listener(on_event)
+
+  def summary(self) -> dict:
+    import resource  # pylint: disable=g-import-not-at-top
+    return {"wall_s": round(self._clock() - self._start, 2),
+            "compile_s": round(self.compile_s, 2), "compiles": self.compiles,
+            # ru_maxrss is in KiB on Linux.
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+  def write(self) -> dict:
+    out = self.summary()
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    with open(self.path, "w", encoding="utf-8") as f:
+      json.dump(out, f, indent=2)
+    return out

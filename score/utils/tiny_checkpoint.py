@@ -15,11 +15,15 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def make_tiny_checkpoint(path: str, texts: Iterable[str], *, vocab_size: int = 512,
                          model_type: str = "qwen2", hidden_size: int = 64, num_layers: int = 2,
-                         seed: int = 0) -> str:
+                         seed: int = 0, preset: str | None = None,
+                         save_dtype: str = "float32") -> str:
   """Writes a random `model_type` model and a byte-level BPE tokenizer trained on `texts`.
 
   The tokenizer has Qwen-style specials (`<|endoftext|>` pad/BOS, `<|im_end|>` EOS) and a
-  ChatML chat template. Returns `path`. Idempotent: an existing checkpoint is kept.
+  ChatML chat template. With `preset` (a `ModelConfig` preset, e.g. "qwen2.5-0.5b") the model
+  has that published shape instead — random weights at full size, its embedding rows beyond
+  the tokenizer's `vocab_size` unused, as in a real checkpoint's padded vocabulary — stored in
+  `save_dtype`. Returns `path`. Idempotent: an existing checkpoint is kept.
   """
   if os.path.exists(os.path.join(path, "config.json")):
     return path
@@ -42,10 +46,17 @@ def make_tiny_checkpoint(path: str, texts: Iterable[str], *, vocab_size: int = 5
       pad_token="<|endoftext|>")
   fast.chat_template = CHAT_TEMPLATE
   fast.save_pretrained(path)
-  config = ModelConfig.tiny(
-      vocab_size=len(fast), model_type=model_type, hidden_size=hidden_size,
-      num_layers=num_layers, qkv_bias=model_type == "qwen2", head_dim=hidden_size // 4,
-      intermediate_size=2 * hidden_size, bos_token_id=fast.bos_token_id,
-      eos_token_ids=(fast.eos_token_id,), pad_token_id=fast.pad_token_id)
-  hf.save_pretrained(Transformer(config, rngs=nnx.Rngs(seed)), path)
+  specials = dict(bos_token_id=fast.bos_token_id, eos_token_ids=(fast.eos_token_id,),
+                  pad_token_id=fast.pad_token_id)
+  if preset:
+    config = ModelConfig.preset(preset, **specials)
+    if config.vocab_size < len(fast):
+      raise ValueError(f"preset {preset!r} has {config.vocab_size} embeddings for a "
+                       f"{len(fast)}-token tokenizer")
+  else:
+    config = ModelConfig.tiny(
+        vocab_size=len(fast), model_type=model_type, hidden_size=hidden_size,
+        num_layers=num_layers, qkv_bias=model_type == "qwen2", head_dim=hidden_size // 4,
+        intermediate_size=2 * hidden_size, **specials)
+  hf.save_pretrained(Transformer(config, rngs=nnx.Rngs(seed)), path, dtype=save_dtype)
   return path
