@@ -58,9 +58,23 @@ def text_task(name, *, train, eval, train_kwargs=None, eval_kwargs=None, prompt_
       shaping=shaping, shaping_weight=shaping_weight))
 
 
-def model(model_dir="", dtype="float32"):
-  """`dtype`: compute dtype, "float32" or "bfloat16" (params and optimiser state stay fp32)."""
-  return ml_collections.ConfigDict(dict(model_dir=model_dir, dtype=dtype))
+def model(model_dir="", dtype="float32", **fields):
+  """The `model` section (`score.trainers.common.build_model`).
+
+  `dtype`: compute dtype, "float32" or "bfloat16". `base_dtype`: the stored params, float32;
+  "bfloat16" stores a LoRA run's frozen base in bf16 (adapters and optimiser state stay
+  fp32). `lora`: see `lora()`; rank 0 trains every weight. `fields`: a fresh model's sizes.
+  """
+  return ml_collections.ConfigDict(dict(model_dir=model_dir, dtype=dtype, base_dtype="float32",
+                                        lora=lora(), **fields))
+
+
+def lora(rank=0, alpha=16.0, targets="q,k,v,o,gate,up,down"):
+  """LoRA (`score.models.lora`): `rank` (0 = off: full fine-tuning), `alpha` (the adapters
+  are scaled by alpha / rank), `targets`: the adapted projections, comma-separated, of
+  q, k, v, o, gate, up, down. Only the adapters are trained; the reference policy is the
+  frozen base the phase starts from (the same arrays, never a second copy)."""
+  return ml_collections.ConfigDict(dict(rank=rank, alpha=alpha, targets=targets))
 
 
 def scale(config, *, data=1, fsdp=1, tensor=1):

@@ -59,11 +59,11 @@ def get_config(arg=None):
   c.sample_batch_size = 64 if local else 256  # ours
   c.save_models = True  # HF checkpoints of M1, M2, ... under <workdir>/models
 
-  c.model = ml_collections.ConfigDict(dict(
-      model_dir=arg.model_dir, dtype="float32",  # compute dtype; "bfloat16" on accelerators
-      # A fresh tiny model (+ BPE tokenizer of `vocab_size` trained on the data) when empty.
-      vocab_size=1024, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=16,
-      intermediate_size=256, max_position_embeddings=1024))
+  # dtype: the compute dtype ("bfloat16" on accelerators). A fresh tiny model (+ BPE
+  # tokenizer of `vocab_size` trained on the data) when model_dir is empty.
+  c.model = score_common.model(
+      arg.model_dir, vocab_size=1024, hidden_size=64, num_layers=2, num_heads=4,
+      num_kv_heads=4, head_dim=16, intermediate_size=256, max_position_embeddings=1024)
 
   c.data = ml_collections.ConfigDict(dict(
       ift_path=arg.ift_path, eft_path=arg.eft_path,

@@ -25,10 +25,9 @@ def task_config(num_digits=4):
 
 
 def tiny_model_config(hidden_size=128, num_layers=2):
-  return ml_collections.ConfigDict(dict(
-      model_dir="", dtype="float32", hidden_size=hidden_size, num_layers=num_layers, num_heads=4,
-      num_kv_heads=4, head_dim=hidden_size // 4, intermediate_size=4 * hidden_size,
-      max_position_embeddings=64))
+  return score_common.model(
+      hidden_size=hidden_size, num_layers=num_layers, num_heads=4, num_kv_heads=4,
+      head_dim=hidden_size // 4, intermediate_size=4 * hidden_size, max_position_embeddings=64)
 
 
 def get_config(arg=None):

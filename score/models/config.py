@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # the projections LoRA can adapt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,12 @@ class ModelConfig:
   param_dtype: Any = jnp.float32  # stored parameters
   remat: bool = False  # rematerialise each layer in the backward pass
 
+  # LoRA (`score.models.lora`): rank 0 = off; else adapters (alpha / rank)·(x·A)·B on the
+  # `lora_targets` projections (q, k, v, o, gate, up, down), stored in float32.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = LORA_TARGETS
+
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
@@ -84,6 +91,19 @@ class ModelConfig:
         raise ValueError(f"unknown layer types {sorted(bad)}")
       if SLIDING_ATTENTION in self.layer_types and not self.sliding_window:
         raise ValueError("sliding_attention layers need sliding_window")
+    if self.lora_rank < 0:
+      raise ValueError(f"lora rank={self.lora_rank}; expected 0 (off) or a positive int")
+    bad = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+    if bad:
+      raise ValueError(f"lora targets {bad} are not projections; known: {list(LORA_TARGETS)}")
+
+  def lora_target(self, name: str) -> bool:
+    """Whether projection `name` ("q", ..., "down") carries LoRA adapters."""
+    return self.lora_rank > 0 and name in self.lora_targets
+
+  @property
+  def lora_scale(self) -> float:
+    return self.lora_alpha / self.lora_rank
 
   def layer_window(self, i: int) -> int | None:
     """Sliding window of layer `i` (None for full attention)."""
@@ -119,10 +139,12 @@ class ModelConfig:
   def from_section(cls, section, vocab_size: int | None = None) -> "ModelConfig":
     """A fresh model's config from an experiment config's `model` section: `tiny` with every
     key that is a field here (other keys, e.g. `model_dir`, are ignored); `dtype` by name
-    ("float32" / "bfloat16"); `vocab_size` (when given) wins over the section's."""
+    ("float32" / "bfloat16"); `base_dtype` (the stored params) by name; the `lora`
+    subsection (`lora_fields`); `vocab_size` (when given) wins over the section's."""
     overrides = {k: v for k, v in section.items() if k in _FIELDS}
     if "dtype" in overrides:
       overrides["dtype"] = compute_dtype(overrides["dtype"])
+    overrides.update(storage_fields(section))
     if vocab_size is not None:
       overrides["vocab_size"] = vocab_size
     return cls.tiny(**overrides)
@@ -138,6 +160,26 @@ class ModelConfig:
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
+
+def lora_fields(lora) -> dict[str, Any]:
+  """`ModelConfig` fields of a config's `model.lora` section (`rank`, `alpha`, `targets`: a
+  comma-separated string or a sequence of projection names); {} without one."""
+  if lora is None:
+    return {}
+  targets = lora.get("targets", LORA_TARGETS)
+  if isinstance(targets, str):
+    targets = [t.strip() for t in targets.split(",") if t.strip()]
+  return dict(lora_rank=int(lora.get("rank", 0)), lora_alpha=float(lora.get("alpha", 16.0)),
+              lora_targets=tuple(targets))
+
+
+def storage_fields(section) -> dict[str, Any]:
+  """The fields of a `model` section that say how params are stored and trained: `base_dtype`
+  (the stored, for LoRA frozen, params: "float32" or "bfloat16") and the `lora` section."""
+  out = lora_fields(section.get("lora"))
+  if "base_dtype" in section:
+    out["param_dtype"] = compute_dtype(section["base_dtype"])
+  return out
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

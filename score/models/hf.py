@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from score.models import lora
 from score.models.config import FULL_ATTENTION, SLIDING_ATTENTION, ModelConfig
 from score.models.transformer import Transformer
 
@@ -451,19 +452,28 @@ def load_config(path: str, dtype=jnp.float32) -> ModelConfig:
 
 
 def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=jnp.float32,
-                    remat: bool = False) -> Transformer:
+                    remat: bool = False, sharding=None, seed: int = 0,
+                    **config_overrides) -> Transformer:
   """Loads a local Hugging Face checkpoint directory into a `Transformer`.
 
-  `dtype` is the compute dtype; parameters are stored in `param_dtype` (float32). Every
-  parameter must be present in the checkpoint with the right shape.
+  `dtype` is the compute dtype; parameters are stored in `param_dtype` (float32, or e.g.
+  bfloat16 for a LoRA run's frozen base). Every parameter must be present in the checkpoint
+  with the right shape. Tensors are read and converted one at a time and each is put on its
+  device(s) at once: `sharding(logical_names, shape)` gives its `jax.sharding.Sharding` (e.g.
+  a mesh's `NamedSharding`; None: the default device), so no full copy of the model is ever
+  built on one device. `config_overrides` are `ModelConfig` fields (e.g. `lora_rank`); LoRA
+  adapters are drawn from `seed` (`score.models.lora`: A random, B zero).
   """
   path = os.fspath(path)
   check_checkpoint_dir(path, ("config", "weights"), what="checkpoint")
-  config = load_config(path, dtype).replace(param_dtype=param_dtype, remat=remat)
+  config = load_config(path, dtype).replace(param_dtype=param_dtype, remat=remat,
+                                            **config_overrides)
   abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
   reader = _TensorReader(path)
   used = set()
   for p, var in _param_items(abstract):
+    if lora.is_adapter_name(p[-1]):  # drawn below, not read
+      continue
     name, kind = hf_name(config, p)
     shape = tuple(var.value.shape)
     want = _hf_shape(kind, shape)
@@ -475,18 +485,26 @@ def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=jnp.float32,
       raise CheckpointError(
           f"tensor {name!r} has shape {got} in the checkpoint, expected {want}")
     value = _from_hf(kind, np.asarray(reader.get(name), np.float32), shape)
-    var.value = jnp.asarray(value, dtype=param_dtype)
+    value = np.asarray(value).astype(jnp.dtype(param_dtype))
+    if sharding is None:
+      var.value = jnp.asarray(value)
+    else:
+      names = var.get_metadata().get("out_sharding") or (None,) * len(shape)
+      var.value = jax.device_put(value, sharding(tuple(names), shape))
     used.add(name)
   extra = sorted(n for n in reader.files if n not in used and "rotary_emb" not in n)
   if extra:
     log.warning("ignoring %d checkpoint tensors not used by the model, e.g. %s", len(extra),
                 extra[:5])
+  if config.lora_rank:
+    abstract._init_lora(jax.random.key(seed))  # pylint: disable=protected-access
   return abstract
 
 
 def save_pretrained(model: Transformer, path: str, *, tokenizer=None, dtype: str = "float32",
                     max_shard_bytes: int = 5 * 2**30) -> None:
-  """Writes `config.json` and safetensors weights that transformers can load.
+  """Writes `config.json` and safetensors weights that transformers can load (a LoRA model's
+  adapters merged into its weights).
 
   `dtype`: "float32" or "bfloat16" for the stored tensors. Weights above `max_shard_bytes`
   are split into `model-0000i-of-0000n.safetensors` files with a
@@ -502,6 +520,7 @@ def save_pretrained(model: Transformer, path: str, *, tokenizer=None, dtype: str
   else:
     raise ValueError(f"dtype={dtype!r}; expected 'float32' or 'bfloat16'")
   path = os.fspath(path)
+  model = lora.merged_model(model)  # LoRA adapters folded into the weights they adapt
   config = model.config
   hf_config = dict(config_to_hf(config), torch_dtype=torch_dtype)
   tensors = {}

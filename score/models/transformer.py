@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from score.models import lora
 from score.models.config import ModelConfig
 
 Array = jax.Array
@@ -105,6 +106,30 @@ def _param(rngs: nnx.Rngs | None, shape, names, config: ModelConfig, init: str =
   else:
     raise ValueError(init)
   return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
+
+
+def _add_lora(module, config: ModelConfig, name: str, in_shape, in_names, out_shape, out_names):
+  """LoRA factors `<name>_lora_a` [in..., r] and `<name>_lora_b` [r, out...] (float32) on
+  `module` when projection `name` is a target; `Transformer.__init__` draws A (`lora`)."""
+  if not config.lora_target(name):
+    return
+  r = config.lora_rank
+  for suffix, shape, names in (("_lora_a", (*in_shape, r), (*in_names, None)),
+                               ("_lora_b", (r, *out_shape), (None, *out_names))):
+    setattr(module, name + suffix, nnx.Param(jnp.zeros(shape, jnp.float32),
+                                             out_sharding=names, eager_sharding=False))
+
+
+def _projection(module, name: str, x: Array, w_axes: tuple[int, ...] = (0,)) -> Array:
+  """x·W of `module.<name>` in the compute dtype, plus (alpha/r)·(x·A)·B when it has LoRA
+  factors (unmerged: the gradient reaches A and B, never a full-size W)."""
+  dt = module.config.dtype
+  y = project(x, getattr(module, name).value.astype(dt), w_axes)
+  a = getattr(module, name + "_lora_a", None)
+  if a is not None:
+    b = getattr(module, name + "_lora_b").value * module.config.lora_scale
+    y = y + project(project(x, a.value.astype(dt), w_axes), b.astype(dt))
+  return y
 
 
 class RMSNorm(nnx.Module):
@@ -212,13 +237,16 @@ class Attention(nnx.Module):
     if c.qk_norm:
       self.q_norm = RMSNorm(h, c, names=("kv",))
       self.k_norm = RMSNorm(h, c, names=("kv",))
+    for name, kv in (("q", (n, "heads")), ("k", (k, "kv_heads")), ("v", (k, "kv_heads"))):
+      _add_lora(self, c, name, (d,), ("embed",), (kv[0], h), (kv[1], "kv"))
+    _add_lora(self, c, "o", (n, h), ("heads", "kv"), (d,), ("embed",))
 
   def __call__(self, x_BxTxD, positions_BxT, allowed_BxTxS, kv_cache=None, cache_index=None):
     c, dt = self.config, self.config.dtype
     x = x_BxTxD.astype(dt)
-    q = project(x, self.q.value.astype(dt))
-    k = project(x, self.k.value.astype(dt))
-    v = project(x, self.v.value.astype(dt))
+    q = _projection(self, "q", x)
+    k = _projection(self, "k", x)
+    v = _projection(self, "v", x)
     if c.qkv_bias:
       q = q + self.q_bias.value.astype(dt)
       k = k + self.k_bias.value.astype(dt)
@@ -238,7 +266,7 @@ class Attention(nnx.Module):
       k, v = kv_cache["k"], kv_cache["v"]
     out = attend(q, k, v, allowed_BxTxS, scale=c.attn_scale, softcap=c.attn_logit_softcap,
                  dtype=dt, cache_layout=kv_cache is not None)
-    y = project(out, self.o.value.astype(dt), (0, 1))
+    y = _projection(self, "o", out, (0, 1))
     if c.o_bias:
       y = y + self.o_bias.value.astype(dt)
     return y, kv_cache
@@ -258,12 +286,15 @@ class MLP(nnx.Module):
       self.gate_bias = _param(None, (f,), ("mlp",), c, "zeros")
       self.up_bias = _param(None, (f,), ("mlp",), c, "zeros")
       self.down_bias = _param(None, (d,), ("embed",), c, "zeros")
+    _add_lora(self, c, "gate", (d,), ("embed",), (f,), ("mlp",))
+    _add_lora(self, c, "up", (d,), ("embed",), (f,), ("mlp",))
+    _add_lora(self, c, "down", (f,), ("mlp",), (d,), ("embed",))
 
   def __call__(self, x_BxTxD):
     c, dt = self.config, self.config.dtype
     x = x_BxTxD.astype(dt)
-    g = project(x, self.gate.value.astype(dt))
-    u = project(x, self.up.value.astype(dt))
+    g = _projection(self, "gate", x)
+    u = _projection(self, "up", x)
     if c.mlp_bias:
       g = g + self.gate_bias.value.astype(dt)
       u = u + self.up_bias.value.astype(dt)
@@ -271,7 +302,7 @@ class MLP(nnx.Module):
       a = jax.nn.silu(g)
     else:
       a = jax.nn.gelu(g, approximate=c.activation == "gelu_tanh")
-    y = project(a * u, self.down.value.astype(dt))
+    y = _projection(self, "down", a * u)
     if c.mlp_bias:
       y = y + self.down_bias.value.astype(dt)
     return y
@@ -355,6 +386,15 @@ class Transformer(nnx.Module):
     self.final_norm = RMSNorm(c.hidden_size, c)
     if not c.tie_embeddings:
       self.lm_head = _param(rngs, (c.hidden_size, c.vocab_size), ("embed", "vocab"), c)
+    if c.lora_rank:  # A drawn last, so the base is the same with or without adapters
+      self._init_lora(rngs.params())
+
+  def _init_lora(self, key):
+    state = nnx.state(self)
+    leaves, _ = jax.tree_util.tree_flatten_with_path(state)
+    values = lora.init_adapters({jax.tree_util.keystr(p): v for p, v in leaves}, key)
+    nnx.update(self, jax.tree_util.tree_map_with_path(
+        lambda p, v: values.get(jax.tree_util.keystr(p), v), state))
 
   # -- pieces -------------------------------------------------------------------------------
 

@@ -15,5 +15,5 @@ from score.parallel.mesh import (AXES, RULES, MeshShape, TrainShardings, activat
                                  opt_state_shardings, param_shardings, parse_mesh, put, replicated,
                                  shard_batch, shard_params, shard_train_state, state_shardings)
 from score.parallel.sampling import shard_model_state, sharded_generate_arrays
-from score.parallel.train import (REMAT_MODES, accumulate_gradients, apply_remat, set_remat,
-                                  shard_step, split_micro_batches, with_accumulation)
+from score.parallel.train import (REMAT_MODES, TrainStep, accumulate_gradients, apply_remat,
+                                  set_remat, shard_step, split_micro_batches, with_accumulation)

@@ -21,9 +21,57 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from score.models import lora
 from score.parallel import mesh as mesh_lib
 
 REMAT_MODES = ("none", "block")
+
+
+class TrainStep:
+  """A jitted train step over models whose params may hold frozen arrays (a LoRA base).
+
+  Called like any step, `step(params_1, opt_state_1, ..., params_n, opt_state_n, *batch,
+  **static) -> (params_1, opt_state_1, ..., metrics)` with whole params dicts. It splits each
+  params dict into its trainable and frozen parts (`score.models.lora.split`) and runs
+
+    `body(frozen, trainable_1, opt_state_1, ..., *batch, **static) -> (trainable_1,
+    opt_state_1, ..., metrics)`
+
+  jitted, with `frozen` the tuple of the models' frozen dicts (read, never returned), then
+  puts the frozen arrays back beside the new trainable ones: the same array objects, neither
+  copied nor differentiated (a jitted function's outputs are always new buffers). Without
+  adapters the frozen dicts are empty and the body sees whole params. The body builds a model
+  from `{**frozen[i], **params_i}` and differentiates only `params_i`.
+  """
+
+  def __init__(self, body: Callable, *, num_models: int = 1,
+               static_argnames: Sequence[str] = ()):
+    self.body = body
+    self.num_models = num_models
+    self.static_argnames = tuple(static_argnames)
+    self._jitted = jax.jit(body, static_argnames=self.static_argnames)
+
+  def split(self, args):
+    """`(frozen, args with each params dict replaced by its trainable part)`."""
+    args, frozen = list(args), []
+    for i in range(0, 2 * self.num_models, 2):
+      args[i], f = lora.split(args[i])
+      frozen.append(f)
+    return tuple(frozen), args
+
+  def join(self, frozen, out):
+    out = list(out)
+    for i, f in zip(range(0, 2 * self.num_models, 2), frozen):
+      if f:
+        out[i] = {**f, **out[i]}
+    return tuple(out)
+
+  def __call__(self, *args, **static):
+    return self.run(self._jitted, args, static)
+
+  def run(self, jitted, args, static):
+    frozen, args = self.split(args)
+    return self.join(frozen, jitted(frozen, *args, **static))
 
 
 def shard_step(step_fn: Callable, state_shardings, *, mesh: Mesh | None = None,
@@ -41,9 +89,12 @@ def shard_step(step_fn: Callable, state_shardings, *, mesh: Mesh | None = None,
   stage=...)` (`static_argnames=("stage",)`) and PPO's `update(params, opt_state,
   value_params, value_opt_state, batch)` (four state shardings).
 
+  A `TrainStep` is compiled the same way, its frozen arrays (a LoRA base) laid out like the
+  params they belong to and never returned.
+
   Args:
     step_fn: the step; may already be jitted (its `__wrapped__` function is used, so pass its
-      static argument names again as `static_argnames`).
+      static argument names again as `static_argnames`), or a `TrainStep`.
     state_shardings: a `TrainShardings` from `shard_train_state`, or a tuple of sharding
       trees (one per state argument; concatenate `TrainShardings` for two models).
     mesh: the mesh (default: `state_shardings.mesh`).
@@ -59,7 +110,8 @@ def shard_step(step_fn: Callable, state_shardings, *, mesh: Mesh | None = None,
     raise ValueError("shard_step: pass mesh= when state_shardings is not a TrainShardings")
   state = tuple(state_shardings)
   n = len(state)
-  fn = getattr(step_fn, "__wrapped__", step_fn)
+  train_step = step_fn if isinstance(step_fn, TrainStep) else None
+  fn = train_step.body if train_step else getattr(step_fn, "__wrapped__", step_fn)
   batch = mesh_lib.batch_sharding(mesh, rules)
   div = mesh_lib.batch_divisor(mesh)
   rep = mesh_lib.replicated(mesh)
@@ -81,19 +133,36 @@ def shard_step(step_fn: Callable, state_shardings, *, mesh: Mesh | None = None,
             "batch_size, or a minibatch) a multiple of it")
     key = (treedef, tuple(np.ndim(x) for x in leaves), tuple(sorted(kwargs.items())))
     batch_shardings = jax.tree.unflatten(treedef, [batch if np.ndim(x) else rep for x in leaves])
-    jitted = compiled.get(key)
-    if jitted is None:
-      jitted = jax.jit(functools.partial(fn, **kwargs) if kwargs else fn,
-                       in_shardings=state + tuple(batch_shardings),
-                       out_shardings=state + (rep,),
-                       donate_argnums=tuple(range(n)) if donate else ())
-      compiled[key] = jitted
     # Batch arrays already on the mesh (e.g. log-probs a jitted function just computed from
     # the sharded params) move to the batch layout device to device, never through the host.
     batch_args = jax.tree.map(
         lambda x, s: jax.device_put(x, s) if isinstance(
             getattr(x, "sharding", None), NamedSharding) else x, args[n:], batch_shardings)
-    return jitted(*args[:n], *batch_args)
+    if train_step is None:
+      jitted = compiled.get(key)
+      if jitted is None:
+        jitted = compiled[key] = jax.jit(
+            functools.partial(fn, **kwargs) if kwargs else fn,
+            in_shardings=state + tuple(batch_shardings), out_shardings=state + (rep,),
+            donate_argnums=tuple(range(n)) if donate else ())
+      return jitted(*args[:n], *batch_args)
+    frozen, _ = train_step.split(args[:n])
+    key += (tuple(tuple(sorted(f)) for f in frozen),)
+    jitted = compiled.get(key)
+    if jitted is None:
+      # Trainable params and frozen arrays keep the shardings of the params they come from.
+      subset = lambda tree, keys: {k: tree[k] for k in keys}  # noqa: E731
+      train_state = list(state)
+      for i, f in zip(range(0, n, 2), frozen):
+        train_state[i] = subset(state[i], [k for k in state[i] if k not in f])
+      frozen_shardings = tuple(subset(state[i], f) for i, f in zip(range(0, n, 2), frozen))
+      train_state = tuple(train_state)
+      jitted = compiled[key] = jax.jit(
+          functools.partial(fn, **kwargs) if kwargs else fn,
+          in_shardings=(frozen_shardings,) + train_state + tuple(batch_shardings),
+          out_shardings=train_state + (rep,),
+          donate_argnums=tuple(range(1, n + 1)) if donate else ())
+    return train_step.run(jitted, (*args[:n], *batch_args), {})
 
   return call
 

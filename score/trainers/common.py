@@ -22,6 +22,7 @@ from flax import nnx
 
 from score.models import ModelConfig, Transformer, token_logprobs
 from score.models import config as model_config
+from score.models import lora
 from score.utils import checkpoint as ckpt_lib
 from score.utils import config as config_lib
 from score.utils import metrics as metrics_lib
@@ -54,27 +55,76 @@ class Policy:
     return hash((self.graphdef, self.treedef, self.keys))
 
 
-def build_model(cfg, vocab_size: int | None = None, *, seed: int = 0) -> Transformer:
+def build_model(cfg, vocab_size: int | None = None, *, seed: int = 0, lora_on: bool = True,
+                sharding=None) -> Transformer:
   """A model from `cfg.model_dir` (a local Hugging Face checkpoint) or a fresh tiny one.
 
   Args:
     cfg: the `model` section of a config: `model_dir` ("" for a fresh model), optionally
-      `dtype` (the compute dtype, "float32" (default) or "bfloat16"; parameters and optimiser
-      state stay float32) and, for a fresh model, `hidden_size`, `num_layers`, `num_heads`,
+      `dtype` (the compute dtype, "float32" (default) or "bfloat16"), `base_dtype` (the
+      stored params: "float32", or "bfloat16" for a LoRA run's frozen base; adapters and
+      optimiser state stay float32), `lora` (`rank` (0: off), `alpha`, `targets`; see
+      `score.models.lora`) and, for a fresh model, `hidden_size`, `num_layers`, `num_heads`,
       `num_kv_heads`, `head_dim`, `intermediate_size`.
     vocab_size: vocabulary of a fresh model.
-    seed: init seed of a fresh model.
+    seed: init seed of a fresh model and of the LoRA adapters.
+    lora_on: False builds the model without adapters (e.g. for an SFT warm-up that makes the
+      base; `add_lora` adds them after it).
+    sharding: `(logical_names, shape) -> Sharding` to load a checkpoint straight onto a
+      mesh (`hf.from_pretrained`).
   """
   try:
     dtype = model_config.compute_dtype(cfg.get("dtype", "float32"))
   except ValueError as e:
     raise config_lib.ConfigError(f"model.{e}") from None
+  storage = storage_fields(cfg, lora_on=lora_on)
   if cfg.get("model_dir"):
     from score.models import hf  # pylint: disable=g-import-not-at-top
     hf.check_checkpoint_dir(cfg.model_dir, what="model.model_dir")
-    return hf.from_pretrained(cfg.model_dir, dtype=dtype)
-  config = ModelConfig.from_section(cfg, vocab_size)
+    return hf.from_pretrained(cfg.model_dir, dtype=dtype, sharding=sharding, seed=seed,
+                              **storage)
+  config = ModelConfig.from_section(cfg, vocab_size).replace(
+      lora_rank=storage.get("lora_rank", 0))
   return Transformer(config, rngs=nnx.Rngs(seed))
+
+
+def storage_fields(cfg, *, lora_on: bool = True) -> dict:
+  """`ModelConfig` fields of a `model` section's `base_dtype` and `lora`, checked.
+
+  Raises:
+    config_lib.ConfigError: a bad dtype, rank or target name, or a bfloat16 base without
+      LoRA (full fine-tuning keeps float32 params).
+  """
+  try:
+    fields = model_config.storage_fields(cfg)
+    ModelConfig.tiny(**fields)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"model section: {e}") from None
+  if fields.get("param_dtype", np.float32) != np.float32 and not fields.get("lora_rank"):
+    raise config_lib.ConfigError(
+        f"model.base_dtype={cfg.base_dtype!r} stores the frozen base of a LoRA run; set "
+        "model.lora.rank > 0 (full fine-tuning trains float32 params)")
+  if not lora_on:
+    fields["lora_rank"] = 0
+  return fields
+
+
+def add_lora(policy: Policy, params: Params, cfg, *, seed: int = 0) -> tuple[Policy, Params]:
+  """`(policy, params)` with the LoRA adapters of the `model` section `cfg` added to a model
+  built without them (`build_model(lora_on=False)`, e.g. after the SFT warm-up that makes a
+  synthetic task's base), its weights stored in `cfg.base_dtype`; unchanged when the
+  section's rank is 0."""
+  fields = storage_fields(cfg)
+  if not fields.get("lora_rank"):
+    return policy, params
+  model = policy.model(params)
+  config = model.config.replace(**fields)
+  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(seed)))
+  new_policy, shapes = Policy.split(abstract)
+  values = lora.init_adapters(shapes, jax.random.key(seed))
+  values.update({k: v if v.dtype == config.param_dtype else v.astype(config.param_dtype)
+                 for k, v in params.items()})
+  return new_policy, {k: values[k] for k in new_policy.keys}
 
 
 def frozen(cfg, exclude=()) -> tuple:
@@ -93,7 +143,9 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
   """A jitted `(params, opt_state, *batch, **static) -> (params, opt_state, metrics)` step.
 
   `loss_fn(params, *batch, **static) -> (loss, metrics)`; the returned metrics also hold
-  `loss` and the gradients' global norm `grad_norm`.
+  `loss` and the gradients' global norm `grad_norm`. Only the trainable params are
+  differentiated and updated: all of them, or with LoRA the adapters (a
+  `score.parallel.TrainStep`; the frozen base comes back as the same arrays).
 
   With `micro_batches` M > 1 (a config's `mesh.micro_batches`) the loss and its gradient are
   accumulated over M micro-batches of B/M rows (`score.parallel.accumulate_gradients`: a
@@ -117,8 +169,10 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
   """
   from score import parallel  # pylint: disable=g-import-not-at-top
 
-  def step(params, opt_state, *batch, **static):
-    fn = functools.partial(loss_fn, **static) if static else loss_fn
+  def step(frozen, params, opt_state, *batch, **static):
+    def fn(params, *batch):  # differentiated in the trainable params only (LoRA: adapters)
+      return loss_fn({**frozen[0], **params}, *batch, **static)
+
     if micro_batches > 1:
       _check_batch_leaves(batch)
     grad_fn = parallel.accumulate_gradients(fn, micro_batches, has_aux=True,
@@ -128,7 +182,7 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
     params = optax.apply_updates(params, updates)
     return params, opt_state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
 
-  return jax.jit(step, static_argnames=static_argnames)
+  return parallel.TrainStep(step, static_argnames=static_argnames)
 
 
 def _check_batch_leaves(batch):
@@ -176,7 +230,20 @@ def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip))
   parts.append(optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
                            weight_decay=cfg.get("weight_decay", 0.0)))
-  return optax.chain(*parts)
+  return trainable_only(optax.chain(*parts))
+
+
+def trainable_only(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`optimizer` over the trainable params only: `init(params)` of a LoRA model's params holds
+  state for its adapters alone (`score.models.lora.split`); `update` takes the trainable
+  gradients and params (what a `make_step` step passes). Without adapters, the optimizer."""
+  def init(params):
+    return optimizer.init(lora.trainable(params))
+
+  def update(updates, state, params=None):
+    return optimizer.update(updates, state, None if params is None else lora.trainable(params))
+
+  return optax.GradientTransformation(init, update)
 
 
 KILL_AFTER_ENV = "SCORE_KILL_AFTER"
@@ -222,7 +289,9 @@ def train_loop(*, workdir: str, name: str, state: dict, update: Callable, num_st
                                every=checkpoint_every, keep=keep)
   step = 0
   if ckpt.latest_step() is not None:
-    step, state, extra = ckpt.restore(state)
+    saved, frozen = _without_frozen(state)
+    step, saved, extra = ckpt.restore(saved)
+    state = _with_frozen(saved, frozen)
     if restore_extra is not None:
       restore_extra(extra)
   bar = progress.bar(total=num_steps, initial=step, desc=name)
@@ -238,12 +307,30 @@ def train_loop(*, workdir: str, name: str, state: dict, update: Callable, num_st
         writer.write_scalars(step, {f"{name}/{k}": v for k, v in metrics.items()})
         bar.set_postfix({loss_key: f"{loss:.4f}"})
       if step % checkpoint_every == 0 or step == num_steps:
-        ckpt.save(step, state, extra_state() if extra_state else None, force=True)
+        ckpt.save(step, _without_frozen(state)[0], extra_state() if extra_state else None,
+                  force=True)
         after_checkpoint(name, step)
   finally:
     bar.close()
     ckpt.close()
   return state
+
+
+def _without_frozen(state):
+  """`(state with each params dict's frozen arrays left out, {entry: frozen dict})`: a LoRA
+  model's checkpoint holds its adapters (and optimiser state), not its frozen base, which the
+  run rebuilds from `model.model_dir` or the seed (and the earlier phases' checkpoints)."""
+  if not isinstance(state, dict):
+    return state, {}
+  saved, frozen = dict(state), {}
+  for name, value in state.items():
+    if isinstance(value, dict) and lora.has_adapters(value):
+      saved[name], frozen[name] = lora.split(value)
+  return saved, frozen
+
+
+def _with_frozen(saved, frozen):
+  return {**saved, **{name: {**f, **saved[name]} for name, f in frozen.items()}}
 
 
 def mesh_options(mesh_cfg) -> tuple[str, int]:
@@ -374,14 +461,20 @@ def shard(policy: Policy, params: Params, opt_state, step_fn, mesh_cfg, *,
 
 def shard_like(params: Params, like: Params) -> Params:
   """`params` (e.g. a frozen reference model's) on the shardings of `like` (the policy's
-  params as `shard` returned them); unchanged when `like` is not on a mesh."""
+  params as `shard` returned them); unchanged when `like` is not on a mesh.
+
+  With LoRA the reference shares the policy's frozen base: its frozen keys are `like`'s
+  arrays themselves (no second copy); only its adapters are placed."""
   from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
   shardings = {k: v.sharding for k, v in like.items()
                if isinstance(getattr(v, "sharding", None), NamedSharding)}
   if not shardings:
     return params
   from score import parallel  # pylint: disable=g-import-not-at-top
-  return parallel.put(dict(params), {k: shardings[k] for k in params})
+  shared = lora.frozen_keys(params) & lora.frozen_keys(like)
+  rest = {k: v for k, v in params.items() if k not in shared}
+  return {**{k: like[k] for k in shared},
+          **parallel.put(rest, {k: shardings[k] for k in rest})}
 
 
 def mesh_of(params):

@@ -424,10 +424,11 @@ def init_policy(config, env, *, workdir: str, writer=None):
   Returns `(policy, params)`."""
   tokenizer = getattr(env, "tokenizer", None)
   vocab = getattr(tokenizer, "vocab_size", None)
-  model = common.build_model(config.model, vocab, seed=config.seed)
+  warmup = config.warmup.steps > 0  # it trains every weight: LoRA adapters come after it
+  model = common.build_model(config.model, vocab, seed=config.seed, lora_on=not warmup)
   model = common.apply_mesh_options(model, config.get("mesh"))
   policy, params = common.Policy.split(model)
-  if config.warmup.steps > 0:
+  if warmup:
     if not hasattr(env, "task"):
       raise ValueError("warmup.steps > 0 needs a synthetic task (SFT warm-up data); set "
                        "warmup.steps=0 to start from model.model_dir as it is.")
@@ -435,6 +436,7 @@ def init_policy(config, env, *, workdir: str, writer=None):
                                                seed=config.seed, exclude=env.heldout)
     params = sft_lib.train_sft(policy, params, batches, config.warmup, workdir=workdir,
                                name="warmup", writer=writer, mesh_cfg=config.get("mesh"))
+    policy, params = common.add_lora(policy, params, config.model, seed=config.seed)
   return policy, params
 
 

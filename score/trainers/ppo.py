@@ -133,13 +133,13 @@ def make_update(policy, value_def, policy_opt, value_opt, rl, micro_batches=1):
   gradients and metrics are means over the micro-batches, see `common.make_step`)."""
   from score import parallel  # pylint: disable=g-import-not-at-top
 
-  def loss_fn(both, batch):
-    return ppo_loss(*both, batch, policy=policy, value_def=value_def, rl=rl)
+  def update(frozen, params, opt_state, value_params, value_opt_state, batch):
+    # Trainable params (LoRA: adapters, and the value head) in, the frozen rest beside.
+    def loss_fn(both, batch):
+      return ppo_loss({**frozen[0], **both[0]}, {**frozen[1], **both[1]}, batch,
+                      policy=policy, value_def=value_def, rl=rl)
 
-  grad_fn = parallel.accumulate_gradients(loss_fn, micro_batches, has_aux=True)
-
-  @jax.jit
-  def update(params, opt_state, value_params, value_opt_state, batch):
+    grad_fn = parallel.accumulate_gradients(loss_fn, micro_batches, has_aux=True)
     (loss, metrics), (g_pi, g_v) = grad_fn((params, value_params), batch)
     updates, opt_state = policy_opt.update(g_pi, opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -149,7 +149,7 @@ def make_update(policy, value_def, policy_opt, value_opt, rl, micro_batches=1):
                    value_grad_norm=optax.global_norm(g_v))
     return params, opt_state, value_params, value_opt_state, metrics
 
-  return update
+  return parallel.TrainStep(update, num_models=2)
 
 
 def init_value_model(value_cfg, model_cfg, policy_params, *, vocab_size, seed, mesh_cfg=None):

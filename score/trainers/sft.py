@@ -33,17 +33,17 @@ def make_sft_step(policy: common.Policy, optimizer: optax.GradientTransformation
   with copies of its rows that have an all-zero loss mask.
   """
 
-  def loss_fn(params, tokens_BxL, mask_BxL, loss_mask_BxL):
-    logp_BxL = token_logprobs(policy.model(params), tokens_BxL, mask_BxL)
-    return reduce_lib.reduce(-logp_BxL, loss_mask_BxL, "token")
+  def grads_of(frozen, params, tokens_BxL, mask_BxL, loss_mask_BxL):
+    def loss_fn(params, tokens_BxL, mask_BxL, loss_mask_BxL):
+      logp_BxL = token_logprobs(policy.model({**frozen, **params}), tokens_BxL, mask_BxL)
+      return reduce_lib.reduce(-logp_BxL, loss_mask_BxL, "token")
 
-  def micro_loss_fn(params, tokens_BxL, mask_BxL, loss_mask_BxL, scale_B):
-    # `scale_B` = M / (the whole batch's token count) on every row.
-    logp_BxL = token_logprobs(policy.model(params), tokens_BxL, mask_BxL)
-    weight_BxL = loss_mask_BxL.astype(logp_BxL.dtype)
-    return jnp.sum(jnp.where(weight_BxL > 0, -logp_BxL * weight_BxL, 0.0)) * scale_B[0]
+    def micro_loss_fn(params, tokens_BxL, mask_BxL, loss_mask_BxL, scale_B):
+      # `scale_B` = M / (the whole batch's token count) on every row.
+      logp_BxL = token_logprobs(policy.model({**frozen, **params}), tokens_BxL, mask_BxL)
+      weight_BxL = loss_mask_BxL.astype(logp_BxL.dtype)
+      return jnp.sum(jnp.where(weight_BxL > 0, -logp_BxL * weight_BxL, 0.0)) * scale_B[0]
 
-  def grads_of(params, tokens_BxL, mask_BxL, loss_mask_BxL):
     if micro_batches == 1:
       return jax.value_and_grad(loss_fn)(params, tokens_BxL, mask_BxL, loss_mask_BxL)
     from score import parallel  # pylint: disable=g-import-not-at-top
@@ -59,14 +59,15 @@ def make_sft_step(policy: common.Policy, optimizer: optax.GradientTransformation
     return parallel.accumulate_gradients(micro_loss_fn, micro_batches)(
         params, tokens_BxL, mask_BxL, loss_mask_BxL, scale_B)
 
-  @jax.jit
-  def step(params, opt_state, tokens_BxL, mask_BxL, loss_mask_BxL):
-    loss, grads = grads_of(params, tokens_BxL, mask_BxL, loss_mask_BxL)
+  def step(frozen, params, opt_state, tokens_BxL, mask_BxL, loss_mask_BxL):
+    # `params` are the trainable ones (LoRA: the adapters), `frozen` the rest (TrainStep).
+    loss, grads = grads_of(frozen[0], params, tokens_BxL, mask_BxL, loss_mask_BxL)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
-  return step
+  from score import parallel  # pylint: disable=g-import-not-at-top
+  return parallel.TrainStep(step)
 
 
 @functools.lru_cache(maxsize=16)

@@ -126,17 +126,19 @@ def _base_model(config, env, workdir, policy_writer):
     raise config_lib.ConfigError(
         "config.model.model_dir is empty: point it at a local Hugging Face checkpoint "
         "(the `runlocal` variant makes a tiny random one itself).")
+  warmup = config.warmup.steps > 0  # it trains every weight: LoRA adapters come after it
   model = common.build_model(model_cfg, getattr(env.tokenizer, "vocab_size", None),
-                             seed=config.seed)
+                             seed=config.seed, lora_on=not warmup)
   model = common.apply_mesh_options(model, config.get("mesh"))
   policy, params = common.Policy.split(model)
-  if config.warmup.steps > 0:
+  if warmup:
     batches = sft_lib.synthetic_warmup_batches(
         env.task, env.tokenizer, config.warmup.batch_size, seed=config.seed,
         exclude=env.heldout)
     params = sft_lib.train_sft(policy, params, batches, config.warmup, workdir=workdir,
                                name="warmup", writer=policy_writer,
                                mesh_cfg=config.get("mesh"))
+    policy, params = common.add_lora(policy, params, model_cfg, seed=config.seed)
   return policy, params
 
 
@@ -171,7 +173,8 @@ _NOT_TRAINED = ("title", "published", "methods", "ablations", "eval", "repair", 
 
 
 # Training settings added after runs were made, with the value those runs had.
-_ADDED_KEYS = {"model.dtype": "float32"}
+_ADDED_KEYS = {"model.dtype": "float32", "model.base_dtype": "float32", "model.lora.rank": 0,
+               "model.lora.alpha": 16.0, "model.lora.targets": "q,k,v,o,gate,up,down"}
 
 
 def check_same_training(config, workdir: str):

@@ -1,0 +1,253 @@
+"""LoRA (`score.models.lora`): the adapted model, what a step trains, what is shared with the
+reference, checkpoints, bf16 base, config checks."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from configs import score_common
+from score.models import ModelConfig, Transformer, lora, token_logprobs
+from score.trainers import common
+from score.utils import config as config_lib
+
+TOKENS = jnp.asarray(np.random.default_rng(0).integers(1, 128, (2, 7)), jnp.int32)
+MASK = jnp.ones((2, 7), jnp.int32)
+
+
+def _lora_model(rank=4, targets=ModelConfig.tiny().lora_targets, **kw):
+  config = ModelConfig.tiny(lora_rank=rank, lora_alpha=8.0, lora_targets=tuple(targets), **kw)
+  return Transformer(config, rngs=nnx.Rngs(0))
+
+
+def _with_random_b(params, seed=1):
+  """Non-zero B factors, so the adapters change the model."""
+  rng = np.random.default_rng(seed)
+  return {k: (jnp.asarray(rng.normal(0, 0.05, v.shape), v.dtype) if "_lora_b']" in k else v)
+          for k, v in params.items()}
+
+
+def test_lora_model_equals_its_base_at_init():
+  base = Transformer(ModelConfig.tiny(), rngs=nnx.Rngs(0))
+  adapted = _lora_model()
+  _, base_params = common.Policy.split(base)
+  _, params = common.Policy.split(adapted)
+  # The same seed gives the same base weights (the adapters are drawn after them) ...
+  for k, v in base_params.items():
+    np.testing.assert_array_equal(params[k], v)
+  assert sum(lora.is_adapter(k) for k in params) == 2 * 7 * 2  # A, B × 7 targets × 2 layers
+  # ... and B = 0 makes the adapted model the base model.
+  np.testing.assert_allclose(adapted(TOKENS), base(TOKENS), atol=1e-6)
+  assert float(jnp.abs(params["['layers'][0]['attn']['q_lora_a'].value"]).max()) > 0
+
+
+def test_adapted_projection_is_the_merged_weight():
+  """x·W + (alpha/r)·(x·A)·B (unmerged, in the model) == x·(W + (alpha/r)·A·B) computed here
+  with numpy, for a 3-d attention weight (q) and the o projection (2 input axes)."""
+  model = _lora_model()
+  policy, params = common.Policy.split(model)
+  params = _with_random_b(params)
+  attn = policy.model(params).layers[0].attn
+  x = np.random.default_rng(2).normal(size=(2, 3, 64)).astype(np.float32)
+  w = np.asarray(attn.q.value)
+  a, b = np.asarray(attn.q_lora_a.value), np.asarray(attn.q_lora_b.value)
+  merged = w + 2.0 * np.einsum("dr,rnh->dnh", a, b)  # alpha / r = 8 / 4
+  from score.models import transformer  # pylint: disable=g-import-not-at-top
+  np.testing.assert_allclose(transformer._projection(attn, "q", jnp.asarray(x)),
+                             np.einsum("btd,dnh->btnh", x, merged), rtol=1e-4, atol=1e-5)
+  out = np.random.default_rng(3).normal(size=(2, 3, 4, 16)).astype(np.float32)
+  merged_o = np.asarray(attn.o.value) + 2.0 * np.einsum(
+      "nhr,rd->nhd", np.asarray(attn.o_lora_a.value), np.asarray(attn.o_lora_b.value))
+  np.testing.assert_allclose(transformer._projection(attn, "o", jnp.asarray(out), (0, 1)),
+                             np.einsum("btnh,nhd->btd", out, merged_o), rtol=1e-4, atol=1e-5)
+
+
+def test_merged_model_has_the_same_logits():
+  model = _lora_model()
+  policy, params = common.Policy.split(model)
+  adapted = policy.model(_with_random_b(params))
+  merged = lora.merged_model(adapted)
+  assert merged.config.lora_rank == 0
+  assert not lora.has_adapters(common.Policy.split(merged)[1])
+  base_logits = Transformer(ModelConfig.tiny(), rngs=nnx.Rngs(0))(TOKENS)
+  assert float(jnp.abs(adapted(TOKENS) - base_logits).max()) > 1e-3  # the adapters matter
+  np.testing.assert_allclose(merged(TOKENS), adapted(TOKENS), rtol=1e-4, atol=1e-4)
+
+
+def test_adapter_gradient_matches_the_merged_weight_gradient():
+  """d loss / d(A, B) of the unmerged model == the chain rule through an explicitly merged
+  weight W + (alpha/r)·A·B in a model without adapters (an independent computation)."""
+  model = _lora_model(targets=("q", "down"))
+  policy, params = common.Policy.split(model)
+  params = _with_random_b(params)
+  train, frozen = lora.split(params)
+  assert set(train) == {k for k in params if lora.is_adapter(k)}
+  plain_policy, _ = common.Policy.split(Transformer(ModelConfig.tiny(), rngs=nnx.Rngs(0)))
+
+  def loss(logp):
+    return -jnp.mean(logp)
+
+  def unmerged(train):
+    return loss(token_logprobs(policy.model({**frozen, **train}), TOKENS, MASK))
+
+  def merged(train):
+    plain = dict(frozen)
+    for w_key, a_key, b_key in lora.pairs(train | frozen):
+      plain[w_key] = frozen[w_key] + 2.0 * jnp.tensordot(
+          train[a_key], train[b_key], axes=([-1], [0]))
+    return loss(token_logprobs(plain_policy.model(plain), TOKENS, MASK))
+
+  np.testing.assert_allclose(unmerged(train), merged(train), rtol=1e-5)
+  g_unmerged, g_merged = jax.grad(unmerged)(train), jax.grad(merged)(train)
+  for k in train:
+    np.testing.assert_allclose(g_unmerged[k], g_merged[k], rtol=2e-3, atol=1e-6)
+    assert float(jnp.abs(g_merged[k]).max()) > 0
+
+
+def _sgd_step(policy, lr=0.1):
+  def loss_fn(params, tokens, mask):
+    logp = token_logprobs(policy.model(params), tokens, mask)
+    return -jnp.mean(logp), {}
+
+  optimizer = common.make_optimizer(ml_collections.ConfigDict(dict(lr=lr)), 10)
+  return optimizer, common.make_step(loss_fn, optimizer)
+
+
+def test_a_step_trains_only_adapters_and_shares_the_base_with_the_reference():
+  policy, params = common.Policy.split(_lora_model())
+  reference = params  # the phase's starting model: the same dict, i.e. the same base arrays
+  optimizer, step = _sgd_step(policy)
+  opt_state = optimizer.init(params)
+  mu = opt_state[0][0].mu  # adamw's state over the params it trains
+  assert set(mu) == {k for k in params if lora.is_adapter(k)}
+  new, opt_state, metrics = step(params, opt_state, TOKENS, MASK)
+  new, opt_state, metrics = step(new, opt_state, TOKENS, MASK)
+  assert np.isfinite(float(metrics["loss"]))
+  for k, v in params.items():
+    if lora.is_adapter(k):
+      continue
+    assert new[k] is reference[k], k  # not a copy: one frozen base for policy and reference
+  moved = [k for k in params if "_lora_b']" in k and float(jnp.abs(new[k]).max()) > 0]
+  assert len(moved) == 14  # every B left zero
+  assert float(jnp.abs(policy.model(new)(TOKENS) - policy.model(reference)(TOKENS)).max()) > 0
+
+
+def test_without_adapters_a_step_trains_everything():
+  policy, params = common.Policy.split(Transformer(ModelConfig.tiny(), rngs=nnx.Rngs(0)))
+  optimizer, step = _sgd_step(policy)
+  new, _, _ = step(params, optimizer.init(params), TOKENS, MASK)
+  assert all(not np.array_equal(new[k], params[k]) for k in params if "norm" not in k)
+
+
+def test_checkpoint_holds_the_adapters_and_resume_is_exact(tmp_path):
+  policy, params = common.Policy.split(_lora_model())
+  optimizer, step = _sgd_step(policy)
+
+  def update(i, state):
+    p, o, m = step(state["params"], state["opt_state"], TOKENS + i, MASK)
+    return {"params": p, "opt_state": o}, m
+
+  def run(workdir, num_steps):
+    return common.train_loop(workdir=str(workdir), name="phase", num_steps=num_steps,
+                             state={"params": params, "opt_state": optimizer.init(params)},
+                             update=update, checkpoint_every=1)
+
+  straight = run(tmp_path / "a", 3)
+  run(tmp_path / "b", 2)
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  saved = ocp.StandardCheckpointer().metadata(str(tmp_path / "b/checkpoints/phase/2/state"))
+  saved_keys = set(saved.item_metadata.tree["params"] if hasattr(saved, "item_metadata")
+                   else saved.tree["params"])
+  assert saved_keys == {k for k in params if lora.is_adapter(k)}  # no base in the checkpoint
+  resumed = run(tmp_path / "b", 3)
+  for k in params:
+    np.testing.assert_array_equal(resumed["params"][k], straight["params"][k])
+    if not lora.is_adapter(k):
+      assert resumed["params"][k] is params[k]
+
+
+def test_bfloat16_base_with_float32_adapters():
+  section = score_common.model(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                               head_dim=16, intermediate_size=128)
+  section.base_dtype = "bfloat16"
+  section.lora.rank = 4
+  policy, params = common.Policy.split(common.build_model(section, 128))
+  for k, v in params.items():
+    assert v.dtype == (jnp.float32 if lora.is_adapter(k) else jnp.bfloat16), k
+  optimizer, step = _sgd_step(policy)
+  opt_state = optimizer.init(params)
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(opt_state[0][0].mu))
+  new, _, metrics = step(params, opt_state, TOKENS, MASK)
+  assert np.isfinite(float(metrics["loss"]))
+  assert all(new[k].dtype == params[k].dtype for k in params)
+
+
+def test_bad_lora_settings_are_config_errors():
+  section = score_common.model()
+  section.lora.rank = 4
+  section.lora.targets = "q,v,qkv"
+  with pytest.raises(config_lib.ConfigError, match=r"\['qkv'\]"):
+    common.build_model(section, 128)
+  section = score_common.model()
+  section.base_dtype = "bfloat16"
+  with pytest.raises(config_lib.ConfigError, match="model.lora.rank"):
+    common.build_model(section, 128)
+  section.base_dtype = "float16"
+  with pytest.raises(config_lib.ConfigError, match="float16"):
+    common.build_model(section, 128)
+
+
+def test_add_lora_keeps_the_warmed_weights():
+  policy, params = common.Policy.split(Transformer(ModelConfig.tiny(), rngs=nnx.Rngs(3)))
+  section = score_common.model()
+  section.lora.rank = 2
+  section.lora.targets = "v,up"
+  new_policy, new = common.add_lora(policy, params, section, seed=0)
+  assert sorted(k for k in new if lora.is_adapter(k)) == sorted(
+      f"['layers'][{i}]['{m}']['{p}_lora_{f}'].value" for i in range(2)
+      for m, p in (("attn", "v"), ("mlp", "up")) for f in "ab")
+  assert all(new[k] is params[k] for k in params)
+  np.testing.assert_allclose(new_policy.model(new)(TOKENS), policy.model(params)(TOKENS),
+                             atol=1e-6)
+
+
+def test_lora_step_on_a_mesh_matches_one_device():
+  from score import parallel  # pylint: disable=g-import-not-at-top
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+  policy, params = common.Policy.split(_lora_model())
+  optimizer, step = _sgd_step(policy)
+  tokens, mask = jnp.concatenate([TOKENS, TOKENS[:, ::-1]]), jnp.concatenate([MASK, MASK])
+  one, _, _ = step(params, optimizer.init(params), tokens, mask)
+  p, o, sharded_step = common.shard(policy, params, optimizer.init(params), step,
+                                    parallel.mesh_config(data=2, fsdp=2, tensor=2))
+  reference = common.shard_like(params, p)
+  new, _, _ = sharded_step(p, o, tokens, mask)
+  embed = "['embed'].value"
+  assert p[embed].sharding.spec != new["['layers'][0]['attn']['q_lora_b'].value"].sharding.spec
+  assert len(p[embed].sharding.device_set) == 8
+  for k in params:
+    np.testing.assert_allclose(new[k], one[k], rtol=1e-3, atol=1e-4)  # Adam: ~g/|g|
+    if not lora.is_adapter(k):
+      assert new[k] is p[k] and reference[k] is p[k], k  # one sharded base for all three
+
+
+def test_grpo_with_lora_learns_the_toy_target(tmp_path):
+  """GRPO end to end with rank-4 adapters and a k3 KL to the reference (the base)."""
+  from score.trainers import grpo  # pylint: disable=g-import-not-at-top
+  from test_grpo import ToyEnv, rl_cfg, reward_cfg  # pylint: disable=g-import-not-at-top
+  config = ModelConfig.tiny(vocab_size=8, hidden_size=16, num_layers=1, num_heads=2,
+                            num_kv_heads=1, head_dim=8, intermediate_size=32,
+                            max_position_embeddings=16, lora_rank=4)
+  policy, params = common.Policy.split(Transformer(config, rngs=nnx.Rngs(0)))
+  env = ToyEnv(target=5)
+  before = grpo.evaluate(policy.model(params), env, env.heldout * 4)["accuracy"]
+  rl = rl_cfg(steps=12, prompts_per_step=8, samples_per_prompt=8, lr=1e-1, beta=0.04,
+              temperature=1.0)
+  new = grpo.train_grpo(policy, params, params, env, rl, reward_cfg(), workdir=str(tmp_path))
+  after = grpo.evaluate(policy.model(new), env, env.heldout * 4)["accuracy"]
+  assert before == 0.0 and after == 100.0
+  assert all(new[k] is params[k] for k in lora.frozen_keys(params))
