@@ -31,6 +31,9 @@ TEST_REQUIRES = [
     "pytest-timeout>=2.3",
     # The CPU wheel on these machines; an unpinned torch pulls a multi-GB CUDA build.
     "torch==2.13.0",
+    # LoRA export parity (tests/test_lora.py); installs with the torch above (its own
+    # requirements, accelerate included, pull no other torch).
+    "peft>=0.17",
     "chex>=0.1.90",
     "nbclient>=0.10",
     "nbformat>=5.10",

@@ -14,6 +14,15 @@ The model's layout comes from, in order:
    fresh tiny model as `score.trainers.common.build_model(config.model, vocab_size)` built it,
    with the vocabulary size read from the checkpoint.
 
+A LoRA run's checkpoint holds its adapters only (`score.models.lora`); the export rebuilds the
+frozen base as the trainer did (the Hugging Face checkpoint above, else the run's SFT warm-up
+phase `checkpoints/warmup`, else the fresh model of the run's seed), merges the adapters into
+it for `config.json` + `model.safetensors`, and, when the run started from a Hugging Face
+checkpoint, also writes `OUT/adapter/` in the `peft` library's format (`adapter_config.json`
+naming that checkpoint, `adapter_model.safetensors`). A Self-Rewarding iteration's adapters
+apply to the model the previous iteration ended with: pass its export, `--base
+WORKDIR/models/M<t>`.
+
 The tokenizer comes from `--tokenizer`, else from the base / `model_dir` checkpoint, else, for
 the embedded synthetic tasks, a character-level `PreTrainedTokenizerFast` with the task's
 vocabulary (same ids as `score.data.synthetic.CharTokenizer`; BOS `^`, EOS `.`, pad `_`).
@@ -214,13 +223,16 @@ def model_config(*, base: str | None, run_config: dict | None,
     raise ExportError(
         "cannot tell the model's layout: no --base given and no config.json of the run found "
         "above the checkpoint (expected <workdir>/checkpoints/<phase>/<step>)")
+  task = _synthetic_task(run_config)
   embed = [shape for key, (shape, _) in saved.items() if re.match(r"^\['embed'\]", key)]
-  if len(embed) != 1:
+  if len(embed) == 1:
+    vocab_size = int(embed[0][0])
+  elif task is not None or model_cfg.get("vocab_size"):  # e.g. a LoRA run's adapters only
+    vocab_size = task.tokenizer.vocab_size if task is not None else int(model_cfg["vocab_size"])
+  else:
     raise ExportError("no ['embed'] parameter in the checkpoint to read the vocabulary size from")
-  vocab_size = int(embed[0][0])
   # As `score.trainers.common.build_model` builds a fresh model.
   config = ModelConfig.from_section(model_cfg, vocab_size)
-  task = _synthetic_task(run_config)
   if task is not None:
     t = task.tokenizer
     if t.vocab_size != vocab_size:
@@ -233,6 +245,31 @@ def model_config(*, base: str | None, run_config: dict | None,
 
 # ---------------------------------------------------------------------------------------------
 # Export
+
+
+def _lora_base(config, base_dtype, source_dir, workdir, run_config, shapes):
+  """`(frozen base params (float32 values of `base_dtype` weights), where they came from)` of a
+  LoRA run, as its trainer built them: the full-weight SFT warm-up that made a synthetic
+  task's base (`checkpoints/warmup`), else the Hugging Face checkpoint it started from, else
+  the fresh model of the run's seed."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from score.models import Transformer  # pylint: disable=g-import-not-at-top
+  from score.models import hf  # pylint: disable=g-import-not-at-top
+  from score.trainers import common  # pylint: disable=g-import-not-at-top
+  plain = config.replace(lora_rank=0, param_dtype=base_dtype)
+  warmup = os.path.join(workdir or "", "checkpoints", "warmup")
+  if workdir and _steps(warmup):
+    step_dir, _ = resolve_checkpoint(warmup)
+    params, source = load_params(step_dir, shapes), step_dir
+  elif source_dir:
+    _, params = common.Policy.split(hf.from_pretrained(source_dir, param_dtype=base_dtype))
+    source = os.path.abspath(source_dir)
+  else:
+    seed = int(run_config.get("seed", 0))
+    _, params = common.Policy.split(Transformer(plain, rngs=nnx.Rngs(seed)))
+    source = f"a fresh model of seed {seed}"
+  return {k: jnp.asarray(v, base_dtype).astype(jnp.float32) for k, v in params.items()}, source
 
 
 def export(checkpoint: str, out: str, *, tokenizer: str | None = None, base: str | None = None,
@@ -252,7 +289,8 @@ def export(checkpoint: str, out: str, *, tokenizer: str | None = None, base: str
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from score.models import Transformer  # pylint: disable=g-import-not-at-top
+  from score.models import Transformer, lora  # pylint: disable=g-import-not-at-top
+  from score.models import config as model_config_lib  # pylint: disable=g-import-not-at-top
   from score.models import hf  # pylint: disable=g-import-not-at-top
   from score.trainers import common  # pylint: disable=g-import-not-at-top
 
@@ -268,9 +306,26 @@ def export(checkpoint: str, out: str, *, tokenizer: str | None = None, base: str
         run_info = json.load(f)
   saved = checkpoint_params_metadata(step_dir)
   config, source_dir, task = model_config(base=base, run_config=run_config, saved=saved)
+  adapters = any(lora.is_adapter(k) for k in saved)
+  if adapters:  # the run's LoRA settings; the base merged in float32
+    if run_config is None:
+      raise ExportError("the checkpoint holds LoRA adapters only: export it with the run's "
+                        "config.json (model.lora) above it, <workdir>/checkpoints/<phase>")
+    base_dtype = model_config_lib.compute_dtype(run_config["model"].get("base_dtype",
+                                                                        "float32"))
+    config = config.replace(**model_config_lib.lora_fields(run_config["model"].get("lora")),
+                            param_dtype=jnp.float32)
   abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
   policy, template = common.Policy.split(abstract)
-  params = load_params(step_dir, {k: tuple(v.shape) for k, v in template.items()})
+  shapes = {k: tuple(v.shape) for k, v in template.items()}
+  if adapters:
+    params = load_params(step_dir, {k: v for k, v in shapes.items() if lora.is_adapter(k)})
+    base_params, base_source = _lora_base(config, base_dtype, source_dir, workdir, run_config,
+                                          {k: v for k, v in shapes.items()
+                                           if not lora.is_adapter(k)})
+    params.update(base_params)
+  else:
+    params = load_params(step_dir, shapes)
   model = policy.model({k: jnp.asarray(v, dtype=template[k].dtype) for k, v in params.items()})
 
   tok, tok_source = None, None
@@ -282,13 +337,23 @@ def export(checkpoint: str, out: str, *, tokenizer: str | None = None, base: str
     tok, tok_source = char_tokenizer(task.tokenizer), "synthetic character vocabulary"
   else:
     log.warning("no tokenizer found (pass --tokenizer DIR); writing the weights only")
-  hf.save_pretrained(model, out, tokenizer=tok, dtype=dtype)
+  hf.save_pretrained(model, out, tokenizer=tok, dtype=dtype)  # adapters merged
+  adapter_dir = None
+  if adapters and source_dir and base_source == os.path.abspath(source_dir):
+    # Adapters over a Hugging Face checkpoint: PEFT loads them onto it.
+    adapter_dir = os.path.join(out, "adapter")
+    hf.save_peft_adapter(model, adapter_dir,
+                         base_model_name_or_path=os.path.abspath(source_dir))
   record = {
       "checkpoint": step_dir, "step": step, "workdir": workdir,
       "commit": (run_info or {}).get("commit"), "base": os.path.abspath(base) if base else None,
       "model_dir": source_dir, "tokenizer": tok_source, "dtype": dtype,
       "model_type": config.model_type, "num_params": int(sum(v.size for v in params.values())),
   }
+  if adapters:
+    record["lora"] = {"rank": config.lora_rank, "alpha": config.lora_alpha,
+                      "targets": list(config.lora_targets), "base": base_source,
+                      "peft_adapter": adapter_dir}
   with open(os.path.join(out, "score_export.json"), "w", encoding="utf-8") as f:
     json.dump(record, f, indent=2)
   return record

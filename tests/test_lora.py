@@ -251,3 +251,71 @@ def test_grpo_with_lora_learns_the_toy_target(tmp_path):
   after = grpo.evaluate(policy.model(new), env, env.heldout * 4)["accuracy"]
   assert before == 0.0 and after == 100.0
   assert all(new[k] is params[k] for k in lora.frozen_keys(params))
+
+
+def test_export_merged_and_peft_adapter_match_our_logits(tmp_path):
+  """A LoRA run from a Hugging Face checkpoint: its adapters-only checkpoint exports to a merged
+  checkpoint (`transformers`) and a PEFT adapter (`peft` onto the base), both with our logits."""
+  torch = pytest.importorskip("torch")
+  peft = pytest.importorskip("peft")
+  transformers = pytest.importorskip("transformers")
+  import json  # pylint: disable=g-import-not-at-top
+  from score import export as export_lib  # pylint: disable=g-import-not-at-top
+  from score.models import hf  # pylint: disable=g-import-not-at-top
+  from score.utils import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from test_export import VOCAB, _hf_base, _hf_logits, _tokens  # pylint: disable=g-import-not-at-top
+  base_dir = _hf_base("qwen2", str(tmp_path / "base"))
+  workdir = tmp_path / "run"
+  model_cfg = score_common.model(base_dir)
+  model_cfg.lora = score_common.lora(rank=4, alpha=8.0, targets="q,v,o,down")
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps({"model": model_cfg.to_dict(), "seed": 0}))
+  policy, params = common.Policy.split(common.build_model(model_cfg, seed=5))
+  params = _with_random_b(params)
+  ckpt = ckpt_lib.Checkpointer(str(workdir / "checkpoints" / "score" / "r0_stage2"))
+  ckpt.save(3, common._without_frozen({"params": params})[0], force=True)
+  ckpt.close()
+
+  out = tmp_path / "hf"
+  record = export_lib.export(str(workdir / "checkpoints" / "score" / "r0_stage2"), str(out))
+  assert record["lora"]["base"] == base_dir and record["lora"]["rank"] == 4
+  tokens = _tokens(VOCAB)
+  ours = np.asarray(policy.model(params)(jnp.asarray(tokens, jnp.int32)))
+  base_logits = _hf_logits(base_dir, tokens)
+  assert np.abs(ours - base_logits).max() > 1e-2  # the adapters change the model
+  np.testing.assert_allclose(_hf_logits(str(out), tokens), ours, atol=2e-4, rtol=2e-4)
+
+  adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+  assert adapter_config["base_model_name_or_path"] == base_dir
+  assert sorted(adapter_config["target_modules"]) == ["down_proj", "o_proj", "q_proj", "v_proj"]
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  names = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+  assert names["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape == (4, 32)
+  assert names["base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"].shape == (32, 4)
+  base = transformers.AutoModelForCausalLM.from_pretrained(
+      adapter_config["base_model_name_or_path"], attn_implementation="eager")
+  with_adapter = peft.PeftModel.from_pretrained(base, str(out / "adapter"))
+  with torch.no_grad():
+    theirs = with_adapter.eval().float()(input_ids=torch.as_tensor(tokens)).logits.numpy()
+  np.testing.assert_allclose(theirs, ours, atol=2e-4, rtol=2e-4)
+
+
+def test_merge_adapters_makes_the_next_phase_base():
+  """A Self-Rewarding iteration starts from M_t: its adapters merged into a new frozen base
+  (W + (alpha/r)·A·B, checked with numpy), B zero, the same logits."""
+  policy, params = common.Policy.split(_lora_model(targets=("v", "gate")))
+  trained = _with_random_b(params)
+  start = common.merge_adapters(policy, trained)
+  np.testing.assert_allclose(policy.model(start)(TOKENS), policy.model(trained)(TOKENS),
+                             rtol=1e-4, atol=1e-4)
+  for w_key, a_key, b_key in lora.pairs(trained):
+    np.testing.assert_allclose(
+        start[w_key], np.asarray(trained[w_key]) + 2.0 * np.tensordot(
+            np.asarray(trained[a_key]), np.asarray(trained[b_key]), axes=([-1], [0])),
+        rtol=1e-5, atol=1e-6)
+    assert not np.asarray(start[b_key]).any() and start[a_key] is trained[a_key]
+  assert lora.frozen_keys(start) == lora.frozen_keys(trained)
+  embed = "['embed'].value"
+  assert start[embed] is trained[embed]  # weights without adapters are not copied
+  plain_policy, plain = common.Policy.split(Transformer(ModelConfig.tiny(), rngs=nnx.Rngs(0)))
+  assert common.merge_adapters(plain_policy, plain) is plain

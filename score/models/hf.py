@@ -559,6 +559,42 @@ def save_pretrained(model: Transformer, path: str, *, tokenizer=None, dtype: str
     tokenizer.save_pretrained(path)
 
 
+def save_peft_adapter(model: Transformer, path: str, *, base_model_name_or_path: str) -> None:
+  """Writes a LoRA model's adapters in the `peft` library's format: `adapter_config.json`
+  (naming `base_model_name_or_path`, the Hugging Face checkpoint the adapters apply to) and
+  `adapter_model.safetensors` with PEFT's names and layouts (`base_model.model.<module>.
+  lora_A.weight` [r, in_features], `lora_B.weight` [out_features, r]), so that
+  `peft.PeftModel.from_pretrained(base, path)` is this model (y = x·W + (alpha/r)·x·Aᵀ·Bᵀ)."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  config = model.config
+  if not config.lora_rank:
+    raise ValueError("the model has no LoRA adapters (lora_rank = 0)")
+  r = config.lora_rank
+  tensors, modules = {}, set()
+  for p, var in _param_items(model):
+    name = str(p[-1])
+    if not lora.is_adapter_name(name):
+      continue
+    weight, _ = hf_name(config, tuple(p[:-1]) + (name[:-len("_lora_a")],))
+    module = weight[:-len(".weight")]
+    modules.add(module.rsplit(".", 1)[1])
+    value = np.asarray(jax.device_get(var.value), np.float32)
+    if name.endswith("_lora_a"):  # [in..., r] -> [r, in_features]
+      tensors[f"base_model.model.{module}.lora_A.weight"] = value.reshape(-1, r).T
+    else:  # [r, out...] -> [out_features, r]
+      tensors[f"base_model.model.{module}.lora_B.weight"] = value.reshape(r, -1).T
+  os.makedirs(path, exist_ok=True)
+  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+            os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
+  adapter_config = dict(
+      peft_type="LORA", task_type="CAUSAL_LM", base_model_name_or_path=base_model_name_or_path,
+      r=r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=sorted(modules),
+      bias="none", fan_in_fan_out=False, use_rslora=False, use_dora=False,
+      init_lora_weights=True, inference_mode=True, modules_to_save=None)
+  with open(os.path.join(path, "adapter_config.json"), "w") as f:
+    json.dump(adapter_config, f, indent=2, sort_keys=True)
+
+
 def load_tokenizer(path: str):
   """The checkpoint's tokenizer (with its chat template) via `transformers.AutoTokenizer`."""
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top

@@ -127,6 +127,15 @@ def add_lora(policy: Policy, params: Params, cfg, *, seed: int = 0) -> tuple[Pol
   return new_policy, {k: values[k] for k in new_policy.keys}
 
 
+def merge_adapters(policy: Policy, params: Params) -> Params:
+  """`params` with their LoRA adapters merged into a new frozen base and B set to zero: the
+  same model, now the base of a phase that starts from it and takes it as its reference (a
+  Self-Rewarding iteration from M_t). Unchanged without adapters."""
+  if not lora.has_adapters(params):
+    return params
+  return lora.merge(params, policy.model(params).config.lora_scale)
+
+
 def frozen(cfg, exclude=()) -> tuple:
   """A hashable snapshot of a flat config section (to key caches of compiled steps)."""
   return tuple(sorted((k, tuple(v) if isinstance(v, list) else v)

@@ -103,7 +103,7 @@ def make_tiny_checkpoint(path: str, corpus: Sequence[str], model_cfg, *, vocab_s
   fast = transformers.PreTrainedTokenizerFast(
       tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="<|end|>")
   fast.chat_template = CHAT_TEMPLATE
-  model = common.build_model(model_cfg, tok.get_vocab_size(), seed=seed)
+  model = common.build_model(model_cfg, tok.get_vocab_size(), seed=seed, lora_on=False)
   tmp = f"{path}.tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   hf.save_pretrained(model, tmp, tokenizer=fast)
@@ -208,7 +208,10 @@ class Loop:
                               "local Hugging Face checkpoint (config.json + *.safetensors)")
     self.model_dir = model_dir
     self.codec = Codec(hf.load_tokenizer(model_dir), self.config.prompt_format)
-    model = common.apply_mesh_options(hf.from_pretrained(model_dir), self.config.get("mesh"))
+    model = common.apply_mesh_options(
+        hf.from_pretrained(model_dir, seed=self.config.seed,
+                           **common.storage_fields(self.config.model)),
+        self.config.get("mesh"))
     self.policy, params = common.Policy.split(model)
     return params
 
@@ -340,8 +343,10 @@ class Loop:
         tokens.append((c[0], c[1], r[0], r[1]))
     if not tokens:
       return None, None
+    # The reference is M_t; with LoRA its adapters are merged into the frozen base first.
+    start = common.merge_adapters(self.policy, self.current)
     params, summary = dpo_lib.train_dpo(
-        self.policy, self.current, self.current, tokens, self.config.dpo, workdir=self.workdir,
+        self.policy, start, start, tokens, self.config.dpo, workdir=self.workdir,
         name=f"m{t + 1}_dpo", seed=si.stable_seed(self.config.seed, t, "dpo"),
         pad_id=self.codec.pad_id, writer=self.writer, mesh_cfg=self.config.get("mesh"))
     _write_json(self.path(f"iter{t}", "dpo.json"), summary)
