@@ -319,3 +319,31 @@ def test_merge_adapters_makes_the_next_phase_base():
   assert start[embed] is trained[embed]  # weights without adapters are not copied
   plain_policy, plain = common.Policy.split(Transformer(ModelConfig.tiny(), rngs=nnx.Rngs(0)))
   assert common.merge_adapters(plain_policy, plain) is plain
+
+
+def test_a_checkpoint_loads_in_bf16_straight_onto_the_mesh(tmp_path):
+  """`model.base_dtype=bfloat16` + a mesh: every tensor arrives in bf16 with its mesh sharding
+  (each device holds its shard only), the adapters in fp32; the model is the checkpoint's."""
+  pytest.importorskip("transformers")
+  from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+  from score import parallel  # pylint: disable=g-import-not-at-top
+  from score.models import hf  # pylint: disable=g-import-not-at-top
+  from test_export import VOCAB, _hf_base, _tokens  # pylint: disable=g-import-not-at-top
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+  base_dir = _hf_base("qwen2", str(tmp_path / "base"))
+  section = score_common.model(base_dir)
+  section.base_dtype = "bfloat16"
+  section.lora.rank = 4
+  model = common.build_model(section, seed=0,
+                             mesh_cfg=parallel.mesh_config(data=1, fsdp=4, tensor=2))
+  _, params = common.Policy.split(model)
+  embed = params["['embed'].value"]  # [V, D], V over tensor × fsdp
+  assert embed.dtype == jnp.bfloat16 and isinstance(embed.sharding, NamedSharding)
+  assert embed.addressable_shards[0].data.shape == (VOCAB // 8, 32)
+  for k, v in params.items():
+    assert v.dtype == (jnp.float32 if lora.is_adapter(k) else jnp.bfloat16), k
+    assert isinstance(v.sharding, NamedSharding) and len(v.sharding.device_set) == 8, k
+  tokens = jnp.asarray(_tokens(VOCAB), jnp.int32)
+  one_device = hf.from_pretrained(base_dir, param_dtype=jnp.bfloat16)
+  np.testing.assert_allclose(model(tokens), one_device(tokens), rtol=1e-5, atol=1e-5)

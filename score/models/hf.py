@@ -489,8 +489,7 @@ def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=jnp.float32,
     if sharding is None:
       var.value = jnp.asarray(value)
     else:
-      names = var.get_metadata().get("out_sharding") or (None,) * len(shape)
-      var.value = jax.device_put(value, sharding(tuple(names), shape))
+      var.value = jax.device_put(value, sharding(_names(var), shape))
     used.add(name)
   extra = sorted(n for n in reader.files if n not in used and "rotary_emb" not in n)
   if extra:
@@ -498,7 +497,15 @@ def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=jnp.float32,
                 extra[:5])
   if config.lora_rank:
     abstract._init_lora(jax.random.key(seed))  # pylint: disable=protected-access
+    for p, var in _param_items(abstract):
+      if sharding is not None and lora.is_adapter_name(p[-1]):
+        var.value = jax.device_put(var.value, sharding(_names(var), var.value.shape))
   return abstract
+
+
+def _names(var) -> tuple:
+  """A parameter's logical axis names (None per dimension without any)."""
+  return tuple(var.get_metadata().get("out_sharding") or (None,) * len(var.value.shape))
 
 
 def save_pretrained(model: Transformer, path: str, *, tokenizer=None, dtype: str = "float32",

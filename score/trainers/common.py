@@ -56,7 +56,7 @@ class Policy:
 
 
 def build_model(cfg, vocab_size: int | None = None, *, seed: int = 0, lora_on: bool = True,
-                sharding=None) -> Transformer:
+                mesh_cfg=None) -> Transformer:
   """A model from `cfg.model_dir` (a local Hugging Face checkpoint) or a fresh tiny one.
 
   Args:
@@ -70,8 +70,9 @@ def build_model(cfg, vocab_size: int | None = None, *, seed: int = 0, lora_on: b
     seed: init seed of a fresh model and of the LoRA adapters.
     lora_on: False builds the model without adapters (e.g. for an SFT warm-up that makes the
       base; `add_lora` adds them after it).
-    sharding: `(logical_names, shape) -> Sharding` to load a checkpoint straight onto a
-      mesh (`hf.from_pretrained`).
+    mesh_cfg: the config's `mesh` section: a checkpoint is loaded tensor by tensor straight
+      into its shardings on that mesh (`hf.from_pretrained`), in the stored dtype, never as a
+      whole on one device; None (or a 1×1×1 mesh): on the default device.
   """
   try:
     dtype = model_config.compute_dtype(cfg.get("dtype", "float32"))
@@ -81,6 +82,10 @@ def build_model(cfg, vocab_size: int | None = None, *, seed: int = 0, lora_on: b
   if cfg.get("model_dir"):
     from score.models import hf  # pylint: disable=g-import-not-at-top
     hf.check_checkpoint_dir(cfg.model_dir, what="model.model_dir")
+    mesh, sharding = mesh_from_config(mesh_cfg), None
+    if mesh is not None:
+      from score import parallel  # pylint: disable=g-import-not-at-top
+      sharding = functools.partial(parallel.named_sharding, mesh)
     return hf.from_pretrained(cfg.model_dir, dtype=dtype, sharding=sharding, seed=seed,
                               **storage)
   config = ModelConfig.from_section(cfg, vocab_size).replace(

@@ -268,7 +268,7 @@ def train(config, workdir: str):
   if not pairs or not heldout:
     raise ValueError(f"dpo: {len(pairs)} training and {len(heldout)} held-out pairs after "
                      f"dropping tied or over-long ones (max_len={config.data.max_len})")
-  model = common.build_model(config.model, seed=config.seed)
+  model = common.build_model(config.model, seed=config.seed, mesh_cfg=config.get("mesh"))
   policy, ref_params = common.Policy.split(model)
   writer = metrics_lib.MetricWriter(workdir)
   logprob_fn = policy_logprob_fn(policy)

@@ -425,7 +425,8 @@ def init_policy(config, env, *, workdir: str, writer=None):
   tokenizer = getattr(env, "tokenizer", None)
   vocab = getattr(tokenizer, "vocab_size", None)
   warmup = config.warmup.steps > 0  # it trains every weight: LoRA adapters come after it
-  model = common.build_model(config.model, vocab, seed=config.seed, lora_on=not warmup)
+  model = common.build_model(config.model, vocab, seed=config.seed, lora_on=not warmup,
+                             mesh_cfg=config.get("mesh"))
   model = common.apply_mesh_options(model, config.get("mesh"))
   policy, params = common.Policy.split(model)
   if warmup:

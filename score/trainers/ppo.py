@@ -155,7 +155,8 @@ def make_update(policy, value_def, policy_opt, value_opt, rl, micro_batches=1):
 def init_value_model(value_cfg, model_cfg, policy_params, *, vocab_size, seed, mesh_cfg=None):
   """`(value_def, value_params)` per `value_cfg.init` ("policy", "reward_model", "scratch");
   the body rematerialised per `mesh_cfg.remat` (`common.apply_mesh_options`)."""
-  body = common.apply_mesh_options(common.build_model(model_cfg, vocab_size, seed=seed + 17),
+  body = common.apply_mesh_options(common.build_model(model_cfg, vocab_size, seed=seed + 17,
+                                                      mesh_cfg=mesh_cfg),
                                    mesh_cfg)
   model = rm_lib.ScalarModel(body, rngs=nnx.Rngs(seed + 18))
   value_def, value_params = common.Policy.split(model)

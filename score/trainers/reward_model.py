@@ -67,7 +67,8 @@ class ScalarModel(nnx.Module):
 def build_scalar_model(model_cfg, vocab_size, *, seed: int, mesh_cfg=None) -> ScalarModel:
   """A `ScalarModel` on a fresh tiny body or on `model_cfg.model_dir` (see `common.build_model`),
   rematerialised per `mesh_cfg.remat` (`common.apply_mesh_options`)."""
-  body = common.apply_mesh_options(common.build_model(model_cfg, vocab_size, seed=seed),
+  body = common.apply_mesh_options(common.build_model(model_cfg, vocab_size, seed=seed,
+                                                      mesh_cfg=mesh_cfg),
                                    mesh_cfg)
   return ScalarModel(body, rngs=nnx.Rngs(seed + 1))
 

@@ -165,7 +165,8 @@ def train(config, workdir: str):
   task = synthetic.make_task(config.task.name, **{k: v for k, v in config.task.items()
                                                    if k != "name"})
   tokenizer = task.tokenizer
-  model = common.build_model(config.model, tokenizer.vocab_size, seed=config.seed)
+  model = common.build_model(config.model, tokenizer.vocab_size, seed=config.seed,
+                             mesh_cfg=config.get("mesh"))
   model = common.apply_mesh_options(model, config.get("mesh"))
   policy, params = common.Policy.split(model)
   writer = metrics_lib.MetricWriter(workdir)

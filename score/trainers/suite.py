@@ -128,7 +128,8 @@ def _base_model(config, env, workdir, policy_writer):
         "(the `runlocal` variant makes a tiny random one itself).")
   warmup = config.warmup.steps > 0  # it trains every weight: LoRA adapters come after it
   model = common.build_model(model_cfg, getattr(env.tokenizer, "vocab_size", None),
-                             seed=config.seed, lora_on=not warmup)
+                             seed=config.seed, lora_on=not warmup,
+                             mesh_cfg=config.get("mesh"))
   model = common.apply_mesh_options(model, config.get("mesh"))
   policy, params = common.Policy.split(model)
   if warmup:
