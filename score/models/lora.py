@@ -46,12 +46,15 @@ def base_key(adapter_key: str) -> str:
 
 
 def has_adapters(params) -> bool:
-  return any(is_adapter(k) for k in params)
+  return isinstance(params, dict) and any(is_adapter(k) for k in params)
 
 
 def frozen_keys(params) -> frozenset[str]:
   """Keys of `params` that LoRA freezes: every non-adapter key of a Transformer (identified by
-  the prefix of its `['embed']` key) that has adapters. Empty without adapters."""
+  the prefix of its `['embed']` key) that has adapters. Empty without adapters (or when
+  `params` is not a flat dict, e.g. a toy step's array)."""
+  if not isinstance(params, dict):
+    return frozenset()
   adapters = [k for k in params if is_adapter(k)]
   if not adapters:
     return frozenset()
@@ -65,13 +68,19 @@ def split(params) -> tuple[dict, dict]:
   """`(trainable, frozen)` dicts of a flat params dict (`frozen` is {} without adapters)."""
   frozen = frozen_keys(params)
   if not frozen:
-    return dict(params), {}
+    return params, {}
   return ({k: v for k, v in params.items() if k not in frozen},
           {k: v for k, v in params.items() if k in frozen})
 
 
 def trainable(params) -> dict:
   return split(params)[0]
+
+
+def join(frozen: dict, trainable):
+  """The whole params again: `{**frozen, **trainable}` (`trainable` itself when `frozen` is
+  empty)."""
+  return {**frozen, **trainable} if frozen else trainable
 
 
 def init_a(key, shape, fan_in: int, dtype=jnp.float32):

@@ -62,8 +62,7 @@ class TrainStep:
   def join(self, frozen, out):
     out = list(out)
     for i, f in zip(range(0, 2 * self.num_models, 2), frozen):
-      if f:
-        out[i] = {**f, **out[i]}
+      out[i] = lora.join(f, out[i])
     return tuple(out)
 
   def __call__(self, *args, **static):

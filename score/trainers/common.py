@@ -185,7 +185,7 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
 
   def step(frozen, params, opt_state, *batch, **static):
     def fn(params, *batch):  # differentiated in the trainable params only (LoRA: adapters)
-      return loss_fn({**frozen[0], **params}, *batch, **static)
+      return loss_fn(lora.join(frozen[0], params), *batch, **static)
 
     if micro_batches > 1:
       _check_batch_leaves(batch)
@@ -344,7 +344,7 @@ def _without_frozen(state):
 
 
 def _with_frozen(saved, frozen):
-  return {**saved, **{name: {**f, **saved[name]} for name, f in frozen.items()}}
+  return {**saved, **{name: lora.join(f, saved[name]) for name, f in frozen.items()}}
 
 
 def mesh_options(mesh_cfg) -> tuple[str, int]:

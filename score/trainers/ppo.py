@@ -41,7 +41,7 @@ from score.losses import importance
 from score.losses import kl as kl_lib
 from score.losses import ppo as ppo_losses
 from score.losses import reduce as reduce_lib
-from score.models import token_logprobs
+from score.models import lora, token_logprobs
 from score.trainers import common
 from score.trainers import grpo as grpo_lib
 from score.trainers import reward_model as rm_lib
@@ -136,7 +136,7 @@ def make_update(policy, value_def, policy_opt, value_opt, rl, micro_batches=1):
   def update(frozen, params, opt_state, value_params, value_opt_state, batch):
     # Trainable params (LoRA: adapters, and the value head) in, the frozen rest beside.
     def loss_fn(both, batch):
-      return ppo_loss({**frozen[0], **both[0]}, {**frozen[1], **both[1]}, batch,
+      return ppo_loss(lora.join(frozen[0], both[0]), lora.join(frozen[1], both[1]), batch,
                       policy=policy, value_def=value_def, rl=rl)
 
     grad_fn = parallel.accumulate_gradients(loss_fn, micro_batches, has_aux=True)

@@ -15,7 +15,7 @@ import optax
 
 from score.data import synthetic
 from score.losses import reduce as reduce_lib
-from score.models import token_logprobs
+from score.models import lora, token_logprobs
 from score.trainers import common
 from score.utils import metrics as metrics_lib
 
@@ -35,12 +35,12 @@ def make_sft_step(policy: common.Policy, optimizer: optax.GradientTransformation
 
   def grads_of(frozen, params, tokens_BxL, mask_BxL, loss_mask_BxL):
     def loss_fn(params, tokens_BxL, mask_BxL, loss_mask_BxL):
-      logp_BxL = token_logprobs(policy.model({**frozen, **params}), tokens_BxL, mask_BxL)
+      logp_BxL = token_logprobs(policy.model(lora.join(frozen, params)), tokens_BxL, mask_BxL)
       return reduce_lib.reduce(-logp_BxL, loss_mask_BxL, "token")
 
     def micro_loss_fn(params, tokens_BxL, mask_BxL, loss_mask_BxL, scale_B):
       # `scale_B` = M / (the whole batch's token count) on every row.
-      logp_BxL = token_logprobs(policy.model({**frozen, **params}), tokens_BxL, mask_BxL)
+      logp_BxL = token_logprobs(policy.model(lora.join(frozen, params)), tokens_BxL, mask_BxL)
       weight_BxL = loss_mask_BxL.astype(logp_BxL.dtype)
       return jnp.sum(jnp.where(weight_BxL > 0, -logp_BxL * weight_BxL, 0.0)) * scale_B[0]
 
