@@ -235,6 +235,22 @@ def test_lora_step_on_a_mesh_matches_one_device():
       assert new[k] is p[k] and reference[k] is p[k], k  # one sharded base for all three
 
 
+def test_two_models_sharing_a_base_keep_one_copy_on_the_mesh():
+  """PPO's value model starts from the policy (`value.init="policy"`): the same base arrays,
+  which `shard_models` places once."""
+  from score import parallel  # pylint: disable=g-import-not-at-top
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+  policy, params = common.Policy.split(_lora_model())
+  value = dict(params)  # another model on the same base arrays
+  optimizer = common.make_optimizer(ml_collections.ConfigDict(dict(lr=0.1)), 10)
+  [(p, _), (v, _)], _ = common.shard_models(
+      lambda *args: args, parallel.mesh_config(data=1, fsdp=8, tensor=1),
+      (policy, params, optimizer.init(params)), (policy, value, optimizer.init(value)))
+  for k in params:
+    assert (v[k] is p[k]) == (not lora.is_adapter(k)), k
+
+
 def test_grpo_with_lora_learns_the_toy_target(tmp_path):
   """GRPO end to end with rank-4 adapters and a k3 KL to the reference (the base)."""
   from score.trainers import grpo  # pylint: disable=g-import-not-at-top
@@ -253,6 +269,17 @@ def test_grpo_with_lora_learns_the_toy_target(tmp_path):
   assert all(new[k] is params[k] for k in lora.frozen_keys(params))
 
 
+def _hf_checkpoint(path):
+  """A tiny random Qwen2 checkpoint written by `transformers`, with a (character) tokenizer:
+  what `model.model_dir` must hold."""
+  from score import export as export_lib  # pylint: disable=g-import-not-at-top
+  from score.data import synthetic  # pylint: disable=g-import-not-at-top
+  from test_export import _hf_base  # pylint: disable=g-import-not-at-top
+  _hf_base("qwen2", path)
+  export_lib.char_tokenizer(synthetic.make_task("addition").tokenizer).save_pretrained(path)
+  return path
+
+
 def test_export_merged_and_peft_adapter_match_our_logits(tmp_path):
   """A LoRA run from a Hugging Face checkpoint: its adapters-only checkpoint exports to a merged
   checkpoint (`transformers`) and a PEFT adapter (`peft` onto the base), both with our logits."""
@@ -263,8 +290,8 @@ def test_export_merged_and_peft_adapter_match_our_logits(tmp_path):
   from score import export as export_lib  # pylint: disable=g-import-not-at-top
   from score.models import hf  # pylint: disable=g-import-not-at-top
   from score.utils import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from test_export import VOCAB, _hf_base, _hf_logits, _tokens  # pylint: disable=g-import-not-at-top
-  base_dir = _hf_base("qwen2", str(tmp_path / "base"))
+  from test_export import VOCAB, _hf_logits, _tokens  # pylint: disable=g-import-not-at-top
+  base_dir = _hf_checkpoint(str(tmp_path / "base"))
   workdir = tmp_path / "run"
   model_cfg = score_common.model(base_dir)
   model_cfg.lora = score_common.lora(rank=4, alpha=8.0, targets="q,v,o,down")
@@ -328,10 +355,10 @@ def test_a_checkpoint_loads_in_bf16_straight_onto_the_mesh(tmp_path):
   from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
   from score import parallel  # pylint: disable=g-import-not-at-top
   from score.models import hf  # pylint: disable=g-import-not-at-top
-  from test_export import VOCAB, _hf_base, _tokens  # pylint: disable=g-import-not-at-top
+  from test_export import VOCAB, _tokens  # pylint: disable=g-import-not-at-top
   if jax.device_count() < 8:
     pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
-  base_dir = _hf_base("qwen2", str(tmp_path / "base"))
+  base_dir = _hf_checkpoint(str(tmp_path / "base"))
   section = score_common.model(base_dir)
   section.base_dtype = "bfloat16"
   section.lora.rank = 4
@@ -347,3 +374,35 @@ def test_a_checkpoint_loads_in_bf16_straight_onto_the_mesh(tmp_path):
   tokens = jnp.asarray(_tokens(VOCAB), jnp.int32)
   one_device = hf.from_pretrained(base_dir, param_dtype=jnp.bfloat16)
   np.testing.assert_allclose(model(tokens), one_device(tokens), rtol=1e-5, atol=1e-5)
+
+
+def _runlocal(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  if name == "self_rewarding":
+    from test_self_rewarding import tiny_config  # pylint: disable=g-import-not-at-top
+    return tiny_config()
+  module, _, arg = name.partition(":")
+  return importlib.import_module(f"configs.{module}").get_config(arg or "runlocal")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [
+    "score_synthetic", "sft_synthetic", "grpo_synthetic", "rlvr_math", "reward_model_synthetic",
+    "dpo", "self_rewarding"])
+def test_every_trainer_trains_and_checkpoints_only_adapters(tmp_path, name):
+  """Each trainer's runlocal config with `model.lora.rank=4`: every phase after the warm-up
+  saves adapters (and a scalar model's head) only, and its adapters moved."""
+  from score import export as export_lib  # pylint: disable=g-import-not-at-top
+  from score import trainers  # pylint: disable=g-import-not-at-top
+  config = _runlocal(name)
+  config_lib.apply_overrides(config, {"model.lora.rank": 4})
+  trainers.get(config.trainer)(config, str(tmp_path))
+  phases = [p for p in export_lib.list_phases(str(tmp_path)) if p != "warmup"]
+  moved = {}
+  for phase in phases:
+    step_dir, _ = export_lib.resolve_checkpoint(str(tmp_path / "checkpoints" / phase))
+    saved = export_lib.checkpoint_params_metadata(step_dir)
+    assert all(lora.is_adapter(k) or k.startswith("['head']") for k in saved), (phase, saved)
+    values = export_lib.load_params(step_dir, {k: shape for k, (shape, _) in saved.items()})
+    moved[phase] = max(lora.adapter_norms(values).values())
+  assert phases and max(moved.values()) > 0, moved  # (a phase may see no signal at all)

@@ -455,10 +455,17 @@ def shard_models(step_fn, mesh_cfg, *models, static_argnames=()):
   if mesh is None:
     return [(params, opt_state) for _, params, opt_state in models], step_fn
   from score import parallel  # pylint: disable=g-import-not-at-top
-  states, shardings = [], ()
+  states, shardings, placed = [], (), {}
   for policy, params, opt_state in models:
     axes = parallel.logical_axes(policy.model(params))
+    frozen = {k: params[k] for k in lora.frozen_keys(params)}
     params, opt_state, s = parallel.shard_train_state(params, opt_state, mesh, axes)
+    for k, original in frozen.items():  # a LoRA base two models share (PPO's value model
+      same = placed.get(id(original))   # from the policy) stays one array on the mesh too
+      if same is not None and same.sharding == params[k].sharding:
+        params[k] = same
+      else:
+        placed[id(original)] = params[k]
     states.append((params, opt_state))
     shardings += tuple(s)
   return states, parallel.shard_step(step_fn, shardings, mesh=mesh,
