@@ -422,6 +422,27 @@ def test_plan_score_update_reference_and_decode_compile(capsys):
                                             + three.activations)
 
 
+def test_plan_lora_trains_adapters_only_on_a_shared_bf16_base():
+  """LoRA: the compiled update's arguments are every param (a bf16 base, fp32 adapters) plus
+  Adam's state of the adapters alone; gradients and Adam are adapter-sized; no reference copy."""
+  require_devices()
+  config = tiny_config(qkv_bias=False, num_layers=1).replace(
+      lora_rank=2, param_dtype=jnp.bfloat16)
+  p = plan_lib.plan(config, "data=1,fsdp=1,tensor=1", batch=4, seq=16, compile=True,
+                    trainer="score")
+  params, _ = plan_lib.abstract_params(config)
+  adapters = {k: x for k, x in params.items() if "_lora_" in k}
+  assert adapters and all(x.dtype == jnp.float32 for x in adapters.values())
+  base = {k: x for k, x in params.items() if k not in adapters}
+  assert any(x.dtype == jnp.bfloat16 for x in base.values())
+  nbytes = lambda d: sum(math.prod(x.shape) * x.dtype.itemsize for x in d.values())  # noqa: E731
+  adapter_elems = sum(math.prod(x.shape) for x in adapters.values())
+  assert p.params == nbytes(params) and p.grads == nbytes(adapters)
+  assert p.optimizer == 2 * 4 * adapter_elems and p.reference == 0 and p.lora_rank == 2
+  batch_bytes = 4 * (4 * 16 * 4) + 2 * 4 * 4
+  assert p.compiled["argument"] == p.params + p.optimizer + batch_bytes + 4
+
+
 def test_plan_cli_presets_without_compiling(capsys):
   plans = plan_lib.main(["--preset", "qwen2.5-0.5b", "--mesh", "data=1,fsdp=8,tensor=1",
                          "--mesh", "fsdp=64", "--devices", "64", "--batch", "64", "--seq",

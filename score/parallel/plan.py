@@ -6,11 +6,17 @@ r"""Memory planning: per-device bytes of a training step and of sampling on a gi
       --mesh fsdp=1 --mesh fsdp=8 --mesh fsdp=64 --no-compile
   python -m score.parallel.plan --model-dir /ckpt/Qwen2.5-1.5B-Instruct --mesh fsdp=-1
   python -m score.parallel.plan --config configs/score_math.py --mesh fsdp=8
+  python -m score.parallel.plan --preset qwen2.5-7b --mesh data=1,fsdp=1,tensor=1 \
+      --trainer score --batch 16 --seq 2048 --dtype bfloat16 --remat block \
+      --lora_rank 16 --base_dtype bfloat16 --json
 
 Rows (per device, bytes of the shards the logical-axis rules give that device):
-  params       parameter shards (`param_dtype`), from `nnx.eval_shape` of the model;
-  grads        gradient shards (same sharding and dtype as the params);
-  optimizer    Adam's `mu` and `nu` in fp32: 2 × params × 4 bytes / param element;
+  params       parameter shards (`param_dtype`; `--base_dtype`), from `nnx.eval_shape`;
+  grads        gradient shards of what is trained (all params; with `--lora_rank` the
+               adapters only);
+  optimizer    Adam's `mu` and `nu` in fp32: 2 × trained elements × 4 bytes;
+  reference    `--trainer score`: SCoRe's frozen reference policy, a second copy of the
+               params (none with LoRA: the reference is the shared base, adapters off);
   activations  an *estimate* of what the backward pass keeps: per layer and token
                (compute dtype `a` bytes) a·(4D + 3NH + 4KH + 4F) for the projections plus
                (4 + a)·N·T for the attention scores (fp32) and probabilities, with N, K, F
@@ -19,9 +25,16 @@ Rows (per device, bytes of the shards the logical-axis rules give that device):
                chunked log-softmax (B × 128 × V fp32, three copies). Batch rows per device
                = ceil(B / (data × fsdp)).
   kv cache     sampling cache for the same B × T: 2 · layers · B · T · K · H · a;
-  compiled     `memory_analysis()` of the compiled SFT-style train step (arguments, outputs,
-               temporaries, per device) when the mesh fits the local devices and
-               `--no-compile` is not given. CPU compiles of billion-parameter models are slow.
+  compiled     `memory_analysis()` of the compiled update (arguments, outputs, temporaries,
+               per device) and its compile seconds, when the mesh fits the local devices and
+               `--no-compile` is not given: `--trainer sft` a next-token step, `--trainer
+               score` SCoRe's Stage II update fed by precomputed reference log-probs, plus
+               the reference forward and one decode step (`reference`, `decode` in `--json`).
+  peak         params + Adam + reference all the time, plus the larger of (grads +
+               activations) and the KV cache.
+
+On CPU, XLA upcasts some bf16 dots to fp32, so compiled bytes of a bf16 step are upper bounds
+for accelerators. `--num_layers N` overrides the depth; `--json` prints one line per plan.
 """
 
 from __future__ import annotations
@@ -40,7 +53,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from score.losses import score as score_losses
-from score.models import ModelConfig, Transformer, token_logprobs
+from score.models import ModelConfig, Transformer, lora, token_logprobs
 from score.parallel import mesh as mesh_lib
 from score.parallel import train as parallel_train
 
@@ -64,6 +77,8 @@ class MemoryPlan:
   trainer: str = "sft"
   remat: str = "none"
   dtype: str = "float32"
+  lora_rank: int = 0
+  param_dtype: str = "float32"
   compiled: dict[str, Any] | None = None
 
   @property
@@ -87,7 +102,8 @@ class MemoryPlan:
     estimates under "estimate", the reference forward and decode step under their keys."""
     out: dict[str, Any] = dict(
         model=self.model, trainer=self.trainer, mesh=self.mesh, batch=self.batch, seq=self.seq,
-        remat=self.remat, dtype=self.dtype, num_params=self.num_params)
+        remat=self.remat, dtype=self.dtype, lora_rank=self.lora_rank,
+        param_dtype=self.param_dtype, num_params=self.num_params)
     compiled = dict(self.compiled or {})
     for key in ("reference", "decode"):
       if key in compiled:
@@ -231,19 +247,23 @@ def compiled_memory(config: ModelConfig, mesh, batch: int, seq: int, *,
   rebuild, params, param_shardings = _abstract_model(config, mesh)
   optimizer = optax.adam(1e-5)
   loss_fn = TRAINERS[trainer]
+  # With LoRA only the adapters are differentiated and optimised; the frozen base is read.
+  trainable, frozen = lora.split(params)
+  train_shardings = {k: param_shardings[k] for k in trainable}
 
-  def step(params, opt_state, batch):
-    loss, grads = jax.value_and_grad(lambda p: loss_fn(rebuild(p), batch))(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+  def step(trainable, opt_state, frozen, batch):
+    loss, grads = jax.value_and_grad(
+        lambda t: loss_fn(rebuild({**frozen, **t}), batch))(trainable)
+    updates, opt_state = optimizer.update(grads, opt_state, trainable)
+    return optax.apply_updates(trainable, updates), opt_state, loss
 
-  opt_shape = jax.eval_shape(optimizer.init, params)
-  opt_shardings = mesh_lib.opt_state_shardings(opt_shape, param_shardings, mesh)
+  opt_shape = jax.eval_shape(optimizer.init, trainable)
+  opt_shardings = mesh_lib.opt_state_shardings(opt_shape, train_shardings, mesh)
   opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                            opt_shape, opt_shardings)
   batch_in = _abstract_batch(trainer, batch, seq, mesh_lib.batch_sharding(mesh))
-  out = _compile_stats(step, params, opt_state, batch_in,
-                       out_shardings=(param_shardings, opt_shardings, mesh_lib.replicated(mesh)),
+  out = _compile_stats(step, trainable, opt_state, frozen, batch_in,
+                       out_shardings=(train_shardings, opt_shardings, mesh_lib.replicated(mesh)),
                        donate_argnums=(0, 1))
   if trainer == "score":
     out["reference"] = _compile_stats(
@@ -273,8 +293,10 @@ def plan(config: ModelConfig, mesh_shape: mesh_lib.MeshShape | str, *, batch: in
          compile: bool = False, trainer: str = "sft") -> MemoryPlan:  # pylint: disable=redefined-builtin
   """The `MemoryPlan` of `config` on a mesh; `num_devices` (default: all devices) only
   resolves a -1 axis. `remat` is a `score.parallel.REMAT_MODES` name (default: the config's).
-  `trainer="score"` adds the frozen reference policy (a full copy of the params) and compiles
-  SCoRe's Stage II update, the reference forward and a decode step."""
+  `trainer="score"` adds the frozen reference policy (a full copy of the params; none with
+  LoRA, whose reference is the shared base with the adapters off) and compiles SCoRe's Stage
+  II update, the reference forward and a decode step. With `config.lora_rank` > 0 gradients
+  and Adam's state cover only the adapters."""
   shape = mesh_lib.mesh_shape(mesh_shape)
   fixed = [s for s in (shape.data, shape.fsdp, shape.tensor) if s != -1]
   if len(fixed) == 3:
@@ -285,13 +307,16 @@ def plan(config: ModelConfig, mesh_shape: mesh_lib.MeshShape | str, *, batch: in
   remat = remat or "none"
   config = parallel_train.apply_remat(config, remat)
   params, axes = abstract_params(config)
-  n_params = param_bytes = shard_elems = 0
+  frozen = lora.frozen_keys(params)
+  n_params = param_bytes = train_bytes = train_elems = 0
   for key, x in params.items():
     spec = mesh_lib.logical_to_spec(axes[key], x.shape, sizes)
     elems = math.prod(shard_shape(x.shape, spec, sizes))
     n_params += math.prod(x.shape)
-    shard_elems += elems
     param_bytes += elems * jnp.dtype(x.dtype).itemsize
+    if key not in frozen:
+      train_elems += elems
+      train_bytes += elems * jnp.dtype(x.dtype).itemsize
   compiled = None
   if compile:
     if math.prod(sizes.values()) <= jax.device_count():
@@ -300,11 +325,13 @@ def plan(config: ModelConfig, mesh_shape: mesh_lib.MeshShape | str, *, batch: in
       compiled = compiled_memory(config, mesh, batch, seq, trainer=trainer)
   return MemoryPlan(
       model=name or f"D={config.hidden_size},L={config.num_layers}", mesh=sizes, batch=batch,
-      seq=seq, num_params=n_params, params=param_bytes, grads=param_bytes,
-      optimizer=2 * shard_elems * 4,
+      seq=seq, num_params=n_params, params=param_bytes, grads=train_bytes,
+      optimizer=2 * train_elems * 4,
       activations=activation_bytes(config, sizes, batch, seq, remat),
       kv_cache=kv_cache_bytes(config, sizes, batch, seq),
-      reference=param_bytes if trainer == "score" else 0, trainer=trainer, remat=remat,
+      # With LoRA the reference is the same base arrays with the adapters off: no copy.
+      reference=param_bytes if trainer == "score" and not frozen else 0, trainer=trainer,
+      remat=remat, lora_rank=config.lora_rank, param_dtype=jnp.dtype(config.param_dtype).name,
       dtype=jnp.dtype(config.dtype).name, compiled=compiled)
 
 
@@ -386,6 +413,11 @@ def main(argv: Sequence[str] | None = None) -> list[MemoryPlan]:
                            "step, and counts the reference copy)")
   parser.add_argument("--num_layers", type=int, default=None,
                       help="override the model's depth (e.g. to compare compile times)")
+  parser.add_argument("--lora_rank", type=int, default=0,
+                      help="LoRA rank on every projection (0: full fine-tuning)")
+  parser.add_argument("--lora_alpha", type=float, default=16.0)
+  parser.add_argument("--base_dtype", default=None,
+                      help="stored (with LoRA: frozen) params' dtype, e.g. bfloat16")
   parser.add_argument("--json", action="store_true",
                       help="print one JSON line per plan instead of the table")
   parser.add_argument("--dtype", default=None,
@@ -414,6 +446,10 @@ def main(argv: Sequence[str] | None = None) -> list[MemoryPlan]:
   for name, config in models:
     if args.dtype:
       config = config.replace(dtype=jnp.dtype(args.dtype))
+    if args.base_dtype:
+      config = config.replace(param_dtype=jnp.dtype(args.base_dtype))
+    if args.lora_rank:
+      config = config.replace(lora_rank=args.lora_rank, lora_alpha=args.lora_alpha)
     if args.num_layers:
       config = _with_depth(config, args.num_layers)
       name = f"{name} ({args.num_layers} layers)"
