@@ -59,14 +59,21 @@ def accuracy(correct, *, num_bootstrap: int = 2000, seed: int = 0,
              level: float = 0.95) -> dict:
   """`{"value", "low", "high", "n"}`: the mean of per-item correctness (N,) in percent with a
   percentile bootstrap interval over items (e.g. MBPP-R, the share of programs repaired)."""
-  c = np.asarray(correct, dtype=np.float64)
+  return mean(correct, scale=100.0, num_bootstrap=num_bootstrap, seed=seed, level=level)
+
+
+def mean(values, *, scale: float = 1.0, num_bootstrap: int = 2000, seed: int = 0,
+         level: float = 0.95) -> dict:
+  """`{"value", "low", "high", "n"}`: `scale` × the mean of per-item values (N,) with a
+  percentile bootstrap interval over items (e.g. a mean rubric score, `scale` 1)."""
+  c = np.asarray(values, dtype=np.float64)
   if c.ndim != 1 or c.size == 0:
     raise ValueError(f"need a non-empty 1-D array, got shape {c.shape}")
   idx_RxN = np.random.default_rng(seed).integers(0, c.size, size=(num_bootstrap, c.size))
   q = (1 - level) / 2
   lo, hi = np.quantile(c[idx_RxN].mean(-1), [q, 1 - q])
-  return {"value": 100 * float(c.mean()), "low": 100 * float(lo), "high": 100 * float(hi),
-          "n": int(c.size)}
+  return {"value": scale * float(c.mean()), "low": scale * float(lo),
+          "high": scale * float(hi), "n": int(c.size)}
 
 
 def intervals_overlap(a: dict, b: dict) -> bool:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 from score.eval import metrics as metrics_lib
+from score.eval import results as results_lib
 
 # SCoRe (Kumar et al., 2024) Table 2, MATH500: t1 / t2 / Δ / i→c / c→i in %.
 PUBLISHED_MATH = {
@@ -40,10 +38,6 @@ EXTRA = ("mbpp_r", "pass@2")
 PUBLISHED_EXTRA = {"humaneval": {"mbpp_r": PUBLISHED_MBPP_R}}
 
 
-def _fmt(m: dict) -> str:
-  return f"{m['value']:.1f} [{m['low']:.1f}, {m['high']:.1f}]"
-
-
 def markdown_table(results: dict[str, dict], *, published: dict | None = None,
                    published_extra: dict[str, dict] | None = None,
                    title: str | None = None) -> str:
@@ -63,8 +57,8 @@ def markdown_table(results: dict[str, dict], *, published: dict | None = None,
   lines = ([f"**{title}**", ""] if title else []) + [
       "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for method, res in results.items():
-    row = ([method, str(res["n"])] + [_fmt(res[k]) if k in res else "—" for k in extra]
-           + [_fmt(res[m]) for m in metrics_lib.METRICS])
+    row = ([method, str(res["n"])] + [results_lib.interval(res[k]) if k in res else "—" for k in extra]
+           + [results_lib.interval(res[m]) for m in metrics_lib.METRICS])
     if published:
       pub_extra = [(published_extra or {}).get(k, {}).get(method) for k in extra]
       row += ["—" if v is None else f"{v:.1f}" for v in pub_extra]
@@ -79,13 +73,8 @@ def write_results(workdir: str, results: dict[str, dict], *, info: dict | None =
                   published: dict | None = None, published_extra: dict[str, dict] | None = None,
                   title: str | None = None) -> str:
   """Writes `results.json` and `results.md` to `workdir`; returns the Markdown."""
-  os.makedirs(workdir, exist_ok=True)
   table = markdown_table(results, published=published, published_extra=published_extra,
                          title=title)
-  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({"results": results, "info": info or {}}, f, indent=2)
-  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(table)
-    if info:
-      f.write("\n" + "\n".join(f"- {k}: {v}" for k, v in info.items()) + "\n")
+  results_lib.write(workdir, {"results": results, "info": info or {}},
+                    table + ("\n" + results_lib.info_lines(info) if info else ""), echo=False)
   return table

@@ -15,6 +15,7 @@ TRAINERS = {
     "dpo": "score.trainers.dpo:train",
     "self_rewarding": "score.trainers.self_rewarding:train",
     "rehearsal": "score.trainers.rehearsal:train",
+    "self_rewarding_synthetic": "score.trainers.self_rewarding_synthetic:train",
 }
 
 

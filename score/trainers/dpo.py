@@ -10,7 +10,6 @@ mean (the loss itself is `score.losses.preference.dpo`).
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from typing import Callable, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 import optax
 
 from score.data import codec as codec_lib
+from score.eval import results as results_lib
 from score.losses import preference
 from score.models import token_logprobs
 from score.trainers import common
@@ -291,11 +291,8 @@ def train(config, workdir: str):
             f"{r['reward_margin']:.4f} |" for k, r in results.items()]
   lines += ["", "data: " + ", ".join(f"{k} {v}" for k, v in data.items()),
             f"commit {info['commit']}, {info['machine']}, seed {config.seed}"]
-  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({"results": results, "train_summary": summary, "data": data,
-               "commit": info["commit"], "seed": config.seed}, f, indent=2)
-  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  results_lib.write(workdir, {"results": results, "train_summary": summary, "data": data,
+                               "commit": info["commit"], "seed": config.seed},
+                    "\n".join(lines) + "\n")
   writer.close()
   return results

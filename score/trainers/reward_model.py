@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 
 import jax
@@ -34,6 +33,7 @@ from flax import nnx
 
 from score.data import synthetic
 from score.data import codec as codec_lib
+from score.eval import results as results_lib
 from score.losses import preference
 from score.models import Transformer
 from score.trainers import common
@@ -398,12 +398,7 @@ def train(config, workdir: str):
             for k, r in results.items()]
   lines += ["", "data: " + ", ".join(f"{k} {v}" for k, v in data_info.items()),
             f"commit {info['commit']}, {info['machine']}, seed {config.seed}"]
-  table = "\n".join(lines) + "\n"
-  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({"results": results, "data": data_info, "commit": info["commit"],
-               "seed": config.seed}, f, indent=2)
-  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(table)
-  print(table)
+  results_lib.write(workdir, {"results": results, "data": data_info, "commit": info["commit"],
+                               "seed": config.seed}, "\n".join(lines) + "\n")
   writer.close()
   return results

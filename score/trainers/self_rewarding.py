@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
-import math
 import os
 import shutil
 from typing import Sequence
@@ -57,8 +55,9 @@ import numpy as np
 from absl import logging
 
 from score.data import self_rewarding as data_lib
-from score.eval import judge_quality as jq
 from score.data.codec import Codec
+from score.eval import judge_quality as jq
+from score.eval import results as results_lib
 from score.rewards import judge as judge_lib
 from score.trainers import common
 from score.trainers import dpo as dpo_lib
@@ -115,16 +114,6 @@ def make_tiny_checkpoint(path: str, corpus: Sequence[str], model_cfg, *, vocab_s
 # The loop.
 
 
-def _write_json(path: str, obj) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(f"{path}.tmp", path)
-
-
-def _read_json(path: str):
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
 
 
 class Loop:
@@ -177,7 +166,7 @@ class Loop:
       data_lib.write_jsonl(self.path("data", "eft_eval.jsonl"), map(dataclasses.asdict, eft_eval))
       data_lib.write_jsonl(self.path("data", "judge_eval.jsonl"),
                            map(data_lib.ranked_to_row, eval_prompts))
-      _write_json(self.path("data", "summary.json"),
+      results_lib.write_json(self.path("data", "summary.json"),
                   dict(counts, ift=len(ift), eft_train=len(eft_train), eft_eval=len(eft_eval)))
     self.ift = [data_lib.IFTExample(**r)
                 for r in data_lib.read_jsonl(self.path("data", "ift.jsonl"))]
@@ -330,8 +319,8 @@ class Loop:
               r["fate"] for r in data_lib.read_jsonl(
                   self.path(f"iter{t}", "prompt_generations.jsonl"))))
       data_lib.write_jsonl(path, pairs)
-      _write_json(summary_path, summary)
-    return data_lib.read_jsonl(path), _read_json(summary_path)
+      results_lib.write_json(summary_path, summary)
+    return data_lib.read_jsonl(path), results_lib.read_json(summary_path)
 
   def dpo_phase(self, t: int, pairs: list[dict]):
     max_len = self.config.max_len
@@ -349,7 +338,7 @@ class Loop:
         self.policy, start, start, tokens, self.config.dpo, workdir=self.workdir,
         name=f"m{t + 1}_dpo", seed=si.stable_seed(self.config.seed, t, "dpo"),
         pad_id=self.codec.pad_id, writer=self.writer, mesh_cfg=self.config.get("mesh"))
-    _write_json(self.path(f"iter{t}", "dpo.json"), summary)
+    results_lib.write_json(self.path(f"iter{t}", "dpo.json"), summary)
     return params, summary
 
   # -- evaluation ------------------------------------------------------------------------------
@@ -379,8 +368,8 @@ class Loop:
       num = sum(reasons.values())
       metrics["malformed_pct"] = 100.0 * (num - reasons.get("ok", 0)) / num if num else 0.0
       metrics["malformed_reasons"] = dict(reasons.most_common())
-      _write_json(path, metrics)
-    return _read_json(path)
+      results_lib.write_json(path, metrics)
+    return results_lib.read_json(path)
 
   def pairwise_judge(self):
     """(model, codec) of `eval.pairwise_judge_dir`, a fixed local judge (paper: GPT-4)."""
@@ -443,8 +432,8 @@ class Loop:
                                  self.max_prompt_tokens),
                              batch_size=self.config.sample_batch_size)
         data_lib.write_jsonl(self.path("eval", f"{key}.jsonl"), rows)
-        _write_json(path, jq.win_tie_lose([r["winner"] for r in rows]))
-      out[key] = _read_json(path)
+        results_lib.write_json(path, jq.win_tie_lose([r["winner"] for r in rows]))
+      out[key] = results_lib.read_json(path)
     return out
 
   def evaluate(self, name: str, params, results: dict):
@@ -500,20 +489,16 @@ class Loop:
 # Results.
 
 
-def _f(x, fmt="{:.1f}"):
-  return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
-
-
 def markdown(results: dict) -> str:
   lines = ["**Judge quality vs held-out human rankings**", "",
            "| model | pairwise acc. % | 5-best % | exact match % | Spearman | Kendall τ | "
            "malformed % | pairwise acc. % (published) |", "|---|---|---|---|---|---|---|---|"]
   for name, m in results["judge"].items():
     lines.append(
-        f"| {name} | {_f(m['pairwise_accuracy'])} | {_f(m['five_best'])} | "
-        f"{_f(m['exact_match'])} | {_f(m['spearman'], '{:.3f}')} | "
-        f"{_f(m['kendall_tau'], '{:.3f}')} | {_f(m['malformed_pct'])} | "
-        f"{_f(PUBLISHED_PAIRWISE_ACCURACY.get(name))} |")
+        f"| {name} | {results_lib.fmt(m['pairwise_accuracy'])} | {results_lib.fmt(m['five_best'])} | "
+        f"{results_lib.fmt(m['exact_match'])} | {results_lib.fmt(m['spearman'], '{:.3f}')} | "
+        f"{results_lib.fmt(m['kendall_tau'], '{:.3f}')} | {results_lib.fmt(m['malformed_pct'])} | "
+        f"{results_lib.fmt(PUBLISHED_PAIRWISE_ACCURACY.get(name))} |")
   lines += ["", "**Self-instruction creation (iteration t uses M_t, trains M_t+1)**", "",
             "| t | prompts | candidates | malformed judgments % | dropped candidates | ties | "
             "pairs | chosen score | rejected score | DPO steps | DPO final loss | "
@@ -521,18 +506,18 @@ def markdown(results: dict) -> str:
   for t, it in results["iterations"].items():
     m, d = it["mining"], it["dpo"] or {}
     lines.append(
-        f"| {t} | {it['prompts']} | {m['candidates']} | {_f(m['malformed_pct'])} | "
+        f"| {t} | {it['prompts']} | {m['candidates']} | {results_lib.fmt(m['malformed_pct'])} | "
         f"{m['dropped_candidates']} | {m['tie']} | {m['pairs']} | "
-        f"{_f(m['chosen_score'], '{:.2f}')} | {_f(m['rejected_score'], '{:.2f}')} | "
-        f"{d.get('steps', '—')} | {_f(d.get('final_loss'), '{:.4f}')} | "
-        f"{_f(None if not d else 100 * d['reward_accuracy'])} |")
+        f"{results_lib.fmt(m['chosen_score'], '{:.2f}')} | {results_lib.fmt(m['rejected_score'], '{:.2f}')} | "
+        f"{d.get('steps', '—')} | {results_lib.fmt(d.get('final_loss'), '{:.4f}')} | "
+        f"{results_lib.fmt(None if not d else 100 * d['reward_accuracy'])} |")
   if results.get("pairwise"):
     lines += ["", "**Pairwise evaluation (fixed judge, both orders)**", "",
               "| comparison | win % | tie % | lose % | win rate % | judged | failed |",
               "|---|---|---|---|---|---|---|"]
     for key, m in results["pairwise"].items():
-      lines.append(f"| {key} | {_f(m['win'])} | {_f(m['tie'])} | {_f(m['lose'])} | "
-                   f"{_f(m['win_rate'])} | {m['judged']} | {m['failed']} |")
+      lines.append(f"| {key} | {results_lib.fmt(m['win'])} | {results_lib.fmt(m['tie'])} | {results_lib.fmt(m['lose'])} | "
+                   f"{results_lib.fmt(m['win_rate'])} | {m['judged']} | {m['failed']} |")
   if results.get("stopped"):
     lines += ["", f"Stopped: {results['stopped']}"]
   return "\n".join(lines) + "\n"
@@ -545,8 +530,5 @@ def train(config, workdir: str):
   info = run_lib.write_run_info(workdir, config)
   table = markdown(results)
   results["info"] = {"commit": info["commit"], "machine": info["machine"], "seed": config.seed}
-  _write_json(os.path.join(workdir, "results.json"), results)
-  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(table + "\n" + "\n".join(f"- {k}: {v}" for k, v in results["info"].items()) + "\n")
-  print(table)
+  results_lib.write(workdir, results, table + "\n" + results_lib.info_lines(results["info"]))
   return results
