@@ -48,8 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 import time
 from typing import Sequence
 
@@ -58,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from score.eval import results as results_lib
 from score.eval import sampled as sampled_eval
 from score.losses import importance
 from score.losses import kl as kl_lib
@@ -442,7 +441,7 @@ def init_policy(config, env, *, workdir: str, writer=None):
 
 
 def write_results(workdir: str, results: dict[str, dict], *, config, title: str) -> str:
-  """`results.json` + `results.md`: greedy held-out accuracy of each model of the run."""
+  """`results.json` + `results.md` (printed): greedy held-out accuracy of each model of the run."""
   info = run_lib.write_run_info(workdir, config)
   lines = [f"**{title}**", "", "| model | n | accuracy % (95% CI) | mean length | ends with EOS % |",
            "|---|---|---|---|---|"]
@@ -459,12 +458,8 @@ def write_results(workdir: str, results: dict[str, dict], *, config, title: str)
       lines.append(f"| {name} | " + " | ".join(
           f"{r[k]:.1f} [{r[k + '_low']:.1f}, {r[k + '_high']:.1f}]" for k in sampled) + " |")
   lines += ["", f"commit {info['commit']}, {info['machine']}, seed {config.seed}"]
-  table = "\n".join(lines) + "\n"
-  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({"results": results, "commit": info["commit"], "seed": config.seed}, f, indent=2)
-  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(table)
-  return table
+  return results_lib.write(workdir, {"results": results, "commit": info["commit"],
+                                     "seed": config.seed}, "\n".join(lines) + "\n")
 
 
 def run_single_turn(config, workdir: str, train_fn, *, title: str):
@@ -487,8 +482,7 @@ def run_single_turn(config, workdir: str, train_fn, *, title: str):
   for name, r in results.items():
     writer.write_scalars(0, {f"eval/{name}/{k}": v for k, v in r.items()})
     logging.warning("%s: %s", name, {k: round(v, 2) for k, v in r.items()})
-  table = write_results(workdir, results, config=config, title=title)
-  print(table)
+  write_results(workdir, results, config=config, title=title)
   writer.close()
   return results
 
