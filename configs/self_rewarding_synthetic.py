@@ -6,7 +6,19 @@ A tiny char-level model learns to follow rubric-task instructions (`score.data.r
 ``up qdhb`` → ``bdhq``) and to judge responses with the five-criterion additive prompt, then
 improves itself for two iterations (M1 → M2 → M3) with pairs it judged itself; the oracle
 that scores every response exactly is never shown to it. `:runlocal` is a seconds-long smoke
-version (tests). Design notes and results: README, "Self-Rewarding on the rubric task".
+version (tests); `:controls` adds the oracle-judge loop (the ceiling) to the same workdir.
+
+Measured (design run, commit c77070d + this config with 256 instructions per iteration, 500
+evaluation and 200 held-out EFT instructions; seed 0; 2-core VM shared with other jobs):
+oracle quality (0–5, 95 % CI) M1 4.48 [4.43, 4.53] → M2 4.87 [4.84, 4.91] → M3 4.92
+[4.89, 4.95]; random-judge M3 4.58; M3 vs SFT baseline win/tie/loss 44.4 / 52.8 / 2.8 %.
+Design notes, the full table and the designs that did not work: README, "Self-Rewarding LMs
+on a designed task with a hidden oracle".
+
+Paper settings kept: N = 4 candidates at T = 0.7 / top-p 0.9, k = 3 judgments averaged,
+(best, worst) pairs without ties, DPO β = 0.1 and batch 16, two iterations, a fixed prompt
+generator (here the frozen SFT baseline), 541 held-out EFT prompts. Ours: data sizes (the
+task is synthetic), 4 shots instead of 8 (sequence length), DPO lr 1e-4 for a tiny model.
 """
 
 import ml_collections

@@ -1,4 +1,4 @@
-"""The README's main command, end to end (slow tier: about seven minutes on 2 CPU cores)."""
+"""The README's experiment commands, end to end (slow tier: minutes each on 2 CPU cores)."""
 
 import os
 
@@ -37,3 +37,20 @@ def test_embedded_default_shows_self_correction(tmp_path):
   assert score["delta_c2i"]["value"] < 0.5
   # Not asserted: SCoRe's Δ against STaR's (below it in both measured runs: SCoRe's first
   # attempt improves so much that less is left to correct).
+
+
+@pytest.mark.slow
+def test_self_rewarding_demo_improves_responses(tmp_path):
+  """README's Self-Rewarding command (configs/self_rewarding_synthetic.py), end to end."""
+  from configs import self_rewarding_synthetic  # pylint: disable=g-import-not-at-top
+  from score.trainers import self_rewarding_synthetic as demo  # pylint: disable=g-import-not-at-top
+  models = demo.train(self_rewarding_synthetic.get_config(), str(tmp_path))["models"]
+  q = {name: m["quality"]["score"] for name, m in models.items()}
+  # The paper's ordering under the oracle: M1 < M2 < M3, M3's interval clear of M1's.
+  assert q["m1"]["value"] < q["m2"]["value"] < q["m3"]["value"]
+  assert q["m3"]["low"] > q["m1"]["high"]
+  # M3 beats the SFT baseline head-to-head, and the self-judged M3 beats the random judge's.
+  h2h = models["m3"]["head_to_head"]
+  assert h2h["win"] > h2h["loss"]
+  assert q["m3"]["value"] > q["m3_random"]["value"]
+  # Not asserted: judge pairwise accuracy per iteration (flat at ~56 % in the design run).
