@@ -72,6 +72,9 @@ def get_config(arg=None):
       max_len=1024 if local or rehearsal else 2048,
       shaping="known_tokens" if rehearsal else "", shaping_weight=1.0 if rehearsal else 0.0)
   c.model = score_common.model(arg.model_dir, dtype="float32" if local else "bfloat16")
+  if rehearsal:  # LoRA on a bf16 base, as a 7B run on one GPU would be
+    c.model.base_dtype = "bfloat16"
+    c.model.lora = score_common.lora(rank=8)
   c.warmup = score_common.warmup(0)
   c.eval = score_common.eval_config(dict(
       num_problems=8 if local else 1 if rehearsal else 0, seed=0, batch_size=8 if local else 64))
@@ -91,5 +94,7 @@ def get_config(arg=None):
       samples_per_prompt=2 if short else 4,
       checkpoint_every=1 if short else 25, log_every=1 if short else 10)
   score_common.scale(c)
+  if rehearsal:
+    c.mesh.remat = "block"
   c.lock()
   return c

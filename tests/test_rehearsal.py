@@ -75,6 +75,8 @@ def test_gsm8k_config_variants():
   assert (run.rl.stage1_steps, run.rl.stage2_steps, run.rl.prompts_per_step,
           run.rl.samples_per_prompt, run.task.max_new_tokens) == (2, 2, 4, 2, 64)
   assert run.task.shaping == "known_tokens" and run.model.dtype == "bfloat16"
+  assert run.model.lora.rank == 8 and run.model.base_dtype == "bfloat16"
+  assert full.model.lora.rank == 0  # LoRA is an override for the full runs
 
 
 @pytest.mark.slow
