@@ -254,14 +254,14 @@ def _lora_base(config, base_dtype, source_dir, workdir, run_config, shapes):
   the fresh model of the run's seed."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from score.models import Transformer  # pylint: disable=g-import-not-at-top
+  from score.models import Transformer, lora  # pylint: disable=g-import-not-at-top
   from score.models import hf  # pylint: disable=g-import-not-at-top
   from score.trainers import common  # pylint: disable=g-import-not-at-top
   plain = config.replace(lora_rank=0, param_dtype=base_dtype)
   warmup = os.path.join(workdir or "", "checkpoints", "warmup")
-  if workdir and _steps(warmup):
-    step_dir, _ = resolve_checkpoint(warmup)
-    params, source = load_params(step_dir, shapes), step_dir
+  warmup_dir = resolve_checkpoint(warmup)[0] if workdir and _steps(warmup) else None
+  if warmup_dir and not lora.has_adapters(checkpoint_params_metadata(warmup_dir)):
+    params, source = load_params(warmup_dir, shapes), warmup_dir
   elif source_dir:
     _, params = common.Policy.split(hf.from_pretrained(source_dir, param_dtype=base_dtype))
     source = os.path.abspath(source_dir)

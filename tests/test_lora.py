@@ -390,19 +390,61 @@ def _runlocal(name):
     "score_synthetic", "sft_synthetic", "grpo_synthetic", "rlvr_math", "reward_model_synthetic",
     "dpo", "self_rewarding"])
 def test_every_trainer_trains_and_checkpoints_only_adapters(tmp_path, name):
-  """Each trainer's runlocal config with `model.lora.rank=4`: every phase after the warm-up
-  saves adapters (and a scalar model's head) only, and its adapters moved."""
+  """Each trainer's runlocal config with `model.lora.rank=4`: every phase but a synthetic
+  task's full-weight warm-up saves adapters (and a scalar model's head) only; they moved."""
   from score import export as export_lib  # pylint: disable=g-import-not-at-top
   from score import trainers  # pylint: disable=g-import-not-at-top
   config = _runlocal(name)
   config_lib.apply_overrides(config, {"model.lora.rank": 4})
   trainers.get(config.trainer)(config, str(tmp_path))
-  phases = [p for p in export_lib.list_phases(str(tmp_path)) if p != "warmup"]
   moved = {}
-  for phase in phases:
+  for phase in export_lib.list_phases(str(tmp_path)):
     step_dir, _ = export_lib.resolve_checkpoint(str(tmp_path / "checkpoints" / phase))
     saved = export_lib.checkpoint_params_metadata(step_dir)
+    if not lora.has_adapters(saved):  # the SFT warm-up that makes a synthetic task's base
+      assert phase == "warmup" and config.trainer != "sft", phase
+      continue
     assert all(lora.is_adapter(k) or k.startswith("['head']") for k in saved), (phase, saved)
     values = export_lib.load_params(step_dir, {k: shape for k, (shape, _) in saved.items()})
     moved[phase] = max(lora.adapter_norms(values).values())
-  assert phases and max(moved.values()) > 0, moved  # (a phase may see no signal at all)
+  assert moved and max(moved.values()) > 0, moved  # (a phase may see no signal at all)
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_export_of_a_fresh_model_lora_run_rebuilds_its_base(tmp_path, warmup):
+  """A synthetic run's adapters-only checkpoint exports onto the base its trainer built: the
+  full-weight SFT warm-up's params (`checkpoints/warmup`), else the fresh model of its seed."""
+  pytest.importorskip("transformers")
+  import json  # pylint: disable=g-import-not-at-top
+  from configs import score_synthetic  # pylint: disable=g-import-not-at-top
+  from score import export as export_lib  # pylint: disable=g-import-not-at-top
+  from score.trainers import envs  # pylint: disable=g-import-not-at-top
+  from score.utils import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from test_export import _hf_logits, _perturbed  # pylint: disable=g-import-not-at-top
+  config = score_synthetic.get_config("runlocal")
+  config_lib.apply_overrides(config, {"model.lora.rank": 2, "model.lora.targets": "k,up",
+                                      "seed": 7})
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(config), default=str))
+  chars = envs.make_env(config).tokenizer
+  model = common.build_model(config.model, chars.vocab_size, seed=config.seed, lora_on=False)
+  policy, params = common.Policy.split(model)
+  if warmup:  # what the warm-up phase saved: every weight, trained
+    params = _perturbed(params, 1)
+    ckpt = ckpt_lib.Checkpointer(str(workdir / "checkpoints" / "warmup"))
+    ckpt.save(10, {"params": params}, force=True)
+    ckpt.close()
+  policy, params = common.add_lora(policy, params, config.model, seed=config.seed)
+  params = _with_random_b(params)
+  ckpt = ckpt_lib.Checkpointer(str(workdir / "checkpoints" / "score" / "r0_stage2"))
+  ckpt.save(2, common._without_frozen({"params": params})[0], force=True)
+  ckpt.close()
+  record = export_lib.export(str(workdir / "checkpoints" / "score" / "r0_stage2"),
+                             str(tmp_path / "hf"))
+  assert record["lora"]["peft_adapter"] is None  # no Hugging Face base to apply it to
+  assert ("warmup" in record["lora"]["base"]) == warmup
+  tokens = np.array([[chars.bos_id] + chars.encode("1234+5678=")])
+  np.testing.assert_allclose(
+      _hf_logits(str(tmp_path / "hf"), tokens),
+      np.asarray(policy.model(params)(jnp.asarray(tokens, jnp.int32))), atol=2e-4, rtol=2e-4)
