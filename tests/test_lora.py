@@ -38,10 +38,10 @@ def test_lora_model_equals_its_base_at_init():
   # The same seed gives the same base weights (the adapters are drawn after them) ...
   for k, v in base_params.items():
     np.testing.assert_array_equal(params[k], v)
-  assert sum(lora.is_adapter(k) for k in params) == 2 * 7 * 2  # A, B × 7 targets × 2 layers
+  assert sum(lora.is_adapter(k) for k in params) == 2 * 7  # A, B × 7 targets (layers stacked)
   # ... and B = 0 makes the adapted model the base model.
   np.testing.assert_allclose(adapted(TOKENS), base(TOKENS), atol=1e-6)
-  assert float(jnp.abs(params["['layers'][0]['attn']['q_lora_a'].value"]).max()) > 0
+  assert float(jnp.abs(params["['layers']['attn']['q_lora_a'].value"]).max()) > 0
 
 
 def test_adapted_projection_is_the_merged_weight():
@@ -50,7 +50,8 @@ def test_adapted_projection_is_the_merged_weight():
   model = _lora_model()
   policy, params = common.Policy.split(model)
   params = _with_random_b(params)
-  attn = policy.model(params).layers[0].attn
+  graphdef, state = nnx.split(policy.model(params).layers)  # layer 0 of the stacked blocks
+  attn = nnx.merge(graphdef, jax.tree.map(lambda a: a[0], state)).attn
   x = np.random.default_rng(2).normal(size=(2, 3, 64)).astype(np.float32)
   w = np.asarray(attn.q.value)
   a, b = np.asarray(attn.q_lora_a.value), np.asarray(attn.q_lora_b.value)
@@ -207,7 +208,7 @@ def test_add_lora_keeps_the_warmed_weights():
   section.lora.targets = "v,up"
   new_policy, new = common.add_lora(policy, params, section, seed=0)
   assert sorted(k for k in new if lora.is_adapter(k)) == sorted(
-      f"['layers'][{i}]['{m}']['{p}_lora_{f}'].value" for i in range(2)
+      f"['layers']['{m}']['{p}_lora_{f}'].value"
       for m, p in (("attn", "v"), ("mlp", "up")) for f in "ab")
   assert all(new[k] is params[k] for k in params)
   np.testing.assert_allclose(new_policy.model(new)(TOKENS), policy.model(params)(TOKENS),
@@ -227,7 +228,7 @@ def test_lora_step_on_a_mesh_matches_one_device():
   reference = common.shard_like(params, p)
   new, _, _ = sharded_step(p, o, tokens, mask)
   embed = "['embed'].value"
-  assert p[embed].sharding.spec != new["['layers'][0]['attn']['q_lora_b'].value"].sharding.spec
+  assert p[embed].sharding.spec != new["['layers']['attn']['q_lora_b'].value"].sharding.spec
   assert len(p[embed].sharding.device_set) == 8
   for k in params:
     np.testing.assert_allclose(new[k], one[k], rtol=1e-3, atol=1e-4)  # Adam: ~g/|g|

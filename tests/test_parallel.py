@@ -117,8 +117,8 @@ def test_logical_axes_come_from_param_metadata_keyed_like_policy_split():
   axes = parallel.logical_axes(model)
   assert list(axes) == list(params)
   assert axes["['embed'].value"] == ("vocab", "embed")
-  assert axes["['layers'][0]['attn']['k'].value"] == ("embed", "kv_heads", "kv")
-  assert axes["['layers'][0]['mlp']['down'].value"] == ("mlp", "embed")
+  assert axes["['layers']['attn']['k'].value"] == ("layers", "embed", "kv_heads", "kv")
+  assert axes["['layers']['mlp']['down'].value"] == ("layers", "mlp", "embed")
   assert all(len(axes[k]) == v.ndim for k, v in params.items())
 
 
@@ -130,12 +130,13 @@ def test_params_and_adam_state_are_sharded_not_replicated(shape, sft_setup):
   sharded, opt_state, shardings = parallel.shard_train_state(
       params, optimizer.init(params), mesh, parallel.logical_axes(model))
   data, fsdp, tensor = shape
-  # The MLP gate [D=32, F=64] ('embed', 'mlp') -> D over fsdp, F over tensor.
-  gate = sharded["['layers'][0]['mlp']['gate'].value"]
-  expected = P("fsdp", "tensor") if tensor > 1 else P("fsdp")
+  # The stacked MLP gate [L=1, D=32, F=64] ('layers', 'embed', 'mlp') -> L whole, D over
+  # fsdp, F over tensor.
+  gate = sharded["['layers']['mlp']['gate'].value"]
+  expected = P(None, "fsdp", "tensor") if tensor > 1 else P(None, "fsdp")
   assert gate.sharding.spec == expected
   shard_shapes = {s.data.shape for s in gate.addressable_shards}
-  assert shard_shapes == {(32 // fsdp, 64 // tensor)}
+  assert shard_shapes == {(1, 32 // fsdp, 64 // tensor)}
   distinct = {tuple((sl.start, sl.stop) for sl in s.index) for s in gate.addressable_shards}
   assert len(distinct) == fsdp * tensor  # replicated only over `data`
   # The embedding [V=128, D=32] ('vocab', 'embed'): V over tensor x fsdp, D whole.
@@ -149,7 +150,7 @@ def test_params_and_adam_state_are_sharded_not_replicated(shape, sft_setup):
   assert dev0 <= total / (fsdp * tensor) * 1.05
   # Adam's mu/nu follow the params; the step count is replicated.
   adam = adam_state(opt_state)
-  assert adam.mu["['layers'][0]['mlp']['gate'].value"].sharding == gate.sharding
+  assert adam.mu["['layers']['mlp']['gate'].value"].sharding == gate.sharding
   assert adam.nu["['embed'].value"].sharding == embed.sharding
   assert adam.count.sharding.spec == P()
   assert shardings.params["['embed'].value"] == embed.sharding
@@ -254,9 +255,9 @@ def test_kv_cache_shardings_split_batch_and_kv_heads():
   mesh = parallel.make_mesh(2, 2, 2)
   cache = model.init_cache(4, 16)
   shardings = parallel.kv_cache_shardings(cache, mesh)
-  assert shardings[0]["k"].spec == P(("data", "fsdp"), "tensor")
+  assert shardings["k"].spec == P(None, ("data", "fsdp"), "tensor")  # [L, B, K, S, H]
   placed = jax.device_put(cache, shardings)
-  assert placed[0]["v"].addressable_shards[0].data.shape == (1, 1, 16, 8)
+  assert placed["v"].addressable_shards[0].data.shape == (1, 1, 1, 16, 8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,18 +320,19 @@ def test_multisteps_accumulation_applies_every_k_calls():
 
 def test_remat_from_config_keeps_gradients():
   config = tiny_config()
-  assert parallel.apply_remat(config, "block").remat
-  assert not parallel.apply_remat(config, "none").remat
+  assert parallel.apply_remat(config, "block").remat == "block"
+  assert parallel.apply_remat(config, "none").remat == "none"
   with pytest.raises(ValueError, match="remat"):
     parallel.apply_remat(config, "full")
   tokens = np.random.default_rng(3).integers(1, 128, (2, 8)).astype(np.int32)
   grads = []
-  for mode in ("none", "block"):
+  for mode in ("none", "block", "dots"):
     model = parallel.set_remat(Transformer(config, rngs=nnx.Rngs(3)), mode)
     policy, params = Policy.split(model)
     grads.append(jax.jit(jax.grad(lambda p: _nll_fn(policy)(p, tokens)[0]))(params))
   for k in grads[0]:
-    np.testing.assert_allclose(grads[1][k], grads[0][k], atol=1e-6, rtol=1e-5, err_msg=k)
+    for g in grads[1:]:
+      np.testing.assert_allclose(g[k], grads[0][k], atol=1e-6, rtol=1e-5, err_msg=k)
 
 
 # ---------------------------------------------------------------------------------------------

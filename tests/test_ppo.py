@@ -143,7 +143,7 @@ def test_ppo_bandit_learns_the_optimal_action(tmp_path):
 def test_value_init_from_policy_and_from_reward_model(tmp_path):
   policy, params = tiny_policy()
   value_def, vparams = value_model(params, init="policy")
-  key = "['layers'][0]['attn']['q'].value"
+  key = "['layers']['attn']['q'].value"
   np.testing.assert_array_equal(vparams["['backbone']" + key], params[key])
   assert not any("lm_head" in k for k in vparams)
   assert float(jnp.abs(vparams["['head']['kernel'].value"]).sum()) == 0.0  # V ≡ 0 at start

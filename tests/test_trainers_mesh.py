@@ -640,9 +640,9 @@ def test_sft_train_applies_micro_batches_and_remat_on_a_mesh(tmp_path, monkeypat
     config.warmup.steps = 3
     config.warmup.checkpoint_every = 3
     runs[name] = sft.train(config, str(tmp_path / name))
-  assert [remat for remat, _ in seen] == [False, False, True]
-  assert runs["remat"][0].model(runs["remat"][1]).config.remat
-  assert not runs["plain"][0].model(runs["plain"][1]).config.remat
+  assert [remat for remat, _ in seen] == ["none", "none", "block"]
+  assert runs["remat"][0].model(runs["remat"][1]).config.remat == "block"
+  assert runs["plain"][0].model(runs["plain"][1]).config.remat == "none"
   init, plain = seen[0][1], runs["plain"][1]
   assert_on_mesh(plain)
   for name in ("micro", "remat"):

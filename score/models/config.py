@@ -14,6 +14,7 @@ import jax.numpy as jnp
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # the projections LoRA can adapt
+REMAT_MODES = ("none", "block", "dots")  # `config.remat`; see transformer.REMAT_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,11 @@ class ModelConfig:
   # Numerics.
   dtype: Any = jnp.float32  # compute dtype (activations, matmul inputs, KV cache)
   param_dtype: Any = jnp.float32  # stored parameters
-  remat: bool = False  # rematerialise each layer in the backward pass
+  # What the backward pass keeps of each decoder block (`transformer.REMAT_POLICIES`):
+  # "none" (everything), "block" (only the block's input; the block is recomputed) or
+  # "dots" (also the projections' outputs).
+  remat: str = "none"
+  scan_layers: bool = True  # apply the stacked blocks with lax.scan (False: a Python loop)
 
   # LoRA (`score.models.lora`): rank 0 = off; else adapters (alpha / rank)·(x·A)·B on the
   # `lora_targets` projections (q, k, v, o, gate, up, down), stored in float32.
@@ -80,6 +85,8 @@ class ModelConfig:
           f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
     if self.activation not in ("silu", "gelu_tanh", "gelu"):
       raise ValueError(f"activation={self.activation!r}; expected silu, gelu_tanh or gelu")
+    if self.remat not in REMAT_MODES:
+      raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_MODES}")
     if self.rope_type not in ("default", "linear", "llama3"):
       raise ValueError(f"rope_type={self.rope_type!r}; expected default, linear or llama3")
     if self.layer_types is not None:

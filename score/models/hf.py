@@ -347,22 +347,26 @@ _GEMMA2_LAYER_NAMES = {
 }
 
 
-def hf_name(config: ModelConfig, path: tuple) -> tuple[str, str]:
-  """(HF tensor name, layout kind) of the parameter at `path` in `nnx.state(model)`."""
+def hf_names(config: ModelConfig, path: tuple) -> tuple[list[str], str]:
+  """(HF tensor names, layout kind) of the parameter at `path` in `nnx.state(model)`.
+
+  One name, except for the stacked decoder blocks' parameters (`path[0] == "layers"`, a
+  leading layer axis L): one name per layer, `model.layers.{i}....` for i < L.
+  """
   path = tuple(p.key if hasattr(p, "key") else p for p in path)
   if path == ("embed",):
-    return "model.embed_tokens.weight", "same"
+    return ["model.embed_tokens.weight"], "same"
   if path == ("lm_head",):
-    return "lm_head.weight", "T"
+    return ["lm_head.weight"], "T"
   if path == ("final_norm", "weight"):
-    return "model.norm.weight", "same"
+    return ["model.norm.weight"], "same"
   if path[0] == "layers":
     names = dict(_LAYER_NAMES)
     if config.post_norms:
       names.update(_GEMMA2_LAYER_NAMES)
-    if path[2:] in names:
-      name, kind = names[path[2:]]
-      return f"model.layers.{int(path[1])}.{name}", kind
+    if path[1:] in names:
+      name, kind = names[path[1:]]
+      return [f"model.layers.{i}.{name}" for i in range(config.num_layers)], kind
   raise KeyError(f"no Hugging Face name for parameter {'/'.join(map(str, path))}")
 
 
@@ -452,7 +456,7 @@ def load_config(path: str, dtype=jnp.float32) -> ModelConfig:
 
 
 def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=jnp.float32,
-                    remat: bool = False, sharding=None, seed: int = 0,
+                    remat: str = "none", sharding=None, seed: int = 0,
                     **config_overrides) -> Transformer:
   """Loads a local Hugging Face checkpoint directory into a `Transformer`.
 
@@ -474,23 +478,19 @@ def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=jnp.float32,
   for p, var in _param_items(abstract):
     if lora.is_adapter_name(p[-1]):  # drawn below, not read
       continue
-    name, kind = hf_name(config, p)
-    shape = tuple(var.value.shape)
-    want = _hf_shape(kind, shape)
-    if name not in reader:
-      raise CheckpointError(
-          f"tensor {name!r} (expected shape {want}) is missing from the checkpoint in {path}")
-    got = reader.shape(name)
-    if got != want:
-      raise CheckpointError(
-          f"tensor {name!r} has shape {got} in the checkpoint, expected {want}")
-    value = _from_hf(kind, np.asarray(reader.get(name), np.float32), shape)
-    value = np.asarray(value).astype(jnp.dtype(param_dtype))
+    names, kind = hf_names(config, p)
+    shape, dtype = tuple(var.value.shape), jnp.dtype(param_dtype)
+    if p[0] == "layers":  # [L, ...] from one tensor per layer
+      value = np.empty(shape, dtype)
+      for i, name in enumerate(names):
+        value[i] = _read_tensor(reader, name, kind, shape[1:], path)
+    else:
+      value = _read_tensor(reader, names[0], kind, shape, path).astype(dtype)
+    used.update(names)
     if sharding is None:
       var.value = jnp.asarray(value)
     else:
       var.value = jax.device_put(value, sharding(_names(var), shape))
-    used.add(name)
   extra = sorted(n for n in reader.files if n not in used and "rotary_emb" not in n)
   if extra:
     log.warning("ignoring %d checkpoint tensors not used by the model, e.g. %s", len(extra),
@@ -501,6 +501,18 @@ def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=jnp.float32,
       if sharding is not None and lora.is_adapter_name(p[-1]):
         var.value = jax.device_put(var.value, sharding(_names(var), var.value.shape))
   return abstract
+
+
+def _read_tensor(reader, name: str, kind: str, shape: tuple[int, ...], path: str) -> np.ndarray:
+  """Tensor `name` of the checkpoint in our layout `shape` (float32), its shape checked."""
+  want = _hf_shape(kind, shape)
+  if name not in reader:
+    raise CheckpointError(
+        f"tensor {name!r} (expected shape {want}) is missing from the checkpoint in {path}")
+  got = reader.shape(name)
+  if got != want:
+    raise CheckpointError(f"tensor {name!r} has shape {got} in the checkpoint, expected {want}")
+  return _from_hf(kind, np.asarray(reader.get(name), np.float32), shape)
 
 
 def _names(var) -> tuple:
@@ -532,9 +544,11 @@ def save_pretrained(model: Transformer, path: str, *, tokenizer=None, dtype: str
   hf_config = dict(config_to_hf(config), torch_dtype=torch_dtype)
   tensors = {}
   for p, var in _param_items(model):
-    name, kind = hf_name(config, p)
+    names, kind = hf_names(config, p)
     value = np.asarray(jax.device_get(var.value), dtype=np.float32)
-    tensors[name] = np.ascontiguousarray(_to_hf(kind, value).astype(np_dtype))
+    per_tensor = value if p[0] == "layers" else value[None]  # stacked layers: one per layer
+    for name, x in zip(names, per_tensor, strict=True):
+      tensors[name] = np.ascontiguousarray(_to_hf(kind, x).astype(np_dtype))
   os.makedirs(path, exist_ok=True)
   for stale in os.listdir(path):
     if stale.endswith(".safetensors") or stale == "model.safetensors.index.json":
@@ -582,14 +596,16 @@ def save_peft_adapter(model: Transformer, path: str, *, base_model_name_or_path:
     name = str(p[-1])
     if not lora.is_adapter_name(name):
       continue
-    weight, _ = hf_name(config, tuple(p[:-1]) + (name[:-len("_lora_a")],))
-    module = weight[:-len(".weight")]
-    modules.add(module.rsplit(".", 1)[1])
+    weights, _ = hf_names(config, tuple(p[:-1]) + (name[:-len("_lora_a")],))
     value = np.asarray(jax.device_get(var.value), np.float32)
-    if name.endswith("_lora_a"):  # [in..., r] -> [r, in_features]
-      tensors[f"base_model.model.{module}.lora_A.weight"] = value.reshape(-1, r).T
-    else:  # [r, out...] -> [out_features, r]
-      tensors[f"base_model.model.{module}.lora_B.weight"] = value.reshape(r, -1).T
+    per_tensor = value if p[0] == "layers" else value[None]  # stacked layers: one per layer
+    for weight, x in zip(weights, per_tensor, strict=True):
+      module = weight[:-len(".weight")]
+      modules.add(module.rsplit(".", 1)[1])
+      if name.endswith("_lora_a"):  # [in..., r] -> [r, in_features]
+        tensors[f"base_model.model.{module}.lora_A.weight"] = x.reshape(-1, r).T
+      else:  # [r, out...] -> [out_features, r]
+        tensors[f"base_model.model.{module}.lora_B.weight"] = x.reshape(r, -1).T
   os.makedirs(path, exist_ok=True)
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
             os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})

@@ -7,20 +7,30 @@ eager sharding off, so single-device use needs no mesh); `score.parallel` maps t
   'vocab'    vocabulary               'embed'    model width D
   'heads'    query heads N            'kv_heads' key/value heads K
   'kv'       head dim H               'mlp'      MLP width F
+  'layers'   the decoder blocks' stacked layer axis L (never split over a mesh axis)
+
+The decoder blocks are one `Block` whose parameters have a leading layer axis L, applied with
+`jax.lax.scan` (MaxText's layout): compile time stays flat in depth, and `config.remat` wraps
+the scan body in `jax.checkpoint` with a named policy (`REMAT_POLICIES`), which XLA honours
+(on layers unrolled in a Python loop it did not: the compiled temp memory was unchanged). The
+KV cache is stacked the same way, {'k', 'v'} each [L, B, K, S, H], and goes through the same
+scan.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from score.models import lora
-from score.models.config import ModelConfig
+from score.models.config import REMAT_MODES, ModelConfig
 
 Array = jax.Array
 _NEG_INF = -1e30  # finite, so rows with no allowed key give a uniform softmax, not NaN
@@ -207,22 +217,48 @@ def attend(q_BxTxNxH, k, v, allowed_BxTxS, *, scale, softcap, dtype, cache_layou
   return out.reshape(b, t, n, h)
 
 
-def allowed_mask(kv_mask_BxS: Array, query_slots_BxT: Array, window: int | None) -> Array:
-  """[b, t, s]: slot s is a real token, not after query t's slot, and inside the window."""
+def allowed_mask(kv_mask_BxS: Array, query_slots_BxT: Array, window) -> Array:
+  """[b, t, s]: slot s is a real token, not after query t's slot, and inside the window.
+
+  `window` is a (traced) int32 scalar, an int or None; 0 or None means no window (full
+  attention), so one scanned per-layer array serves sliding and global layers alike.
+  """
   s = jnp.arange(kv_mask_BxS.shape[1])[None, None, :]
   q = query_slots_BxT[:, :, None]
   ok = (kv_mask_BxS[:, None, :] > 0) & (s <= q)
-  if window:
-    ok = ok & (q - s < window)
-  return ok
+  if window is None:
+    return ok
+  return ok & ((window <= 0) | (q - s < window))
+
+
+class LayerCache(NamedTuple):
+  """The KV cache as one block sees it inside the scan over layers: every layer's keys and
+  values, each [L, B, K, S, H] (the scan's carry, so a decode step updates it in place), and
+  this block's layer index."""
+  k: Array
+  v: Array
+  layer: Array
+
+  def write(self, k_BxTxKxH: Array, v_BxTxKxH: Array, cache_index) -> tuple[
+      "LayerCache", Array, Array]:
+    """Writes T new keys/values to this layer's slots [cache_index, cache_index + T);
+    returns (updated cache, this layer's keys, values [B, K, S, H])."""
+    zero = jnp.zeros((), jnp.int32)
+    start = (self.layer, zero, zero, jnp.asarray(cache_index, jnp.int32), zero)
+
+    def put(cache, new):
+      return jax.lax.dynamic_update_slice(cache, new.swapaxes(1, 2).astype(cache.dtype)[None],
+                                          start)
+
+    new = self._replace(k=put(self.k, k_BxTxKxH), v=put(self.v, v_BxTxKxH))
+    return new, new.k[self.layer], new.v[self.layer]
 
 
 class Attention(nnx.Module):
 
-  def __init__(self, config: ModelConfig, layer_idx: int, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     c = config
     self.config = c
-    self.window = c.layer_window(layer_idx)
     d, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
     self.q = _param(rngs, (d, n, h), ("embed", "heads", "kv"), c)
     self.k = _param(rngs, (d, k, h), ("embed", "kv_heads", "kv"), c)
@@ -241,7 +277,12 @@ class Attention(nnx.Module):
       _add_lora(self, c, name, (d,), ("embed",), (kv[0], h), (kv[1], "kv"))
     _add_lora(self, c, "o", (n, h), ("heads", "kv"), (d,), ("embed",))
 
-  def __call__(self, x_BxTxD, positions_BxT, allowed_BxTxS, kv_cache=None, cache_index=None):
+  def __call__(self, x_BxTxD, positions_BxT, kv_mask_BxS, query_slots_BxT, window,
+               kv_cache=None, cache_index=None):
+    """Self-attention of T queries (in slots `query_slots_BxT`) over the S slots that
+    `kv_mask_BxS` marks real; `window` (int32 scalar, 0 = none) limits how far back a query
+    sees. With `kv_cache` (a `LayerCache`) the new keys/values are written to slots
+    [cache_index, cache_index + T) first. Returns (y_BxTxD, updated cache or None)."""
     c, dt = self.config, self.config.dtype
     x = x_BxTxD.astype(dt)
     q = _projection(self, "q", x)
@@ -251,25 +292,21 @@ class Attention(nnx.Module):
       q = q + self.q_bias.value.astype(dt)
       k = k + self.k_bias.value.astype(dt)
       v = v + self.v_bias.value.astype(dt)
+    q, k, v = (checkpoint_name(a, "proj") for a in (q, k, v))
     if c.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
     inv_freq = _cached_inv_freq(c)
     q = apply_rope(q, positions_BxT, inv_freq)
     k = apply_rope(k, positions_BxT, inv_freq)
-    if kv_cache is not None:  # the cache is [B, K, S, H]
-      zero = jnp.zeros((), jnp.int32)
-      start = (zero, zero, jnp.asarray(cache_index, jnp.int32), zero)
-      kv_cache = {
-          name: jax.lax.dynamic_update_slice(
-              kv_cache[name], new.swapaxes(1, 2).astype(kv_cache[name].dtype), start)
-          for name, new in (("k", k), ("v", v))}
-      k, v = kv_cache["k"], kv_cache["v"]
+    if kv_cache is not None:  # k, v: this layer's [B, K, S, H]
+      kv_cache, k, v = kv_cache.write(k, v, cache_index)
+    allowed_BxTxS = allowed_mask(kv_mask_BxS, query_slots_BxT, window)
     out = attend(q, k, v, allowed_BxTxS, scale=c.attn_scale, softcap=c.attn_logit_softcap,
                  dtype=dt, cache_layout=kv_cache is not None)
     y = _projection(self, "o", out, (0, 1))
     if c.o_bias:
       y = y + self.o_bias.value.astype(dt)
-    return y, kv_cache
+    return checkpoint_name(y, "proj"), kv_cache
 
 
 class MLP(nnx.Module):
@@ -298,6 +335,7 @@ class MLP(nnx.Module):
     if c.mlp_bias:
       g = g + self.gate_bias.value.astype(dt)
       u = u + self.up_bias.value.astype(dt)
+    g, u = checkpoint_name(g, "proj"), checkpoint_name(u, "proj")
     if c.activation == "silu":
       a = jax.nn.silu(g)
     else:
@@ -305,26 +343,27 @@ class MLP(nnx.Module):
     y = _projection(self, "down", a * u)
     if c.mlp_bias:
       y = y + self.down_bias.value.astype(dt)
-    return y
+    return checkpoint_name(y, "proj")
 
 
 class Block(nnx.Module):
   """Pre-norm residual block; Gemma 2 adds post-norms on both branches."""
 
-  def __init__(self, config: ModelConfig, layer_idx: int, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     c = config
     self.post_norms = c.post_norms
     self.attn_norm = RMSNorm(c.hidden_size, c)
-    self.attn = Attention(c, layer_idx, rngs)
+    self.attn = Attention(c, rngs)
     self.mlp_norm = RMSNorm(c.hidden_size, c)
     self.mlp = MLP(c, rngs)
     if c.post_norms:
       self.attn_post_norm = RMSNorm(c.hidden_size, c)
       self.mlp_post_norm = RMSNorm(c.hidden_size, c)
 
-  def __call__(self, x_BxTxD, positions_BxT, allowed_BxTxS, kv_cache=None, cache_index=None):
-    h, kv_cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, allowed_BxTxS, kv_cache,
-                            cache_index)
+  def __call__(self, x_BxTxD, positions_BxT, kv_mask_BxS, query_slots_BxT, window,
+               kv_cache=None, cache_index=None):
+    h, kv_cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, kv_mask_BxS,
+                            query_slots_BxT, window, kv_cache, cache_index)
     if self.post_norms:
       h = self.attn_post_norm(h)
     x = x_BxTxD + h
@@ -334,24 +373,34 @@ class Block(nnx.Module):
     return x + h, kv_cache
 
 
-def _run_block(block, x, positions, allowed, kv_cache, cache_index):
-  return block(x, positions, allowed, kv_cache, cache_index)
+REMAT_POLICIES = {
+    # Keep every activation of every layer for the backward pass.
+    "none": None,
+    # Keep only each block's input (the scan's carry, L x B x T x D); the backward pass
+    # recomputes the block.
+    "block": jax.checkpoint_policies.nothing_saveable,
+    # Also keep the outputs of the projections (q, k, v, o, gate, up, down; tagged with
+    # `checkpoint_name(..., "proj")`) where the backward pass needs them; norms, RoPE,
+    # attention and activations are recomputed: less recompute than "block", more memory.
+    "dots": jax.checkpoint_policies.save_only_these_names("proj"),
+}
+"""`config.remat` -> the `jax.checkpoint` policy of the scanned block (None: no remat)."""
+assert tuple(REMAT_POLICIES) == REMAT_MODES
 
 
-def _remat_block(block, x, positions, allowed, kv_cache, cache_index):
-  """`_run_block` under `jax.checkpoint`: only the block's input is kept for the backward
-  pass, the block is recomputed there.
+def stack_blocks(blocks: list[Block]) -> Block:
+  """One `Block` whose every parameter is the blocks' parameters stacked on a new leading
+  axis, with the logical axis name 'layers' in front of the parameter's names."""
+  graphdef, _ = nnx.split(blocks[0])
 
-  The block's state goes in as an argument and the block is rebuilt inside (not
-  `nnx.remat`, which writes the state back into the module and so fails on a model that a
-  jitted function closes over, e.g. `jax.jit(lambda t: model(t))`).
-  """
-  graphdef, state = nnx.split(block)
+  def stack(*variables):
+    names = tuple(variables[0].get_metadata()["out_sharding"])
+    return variables[0].replace(value=jnp.stack([v.value for v in variables]),
+                                out_sharding=("layers",) + names)
 
-  def pure(state, x, positions, allowed, kv_cache, cache_index):
-    return _run_block(nnx.merge(graphdef, state), x, positions, allowed, kv_cache, cache_index)
-
-  return jax.checkpoint(pure)(state, x, positions, allowed, kv_cache, cache_index)
+  states = [nnx.state(block) for block in blocks]
+  is_var = lambda x: isinstance(x, nnx.Variable)
+  return nnx.merge(graphdef, jax.tree.map(stack, *states, is_leaf=is_var))
 
 
 def unembed_logits(h_BxTxD: Array, weight: Array, *, tied: bool, softcap: float | None,
@@ -382,7 +431,9 @@ class Transformer(nnx.Module):
     c = config
     self.config = c
     self.embed = _param(rngs, (c.vocab_size, c.hidden_size), ("vocab", "embed"), c)
-    self.layers = nnx.List([Block(c, i, rngs) for i in range(c.num_layers)])
+    # Built one by one (the same initial values, in the same RNG order, as unstacked layers)
+    # and stacked: one Block with a leading layer axis.
+    self.layers = stack_blocks([Block(c, rngs) for _ in range(c.num_layers)])
     self.final_norm = RMSNorm(c.hidden_size, c)
     if not c.tie_embeddings:
       self.lm_head = _param(rngs, (c.hidden_size, c.vocab_size), ("embed", "vocab"), c)
@@ -415,21 +466,40 @@ class Transformer(nnx.Module):
     return unembed_logits(h_BxTxD, self.unembed_weight(), tied=c.tie_embeddings,
                           softcap=c.final_logit_softcap, dtype=c.dtype)
 
-  def _blocks(self, x, positions, masks, caches, cache_index):
-    # Remat only pays off in a backward pass, i.e. over a full sequence; a decode step against
-    # a KV cache (inside the sampler's loop, never differentiated) runs the blocks as they are.
-    run = _remat_block if self.config.remat and caches is None else _run_block
-    new_caches = []
-    for i, block in enumerate(self.layers):
-      allowed = masks[self.config.layer_window(i)]
-      kv = None if caches is None else caches[i]
-      x, kv = run(block, x, positions, allowed, kv, cache_index)
-      new_caches.append(kv)
-    return self.final_norm(x), new_caches
+  def _blocks(self, x_BxTxD, positions_BxT, kv_mask_BxS, query_slots_BxT, cache, cache_index):
+    """The decoder blocks, then the final norm: (h_BxTxD, updated cache or None).
 
-  def _masks(self, kv_mask_BxS, query_slots_BxT):
-    windows = {self.config.layer_window(i) for i in range(self.config.num_layers)}
-    return {w: allowed_mask(kv_mask_BxS, query_slots_BxT, w) for w in windows}
+    One `jax.lax.scan` over the stacked layers; its inputs per layer are the layer's params,
+    its attention window (int32, 0 = full) and its index. The KV cache ({'k', 'v'} each
+    [L, B, K, S, H]) rides in the scan's carry, each layer writing only its new slots (a
+    decode step as scan inputs/outputs instead compiled to 2x the temp memory and ran 1.8x
+    slower). Remat (`config.remat`) wraps the scan body; a decode step against a KV cache
+    (never differentiated) runs without it.
+    """
+    c = self.config
+    graphdef, state = nnx.split(self.layers)
+    windows_L = np.asarray([c.layer_window(i) or 0 for i in range(c.num_layers)], np.int32)
+
+    def body(carry, layer):
+      x, cache = carry
+      state_l, window, i = layer
+      kv = None if cache is None else LayerCache(cache["k"], cache["v"], i)
+      x, kv = nnx.merge(graphdef, state_l)(x, positions_BxT, kv_mask_BxS, query_slots_BxT,
+                                           window, kv, cache_index)
+      return (x, None if kv is None else {"k": kv.k, "v": kv.v}), None
+
+    if c.remat != "none" and cache is None:
+      body = jax.checkpoint(body, policy=REMAT_POLICIES[c.remat], prevent_cse=False)
+    carry = (x_BxTxD, cache)
+    if c.scan_layers:
+      layers = (state, jnp.asarray(windows_L), jnp.arange(c.num_layers, dtype=jnp.int32))
+      carry, _ = jax.lax.scan(body, carry, layers)
+    else:
+      for i in range(c.num_layers):
+        carry, _ = body(carry, (jax.tree.map(lambda a, i=i: a[i], state), int(windows_L[i]),
+                                jnp.int32(i)))
+    x, cache = carry
+    return self.final_norm(x), cache
 
   # -- full sequence ------------------------------------------------------------------------
 
@@ -442,8 +512,8 @@ class Transformer(nnx.Module):
     if mask_BxL is None:
       mask_BxL = jnp.ones((b, l), jnp.int32)
     slots = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-    masks = self._masks(mask_BxL, slots)
-    h, _ = self._blocks(self.embed_tokens(tokens_BxL), positions_BxL, masks, None, None)
+    h, _ = self._blocks(self.embed_tokens(tokens_BxL), positions_BxL, mask_BxL, slots, None,
+                        None)
     return h
 
   def __call__(self, tokens_BxL: Array, *, positions_BxL: Array | None = None,
@@ -452,18 +522,16 @@ class Transformer(nnx.Module):
 
   # -- KV cache -----------------------------------------------------------------------------
 
-  def init_cache(self, batch_size: int, max_len: int, dtype=None) -> list[dict[str, Array]]:
-    """Zeroed cache: one {'k', 'v'} dict per layer, each [B, K, S, H] (batch, kv head, slot,
-    head dim)."""
+  def init_cache(self, batch_size: int, max_len: int, dtype=None) -> dict[str, Array]:
+    """Zeroed cache {'k', 'v'}, each [L, B, K, S, H] (layer, batch, kv head, slot, head dim)."""
     c = self.config
-    shape = (batch_size, c.num_kv_heads, max_len, c.head_dim)
+    shape = (c.num_layers, batch_size, c.num_kv_heads, max_len, c.head_dim)
     dtype = c.dtype if dtype is None else dtype
-    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-            for _ in range(c.num_layers)]
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
   def decode_hidden(self, tokens_BxT: Array, positions_BxT: Array,
-                    cache: list[dict[str, Array]], cache_index: Array,
-                    kv_mask_BxS: Array) -> tuple[Array, list[dict[str, Array]]]:
+                    cache: dict[str, Array], cache_index: Array,
+                    kv_mask_BxS: Array) -> tuple[Array, dict[str, Array]]:
     """`decode` without the unembedding: (final-norm hidden states h_BxTxD, updated cache).
 
     Prefill can unembed only the last position: `model.unembed(h_BxTxD[:, -1:])`.
@@ -472,11 +540,11 @@ class Transformer(nnx.Module):
     cache_index = jnp.asarray(cache_index, jnp.int32)
     slots = cache_index + jnp.arange(t, dtype=jnp.int32)
     slots = jnp.broadcast_to(slots, tokens_BxT.shape)
-    masks = self._masks(kv_mask_BxS, slots)
-    return self._blocks(self.embed_tokens(tokens_BxT), positions_BxT, masks, cache, cache_index)
+    return self._blocks(self.embed_tokens(tokens_BxT), positions_BxT, kv_mask_BxS, slots, cache,
+                        cache_index)
 
-  def decode(self, tokens_BxT: Array, positions_BxT: Array, cache: list[dict[str, Array]],
-             cache_index: Array, kv_mask_BxS: Array) -> tuple[Array, list[dict[str, Array]]]:
+  def decode(self, tokens_BxT: Array, positions_BxT: Array, cache: dict[str, Array],
+             cache_index: Array, kv_mask_BxS: Array) -> tuple[Array, dict[str, Array]]:
     """Runs T new tokens against the cache; returns (logits_BxTxV fp32, updated cache).
 
     The new keys/values go to slots [cache_index, cache_index + T). Query t (in slot

@@ -13,7 +13,9 @@ The vocabulary dimension is split over `tensor × fsdp` (then the embedding's D 
 stays whole), every other D dimension over `fsdp`.
 
 Every parameter of `score.models.Transformer` carries logical axis names in its NNX metadata
-(`out_sharding`: 'vocab', 'embed', 'heads', 'kv_heads', 'kv', 'mlp'). `RULES` maps each
+(`out_sharding`: 'vocab', 'embed', 'heads', 'kv_heads', 'kv', 'mlp', and 'layers' first on
+the stacked decoder blocks' params; 'layers' maps to no mesh axis, as the scan over layers
+reads one layer at a time). `RULES` maps each
 logical name to mesh axes; `logical_to_spec` turns a tuple of names into a `PartitionSpec`,
 dropping a mesh axis (replicating that dimension instead) when the dimension is not divisible
 by the axis size or the axis is already used by an earlier dimension, e.g. Qwen2.5's 2 KV
@@ -51,6 +53,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("kv", None),
     ("mlp", "tensor"),
+    ("layers", None),
     # Activations, batches and the KV cache.
     ("batch", BATCH_AXES),
     ("length", None),
@@ -64,7 +67,7 @@ RULES: tuple[tuple[str, Any], ...] = (
 # Logical names of the arrays that are not params.
 BATCH_NAMES = ("batch",)  # any [B, ...] array: only the first dimension is split
 ACTIVATION_NAMES = ("batch", "length", "act_embed")  # x_BxLxD
-KV_CACHE_NAMES = ("batch", "act_kv_heads", "length", "kv")  # k/v [B, K, S, H]
+KV_CACHE_NAMES = ("layers", "batch", "act_kv_heads", "length", "kv")  # k/v [L, B, K, S, H]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,8 +113,13 @@ def mesh_config(data: int = 1, fsdp: int = -1, tensor: int = 1, remat: str = "no
 
   Args:
     data, fsdp, tensor: axis sizes; -1 = the remaining devices (at most one axis).
-    remat: "none" or "block" (recompute each Transformer block in the backward pass; the
-      trainers apply it through `score.trainers.common.apply_mesh_options`).
+    remat: what the backward pass keeps of each Transformer block (the trainers apply it
+      through `score.trainers.common.apply_mesh_options`; the policies are
+      `score.models.transformer.REMAT_POLICIES`, applied inside the scan over layers):
+      "none": every activation; "block": only the block's input, the block is recomputed
+      (least memory: ~L × B×T×D plus one block's activations); "dots": the block's input
+      and the outputs of its projections (q, k, v, o, gate, up, down) where the backward
+      needs them; norms, RoPE, attention and activations are recomputed.
     micro_batches: micro-batches whose gradients each optimizer step accumulates (the
       trainers' steps: `score.trainers.common.make_step(micro_batches=)`).
   """
@@ -288,7 +296,7 @@ def activation_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = RULES) ->
 
 
 def kv_cache_shardings(cache, mesh: Mesh, rules: Sequence[tuple[str, Any]] = RULES):
-  """Shardings for a `Transformer.init_cache` cache (a list of {'k','v'} [B, K, S, H])."""
+  """Shardings for a `Transformer.init_cache` cache ({'k','v'} each [L, B, K, S, H])."""
   return jax.tree.map(lambda x: named_sharding(mesh, KV_CACHE_NAMES, x.shape, rules), cache)
 
 

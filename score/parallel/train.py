@@ -22,9 +22,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from score.models import lora
+from score.models.config import REMAT_MODES
 from score.parallel import mesh as mesh_lib
-
-REMAT_MODES = ("none", "block")
 
 
 class TrainStep:
@@ -246,15 +245,11 @@ def with_accumulation(optimizer: optax.GradientTransformation,
 
 
 def apply_remat(model_config, remat: str):
-  """`ModelConfig` with rematerialisation set from the config's `mesh.remat`.
-
-  "none": keep every activation for the backward pass; "block": keep only each Transformer
-  block's input and recompute the block in the backward pass (`nnx.remat` per layer;
-  activation memory drops from ~L × per-layer activations to ~L × B×T×D + one layer's).
-  """
+  """`ModelConfig` with rematerialisation set from the config's `mesh.remat` (one of
+  `REMAT_MODES`; see `score.parallel.mesh.mesh_config`)."""
   if remat not in REMAT_MODES:
     raise ValueError(f"remat={remat!r}; expected one of {REMAT_MODES}")
-  return model_config.replace(remat=remat == "block")
+  return model_config.replace(remat=remat)
 
 
 def set_remat(model: nnx.Module, remat: str) -> nnx.Module:

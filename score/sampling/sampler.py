@@ -113,7 +113,7 @@ class Continuation(NamedTuple):
   `continuation=` appends that call's prompt (e.g. a self-correction instruction) to every
   row's cache and samples on, so earlier turns are never prefilled again.
 
-  cache: the model's KV cache, one {'k', 'v'} per layer, [B, K, S, H]. Slots are laid out
+  cache: the model's KV cache, {'k', 'v'} each [L, B, K, S, H]. Slots are laid out
       call after call (`[prompt | N generated | next prompt | N generated | ...]`); the slots
       a row did not fill are masked out, so a row's real tokens need not be contiguous.
   kv_mask_BxS: 1 on the slots of real tokens (prompt tokens and valid generated ones).
@@ -196,8 +196,8 @@ def _generate_core(
   else:
     # Room for this call after the earlier turns' slots (one copy of the cache per turn).
     start = continuation.kv_mask_BxS.shape[1]
-    cache = jax.tree.map(
-        lambda a: jnp.pad(a, ((0, 0), (0, 0), (0, prompt_len + n), (0, 0))),
+    cache = jax.tree.map(  # slots are the second-to-last axis
+        lambda a: jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, prompt_len + n), (0, 0)]),
         continuation.cache,
     )
     kv_mask_BxS = continuation.kv_mask_BxS.astype(jnp.int32)
