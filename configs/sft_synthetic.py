@@ -25,9 +25,12 @@ def task_config(num_digits=4):
 
 
 def tiny_model_config(hidden_size=128, num_layers=2):
+  # scan_layers=False: at this size a Python loop over the layers ran the train step ~15%
+  # faster than `lax.scan` on CPU (same values; real-size models scan).
   return score_common.model(
       hidden_size=hidden_size, num_layers=num_layers, num_heads=4, num_kv_heads=4,
-      head_dim=hidden_size // 4, intermediate_size=4 * hidden_size, max_position_embeddings=64)
+      head_dim=hidden_size // 4, intermediate_size=4 * hidden_size, max_position_embeddings=64,
+      scan_layers=False)
 
 
 def get_config(arg=None):

@@ -137,30 +137,35 @@ def load_params(step_dir: str, keys_shapes: dict[str, tuple[int, ...]]) -> dict[
   """Reads only `params` of a trainer's checkpoint (the optimizer state stays on disk).
 
   `keys_shapes` is the model's `{key: shape}`; a missing, extra or mis-shaped key raises
-  `ExportError` naming it (the checkpoint and the model layout do not match).
+  `ExportError` naming it (the checkpoint and the model layout do not match). Params saved
+  per layer (before the decoder blocks were stacked) are stacked.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from score.utils import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   saved = checkpoint_params_metadata(step_dir)
-  missing = sorted(set(keys_shapes) - set(saved))
-  extra = sorted(set(saved) - set(keys_shapes))
-  if missing or extra:
-    raise ExportError(
-        f"the checkpoint's params do not match the model layout: {len(missing)} missing "
-        f"(e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]}). Is --base (or the "
-        "run's config) the model this run trained?")
-  bad = [(k, saved[k][0], tuple(s)) for k, s in keys_shapes.items() if saved[k][0] != tuple(s)]
-  if bad:
-    k, got, want = bad[0]
-    raise ExportError(f"param {k} has shape {got} in the checkpoint, the model expects {want} "
-                      f"({len(bad)} mismatched). Is --base the model this run trained?")
   abstract = {"params": {k: jax.ShapeDtypeStruct(saved[k][0], saved[k][1]) for k in saved}}
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
   restored = ocp.PyTreeCheckpointer().restore(
       os.path.join(step_dir, "state"),
       args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
                                   partial_restore=True))
-  return {k: np.asarray(v) for k, v in restored["params"].items()}
+  params = ckpt_lib.stack_per_layer(
+      {k: np.asarray(v) for k, v in restored["params"].items()}, keys_shapes)
+  missing = sorted(set(keys_shapes) - set(params))
+  extra = sorted(set(params) - set(keys_shapes))
+  if missing or extra:
+    raise ExportError(
+        f"the checkpoint's params do not match the model layout: {len(missing)} missing "
+        f"(e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]}). Is --base (or the "
+        "run's config) the model this run trained?")
+  bad = [(k, params[k].shape, tuple(s)) for k, s in keys_shapes.items()
+         if params[k].shape != tuple(s)]
+  if bad:
+    k, got, want = bad[0]
+    raise ExportError(f"param {k} has shape {got} in the checkpoint, the model expects {want} "
+                      f"({len(bad)} mismatched). Is --base the model this run trained?")
+  return params
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,3 +20,16 @@ def variant(request):
     fn = functools.partial(fn, **static)
     return jax.jit(fn) if request.param == "jit" else fn
   return wrap
+
+
+def per_layer_layout(flat):
+  """Flat params (`Policy.split`'s keys) in the layout checkpoints had before the decoder
+  blocks were stacked: each `...['layers']...` array [L, ...] as L arrays `...['layers'][i]...`."""
+  out = {}
+  for key, value in flat.items():
+    head, sep, tail = key.partition("['layers']")
+    if sep:
+      out.update({f"{head}{sep}[{i}]{tail}": value[i] for i in range(value.shape[0])})
+    else:
+      out[key] = value
+  return out

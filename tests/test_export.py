@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import per_layer_layout
 
 from score import export as export_lib
 from score.models import hf
@@ -90,6 +91,22 @@ def test_export_roundtrip_logit_parity(tmp_path, family):
   np.testing.assert_allclose(
       _hf_logits(str(tmp_path / "hf1"), tokens),
       np.asarray(policy.model(step1)(jnp.asarray(tokens, jnp.int32))), atol=2e-4, rtol=2e-4)
+
+
+def test_export_reads_a_checkpoint_saved_per_layer(tmp_path):
+  """A checkpoint written before the decoder blocks were stacked (params keyed per layer)
+  exports the trained weights: transformers reproduces the stacked model's logits."""
+  base_dir = _hf_base("llama", str(tmp_path / "base"))
+  policy, params = common.Policy.split(hf.from_pretrained(base_dir))
+  trained = _perturbed(params, 4)
+  phase = str(tmp_path / "run" / "checkpoints" / "score" / "r0_stage1")
+  _save(phase, 1, per_layer_layout(trained))
+  out = str(tmp_path / "hf")
+  export_lib.export(phase, out, base=base_dir)
+  tokens = _tokens(VOCAB)
+  np.testing.assert_allclose(
+      _hf_logits(out, tokens), np.asarray(policy.model(trained)(jnp.asarray(tokens, jnp.int32))),
+      atol=2e-4, rtol=2e-4)
 
 
 def test_export_synthetic_run_with_char_tokenizer(tmp_path):

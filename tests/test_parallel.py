@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import per_layer_layout
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
@@ -357,6 +358,42 @@ def test_sharded_checkpoint_restores_onto_another_mesh(tmp_path, sft_setup):
   for k in params:
     assert restored["params"][k].sharding == shardings.params[k]
     np.testing.assert_array_equal(restored["params"][k], params[k])
+
+
+def test_checkpoint_written_per_layer_restores_stacked_onto_a_mesh(tmp_path):
+  """A checkpoint written before the blocks were stacked (params and Adam's mu/nu keyed per
+  layer) restores into the stacked template: each layer's arrays in its slot of the layer
+  axis, with the template's shardings."""
+  require_devices()
+  model = Transformer(tiny_config(num_layers=3), rngs=nnx.Rngs(0))
+  _, params = Policy.split(model)
+  rng = np.random.default_rng(0)
+  params = {k: v + rng.normal(size=v.shape).astype(v.dtype) for k, v in params.items()}
+  optimizer = optax.adam(1e-3)
+  opt_state = optimizer.init(params)
+  opt_state = jax.tree.map(lambda x: x + 2.0 if x.ndim else x, opt_state)
+  old_params = per_layer_layout(params)
+  assert "['layers'][2]['attn']['q'].value" in old_params
+  adam = adam_state(opt_state)
+  old_adam = adam._replace(mu=per_layer_layout(adam.mu), nu=per_layer_layout(adam.nu))
+  ckpt = parallel.ShardedCheckpointer(str(tmp_path / "ckpt"))
+  assert ckpt.save(5, {"params": old_params, "opt_state": (old_adam, optax.EmptyState())},
+                   {"data_position": 9}, force=True)
+  ckpt.close()
+  mesh = parallel.make_mesh(1, 4, 2)
+  p, o, shardings = parallel.shard_train_state(
+      jax.tree.map(jnp.zeros_like, params), optimizer.init(params), mesh,
+      parallel.logical_axes(model))
+  template = parallel.abstract_like({"params": p, "opt_state": o})
+  step, restored, extra = parallel.ShardedCheckpointer(str(tmp_path / "ckpt")).restore(template)
+  assert step == 5 and extra == {"data_position": 9}
+  assert set(restored["params"]) == set(params)
+  for k in params:
+    assert restored["params"][k].sharding == shardings.params[k], k
+    np.testing.assert_array_equal(restored["params"][k], params[k], err_msg=k)
+    np.testing.assert_array_equal(adam_state(restored["opt_state"]).mu[k],
+                                  adam_state(opt_state).mu[k], err_msg=k)
+  assert int(adam_state(restored["opt_state"]).count) == int(adam_state(opt_state).count)
 
 
 def test_process_helpers_on_one_process(monkeypatch):
