@@ -26,7 +26,9 @@ import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 
 def abstract_leaf(x) -> jax.ShapeDtypeStruct:
@@ -154,12 +156,15 @@ class Checkpointer:
 
 
 def _unstack_abstract(flat: dict) -> dict:
-  """An abstract dict of stacked leaves -> the per-layer leaves the old layout saved (host
-  arrays: `_stack_like` stacks them and puts them where the template says)."""
+  """An abstract dict of stacked leaves -> the per-layer leaves the old layout saved, each
+  sharded as the stacked leaf is, less its (unsplit) layer axis."""
   out = {}
   for key, x in flat.items():
     if _is_stacked_leaf(key, x):
-      per = jax.ShapeDtypeStruct(tuple(x.shape[1:]), x.dtype)
+      sharding = getattr(x, "sharding", None)
+      if isinstance(sharding, NamedSharding):
+        sharding = NamedSharding(sharding.mesh, PartitionSpec(*sharding.spec[1:]))
+      per = jax.ShapeDtypeStruct(tuple(x.shape[1:]), x.dtype, sharding=sharding)
       out.update({k: per for k in per_layer_keys(key, x.shape[0])})
     else:
       out[key] = x
@@ -173,10 +178,10 @@ def _stack_like(template: Any, restored: Any) -> Any:
     out = {}
     for key, t in template.items():
       if _is_stacked_leaf(key, t):
-        x = np.stack([np.asarray(restored[k]) for k in per_layer_keys(key, t.shape[0])])
+        parts = [restored[k] for k in per_layer_keys(key, t.shape[0])]
         sharding = getattr(t, "sharding", None)
-        out[key] = x if sharding is None else jax.make_array_from_callback(
-            x.shape, sharding, lambda index, x=x: x[index])
+        out[key] = np.stack(parts) if sharding is None else jax.jit(
+            lambda *a: jnp.stack(a), out_shardings=sharding)(*parts)
       else:
         out[key] = _stack_like(t, restored[key])
     return out
