@@ -97,8 +97,8 @@ def test_adapter_gradient_matches_the_merged_weight_gradient():
   def merged(train):
     plain = dict(frozen)
     for w_key, a_key, b_key in lora.pairs(train | frozen):
-      plain[w_key] = frozen[w_key] + 2.0 * jnp.tensordot(
-          train[a_key], train[b_key], axes=([-1], [0]))
+      per_layer = jax.vmap(lambda a, b: jnp.tensordot(a, b, axes=([-1], [0])))  # stacked
+      plain[w_key] = frozen[w_key] + 2.0 * per_layer(train[a_key], train[b_key])
     return loss(token_logprobs(plain_policy.model(plain), TOKENS, MASK))
 
   np.testing.assert_allclose(unmerged(train), merged(train), rtol=1e-5)
@@ -131,8 +131,9 @@ def test_a_step_trains_only_adapters_and_shares_the_base_with_the_reference():
     if lora.is_adapter(k):
       continue
     assert new[k] is reference[k], k  # not a copy: one frozen base for policy and reference
-  moved = [k for k in params if "_lora_b']" in k and float(jnp.abs(new[k]).max()) > 0]
-  assert len(moved) == 14  # every B left zero
+  moved = [(k, i) for k in params if "_lora_b']" in k for i in range(2)
+           if float(jnp.abs(new[k][i]).max()) > 0]
+  assert len(moved) == 14  # every B (7 targets × 2 stacked layers) left zero
   assert float(jnp.abs(policy.model(new)(TOKENS) - policy.model(reference)(TOKENS)).max()) > 0
 
 
@@ -337,10 +338,10 @@ def test_merge_adapters_makes_the_next_phase_base():
   np.testing.assert_allclose(policy.model(start)(TOKENS), policy.model(trained)(TOKENS),
                              rtol=1e-4, atol=1e-4)
   for w_key, a_key, b_key in lora.pairs(trained):
-    np.testing.assert_allclose(
-        start[w_key], np.asarray(trained[w_key]) + 2.0 * np.tensordot(
-            np.asarray(trained[a_key]), np.asarray(trained[b_key]), axes=([-1], [0])),
-        rtol=1e-5, atol=1e-6)
+    a, b = np.asarray(trained[a_key]), np.asarray(trained[b_key])  # stacked over layers
+    delta = np.stack([np.tensordot(a[i], b[i], axes=([-1], [0])) for i in range(len(a))])
+    np.testing.assert_allclose(start[w_key], np.asarray(trained[w_key]) + 2.0 * delta,
+                               rtol=1e-5, atol=1e-6)
     assert not np.asarray(start[b_key]).any() and start[a_key] is trained[a_key]
   assert lora.frozen_keys(start) == lora.frozen_keys(trained)
   embed = "['embed'].value"
