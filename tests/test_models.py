@@ -291,13 +291,14 @@ def _with_config(model, **changes):
 
 @pytest.mark.parametrize("variant,windows", [
     ("llama", None),
-    ("gemma2", (SLIDING_ATTENTION, FULL_ATTENTION, SLIDING_ATTENTION)),
-    ("gemma2", (FULL_ATTENTION, SLIDING_ATTENTION, FULL_ATTENTION))])
+    ("gemma2", (SLIDING_ATTENTION, FULL_ATTENTION, SLIDING_ATTENTION, FULL_ATTENTION)),
+    ("gemma2", (FULL_ATTENTION, FULL_ATTENTION, SLIDING_ATTENTION))])
 def test_scanned_layers_match_unrolled_and_a_per_layer_reference(variant, windows):
   """Logits, token log-probs and gradients of the scanned blocks equal the Python loop's
   (`scan_layers=False`) and a per-layer reference; with Gemma 2's alternating windows in both
-  orders (window 3 over 9 tokens: a window on the wrong layer changes the logits)."""
-  overrides = {} if windows is None else dict(num_layers=3, layer_types=windows)
+  orders, neither a palindrome (window 3 over 9 tokens: a window on the wrong layer changes
+  the logits)."""
+  overrides = {} if windows is None else dict(num_layers=len(windows), layer_types=windows)
   model = _model(variant, **overrides)
   assert model.config.scan_layers
   unrolled = _with_config(model, scan_layers=False)
