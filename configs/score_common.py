@@ -58,15 +58,18 @@ def text_task(name, *, train, eval, train_kwargs=None, eval_kwargs=None, prompt_
       shaping=shaping, shaping_weight=shaping_weight))
 
 
-def model(model_dir="", dtype="float32", **fields):
+def model(model_dir="", dtype="float32", attention="auto", **fields):
   """The `model` section (`score.trainers.common.build_model`).
 
   `dtype`: compute dtype, "float32" or "bfloat16". `base_dtype`: the stored params, float32;
   "bfloat16" stores a LoRA run's frozen base in bf16 (adapters and optimiser state stay
-  fp32). `lora`: see `lora()`; rank 0 trains every weight. `fields`: a fresh model's sizes.
+  fp32). `attention`: the kernel (`score.models.attention`): "auto" ("dense" for short
+  sequences, "blocked" — memory-efficient, no [B, N, T, S] scores — for long ones), "dense",
+  "blocked" or "cudnn" (NVIDIA GPUs with bf16 compute; untested so far). `lora`: see
+  `lora()`; rank 0 trains every weight. `fields`: a fresh model's sizes.
   """
   return ml_collections.ConfigDict(dict(model_dir=model_dir, dtype=dtype, base_dtype="float32",
-                                        lora=lora(), **fields))
+                                        attention=attention, lora=lora(), **fields))
 
 
 def lora(rank=0, alpha=16.0, targets="q,k,v,o,gate,up,down"):

@@ -4,11 +4,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from score.models.attention import blocked_attend
-from score.models.transformer import allowed_mask, attend
+from score.models import ModelConfig
+from score.models import attention
+from score.models.attention import allowed_mask, attend, blocked_attend
+from score.trainers import common
+from score.utils import config as config_lib
 
 SCALE = 0.35
 
@@ -129,3 +133,26 @@ def test_blocked_backward_memory_has_no_t_squared_term():
   small, large = (_backward_temp_bytes(blocked_attend, t) for t in (2048, 4096))
   assert large <= 2.5 * small, (small, large)
   assert large < 2048 * 4096 * 4  # far below even one [T, S] fp32 buffer
+
+
+def test_kernels_by_name_and_clear_errors():
+  boundary = attention.AUTO_BLOCKED_MIN_SLOTS
+  assert attention.kernel("auto", boundary - 1) is attention.dense_attend
+  assert attention.kernel("auto", boundary) is attention.blocked_attend
+  assert attention.kernel("dense", 10 * boundary) is attention.dense_attend
+  with pytest.raises(ValueError, match="attention='flash'; expected one of"):
+    attention.kernel("flash", 8)
+  with pytest.raises(ValueError, match="attention='flash'; expected one of"):
+    ModelConfig.tiny(attention="flash")
+  section = ml_collections.ConfigDict(dict(model_dir="", attention="flash"))
+  with pytest.raises(config_lib.ConfigError, match="model.attention='flash'"):
+    common.build_model(section, 16)
+  q, k, v, kv_mask, slots = _inputs(batch=1, t=4, s=4, n=2, k=1)
+  cudnn = functools.partial(attention.cudnn_attend, q, k, v, kv_mask, slots, None, scale=SCALE)
+  with pytest.raises(ValueError, match="soft-capping"):
+    cudnn(softcap=50.0, dtype=jnp.bfloat16)
+  with pytest.raises(ValueError, match="bfloat16 or float16 compute, not float32"):
+    cudnn(softcap=None, dtype=jnp.float32)
+  if jax.default_backend() != "gpu":
+    with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
+      cudnn(softcap=None, dtype=jnp.bfloat16)

@@ -19,6 +19,18 @@ sliding window only the blocks inside the window.
 A row with no allowed key (a left-padding query: every slot up to its own is padding) gets,
 as in the dense kernel (whose finite -1e30 mask makes its softmax uniform), the mean of the
 values over all S slots. Such rows are padding, never read by a real token.
+
+Kernels by name (`ModelConfig.attention`, a model config's `attention`), each called as
+`kernel(q_BxTxNxH, k, v, kv_mask_BxS, query_slots_BxT, window, scale=, softcap=, dtype=,
+cache_layout=)`:
+
+  'dense'    `attend` on the materialised `allowed_mask`: fp32 [B, N, T, S] scores. Fastest
+             for short sequences on CPU.
+  'blocked'  `blocked_attend` above: every platform, every feature, memory O(T + S).
+  'cudnn'    `jax.nn.dot_product_attention(implementation='cudnn')`, cuDNN's fused kernel:
+             NVIDIA GPUs and bf16 compute only, no soft-capping (Gemma 2: an error naming
+             'blocked'). UNTESTED: no GPU has been lent to this project yet.
+  'auto'     'dense' below AUTO_BLOCKED_MIN_SLOTS key slots, 'blocked' from there on.
 """
 
 from __future__ import annotations
@@ -32,8 +44,16 @@ import jax.numpy as jnp
 Array = jax.Array
 _NEG_INF = -1e30  # the dense kernel's mask value; exp(_NEG_INF - m) is 0 for any real m
 
-DEFAULT_BLOCK_Q = 512
-DEFAULT_BLOCK_K = 512
+
+
+def default_block(length: int) -> int:
+  """Block size for a query or key length: 128 up to 1024, 256 beyond.
+
+  The fastest of 64 / 128 / 256 / 512 for a forward + backward on XLA:CPU (2 cores, B x T =
+  4 x 512, 4 x 1024, 1 x 2048, 1 x 4096, N = 8, H = 64) and for a decode step against a
+  1024-slot cache.
+  """
+  return 128 if length <= 1024 else 256
 
 
 def _einsum(spec: str, a: Array, b: Array) -> Array:
@@ -73,8 +93,8 @@ def _balanced_block(length: int, block: int) -> int:
 
 def blocked_attend(q_BxTxNxH: Array, k: Array, v: Array, kv_mask_BxS: Array,
                    query_slots_BxT: Array, window, *, scale: float, softcap: float | None,
-                   dtype, cache_layout: bool = False, block_q: int = DEFAULT_BLOCK_Q,
-                   block_k: int = DEFAULT_BLOCK_K) -> Array:
+                   dtype, cache_layout: bool = False, block_q: int | None = None,
+                   block_k: int | None = None) -> Array:
   """Grouped-query attention by blocks; same values as the dense kernel, [B, T, N, H] in `dtype`.
 
   Args:
@@ -88,14 +108,16 @@ def blocked_attend(q_BxTxNxH: Array, k: Array, v: Array, kv_mask_BxS: Array,
     softcap: Gemma 2's tanh soft-capping of the scores (None: off).
     dtype: compute dtype of the matmul operands and the output; scores, softmax statistics
       and accumulators are fp32.
-    block_q, block_k: largest query / key block. T and S are cut into equal blocks of at most
-      this size (padded to a multiple of it; padded keys are masked, padded queries dropped).
+    block_q, block_k: largest query / key block (None: `default_block` of T / S). T and S are
+      cut into equal blocks of at most this size (padded to a multiple of it; padded keys are
+      masked, padded queries dropped).
   """
   b, t, n, h = q_BxTxNxH.shape
   s_axis = 2 if cache_layout else 1
   s = k.shape[s_axis]
   num_kv = k.shape[3 - s_axis]
-  bq, bk = _balanced_block(t, block_q), _balanced_block(s, block_k)
+  bq = _balanced_block(t, block_q or default_block(t))
+  bk = _balanced_block(s, block_k or default_block(s))
   pad_t, pad_s = -t % bq, -s % bk
   q = q_BxTxNxH.astype(dtype).reshape(b, t, num_kv, n // num_kv, h)
   q = jnp.pad(q, ((0, 0), (0, pad_t), (0, 0), (0, 0), (0, 0)))
@@ -267,3 +289,89 @@ def _flash_bwd(opts: _Opts, residuals, d_out):
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+# -- the dense kernel and the registry ----------------------------------------------------
+
+
+def allowed_mask(kv_mask_BxS: Array, query_slots_BxT: Array, window) -> Array:
+  """[b, t, s]: slot s is a real token, not after query t's slot, and inside the window.
+
+  `window` is a (traced) int32 scalar, an int or None; 0 or None means no window.
+  """
+  s = jnp.arange(kv_mask_BxS.shape[1])[None, None, :]
+  q = query_slots_BxT[:, :, None]
+  ok = (kv_mask_BxS[:, None, :] > 0) & (s <= q)
+  if window is None:
+    return ok
+  return ok & ((window <= 0) | (q - s < window))
+
+
+def attend(q_BxTxNxH, k, v, allowed_BxTxS, *, scale, softcap, dtype, cache_layout=False):
+  """Grouped-query attention against a materialised mask; scores and softmax in fp32.
+
+  Keys and values are [B, S, K, H] (the projections' layout), or with `cache_layout` [B, K,
+  S, H], the KV cache's layout, which a decode step's matmuls read in place (with the cache
+  stored [B, S, K, H], XLA copied all of it into this layout at every step).
+  """
+  b, t, n, h = q_BxTxNxH.shape
+  kv = "bksh" if cache_layout else "bskh"
+  num_kv = k.shape[1 if cache_layout else 2]
+  q = q_BxTxNxH.reshape(b, t, num_kv, n // num_kv, h)
+  scores = jnp.einsum(f"btkgh,{kv}->bkgts", q, k.astype(dtype),
+                      preferred_element_type=jnp.float32) * scale
+  if softcap:
+    scores = jnp.tanh(scores / softcap) * softcap
+  scores = jnp.where(allowed_BxTxS[:, None, None], scores, _NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  out = jnp.einsum(f"bkgts,{kv}->btkgh", probs, v.astype(dtype))
+  return out.reshape(b, t, n, h)
+
+
+def dense_attend(q_BxTxNxH, k, v, kv_mask_BxS, query_slots_BxT, window, *, scale, softcap,
+                 dtype, cache_layout=False):
+  """`attend` on the [B, T, S] `allowed_mask`."""
+  return attend(q_BxTxNxH, k, v, allowed_mask(kv_mask_BxS, query_slots_BxT, window),
+                scale=scale, softcap=softcap, dtype=dtype, cache_layout=cache_layout)
+
+
+def cudnn_attend(q_BxTxNxH, k, v, kv_mask_BxS, query_slots_BxT, window, *, scale, softcap,
+                 dtype, cache_layout=False):
+  """cuDNN's fused attention through `jax.nn.dot_product_attention` (NVIDIA GPUs, bf16).
+
+  UNTESTED: written without a GPU. The mask goes in as `allowed_mask` [B, 1, T, S] (cuDNN
+  turns it into a bias: T x S bytes, not the dense kernel's fp32 scores per head). A query
+  with no allowed key (left padding) is let see its own slot, so that it stays finite (the
+  dense kernel's -1e30 gives such rows a uniform average; their output is padding either way).
+  """
+  if softcap:
+    raise ValueError("attention='cudnn' cannot express logit soft-capping "
+                     f"(attn_logit_softcap={softcap}, Gemma 2); use 'blocked' or 'dense'")
+  if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(f"attention='cudnn' needs bfloat16 or float16 compute, not "
+                     f"{jnp.dtype(dtype).name} (model.dtype); use 'blocked' or 'dense'")
+  if jax.default_backend() != "gpu":
+    raise ValueError(f"attention='cudnn' needs an NVIDIA GPU; this process runs on "
+                     f"{jax.default_backend()!r}: use 'blocked' or 'dense'")
+  if cache_layout:
+    k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)
+  allowed = allowed_mask(kv_mask_BxS, query_slots_BxT, window)
+  own_slot = jnp.arange(k.shape[1])[None, None, :] == query_slots_BxT[:, :, None]
+  allowed |= own_slot & ~jnp.any(allowed, axis=-1, keepdims=True)
+  return jax.nn.dot_product_attention(
+      q_BxTxNxH.astype(dtype), k.astype(dtype), v.astype(dtype), mask=allowed[:, None],
+      scale=scale, implementation="cudnn")
+
+
+KERNELS = {"dense": dense_attend, "blocked": blocked_attend, "cudnn": cudnn_attend}
+CHOICES = ("auto", *KERNELS)
+AUTO_BLOCKED_MIN_SLOTS = 256  # 'auto': 'dense' below this many key slots, 'blocked' from here
+
+
+def kernel(choice: str, num_slots: int):
+  """The kernel that `choice` (one of CHOICES) names for attention over `num_slots` keys."""
+  if choice == "auto":
+    choice = "blocked" if num_slots >= AUTO_BLOCKED_MIN_SLOTS else "dense"
+  if choice not in KERNELS:
+    raise ValueError(f"attention={choice!r}; expected one of {CHOICES}")
+  return KERNELS[choice]

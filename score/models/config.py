@@ -11,6 +11,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from score.models import attention as attention_lib
+
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # the projections LoRA can adapt
@@ -72,6 +74,10 @@ class ModelConfig:
   # "dots" (also the projections' outputs).
   remat: str = "none"
   scan_layers: bool = True  # apply the stacked blocks with lax.scan (False: a Python loop)
+  # Attention kernel by name (`attention.KERNELS`): "dense" (fp32 [B, N, T, S] scores),
+  # "blocked" (flash-attention algorithm, memory O(T + S)), "cudnn" (NVIDIA GPUs, untested)
+  # or "auto" ("dense" below `attention.AUTO_BLOCKED_MIN_SLOTS` key slots, else "blocked").
+  attention: str = "auto"
 
   # LoRA (`score.models.lora`): rank 0 = off; else adapters (alpha / rank)·(x·A)·B on the
   # `lora_targets` projections (q, k, v, o, gate, up, down), stored in float32.
@@ -87,6 +93,7 @@ class ModelConfig:
       raise ValueError(f"activation={self.activation!r}; expected silu, gelu_tanh or gelu")
     if self.remat not in REMAT_MODES:
       raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_MODES}")
+    attention_choice(self.attention)
     if self.rope_type not in ("default", "linear", "llama3"):
       raise ValueError(f"rope_type={self.rope_type!r}; expected default, linear or llama3")
     if self.layer_types is not None:
@@ -198,6 +205,13 @@ def compute_dtype(name) -> Any:
   if name not in COMPUTE_DTYPES:
     raise ValueError(f"dtype={name!r}; expected one of {sorted(COMPUTE_DTYPES)}")
   return COMPUTE_DTYPES[name]
+
+
+def attention_choice(name: str) -> str:
+  """`name` if it names an attention kernel (`attention.CHOICES`), else a ValueError."""
+  if name not in attention_lib.CHOICES:
+    raise ValueError(f"attention={name!r}; expected one of {list(attention_lib.CHOICES)}")
+  return name
 
 
 _QWEN25 = dict(

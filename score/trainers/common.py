@@ -63,7 +63,8 @@ def build_model(cfg, vocab_size: int | None = None, *, seed: int = 0, lora_on: b
     cfg: the `model` section of a config: `model_dir` ("" for a fresh model), optionally
       `dtype` (the compute dtype, "float32" (default) or "bfloat16"), `base_dtype` (the
       stored params: "float32", or "bfloat16" for a LoRA run's frozen base; adapters and
-      optimiser state stay float32), `lora` (`rank` (0: off), `alpha`, `targets`; see
+      optimiser state stay float32), `attention` (the kernel, `ModelConfig.attention`: "auto"
+      (default), "dense", "blocked", "cudnn"), `lora` (`rank` (0: off), `alpha`, `targets`; see
       `score.models.lora`) and, for a fresh model, `hidden_size`, `num_layers`, `num_heads`,
       `num_kv_heads`, `head_dim`, `intermediate_size`.
     vocab_size: vocabulary of a fresh model.
@@ -76,6 +77,7 @@ def build_model(cfg, vocab_size: int | None = None, *, seed: int = 0, lora_on: b
   """
   try:
     dtype = model_config.compute_dtype(cfg.get("dtype", "float32"))
+    attention = model_config.attention_choice(cfg.get("attention", "auto"))
   except ValueError as e:
     raise config_lib.ConfigError(f"model.{e}") from None
   storage = storage_fields(cfg, lora_on=lora_on)
@@ -87,7 +89,7 @@ def build_model(cfg, vocab_size: int | None = None, *, seed: int = 0, lora_on: b
       from score import parallel  # pylint: disable=g-import-not-at-top
       sharding = functools.partial(parallel.named_sharding, mesh)
     return hf.from_pretrained(cfg.model_dir, dtype=dtype, sharding=sharding, seed=seed,
-                              **storage)
+                              attention=attention, **storage)
   config = ModelConfig.from_section(cfg, vocab_size).replace(
       lora_rank=storage.get("lora_rank", 0))
   return Transformer(config, rngs=nnx.Rngs(seed))
