@@ -297,7 +297,8 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 def allowed_mask(kv_mask_BxS: Array, query_slots_BxT: Array, window) -> Array:
   """[b, t, s]: slot s is a real token, not after query t's slot, and inside the window.
 
-  `window` is a (traced) int32 scalar, an int or None; 0 or None means no window.
+  `window` is a (traced) int32 scalar, an int or None; 0 or None means no window (full
+  attention), so one scanned per-layer array serves sliding and global layers alike.
   """
   s = jnp.arange(kv_mask_BxS.shape[1])[None, None, :]
   q = query_slots_BxT[:, :, None]

@@ -29,11 +29,11 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from score.models import attention as attention_lib
 from score.models import lora
 from score.models.config import REMAT_MODES, ModelConfig
 
 Array = jax.Array
-_NEG_INF = -1e30  # finite, so rows with no allowed key give a uniform softmax, not NaN
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -196,41 +196,6 @@ def apply_rope(x_BxTxNxH: Array, positions_BxT: Array, inv_freq: np.ndarray) -> 
   return (x * cos + rotated * sin).astype(x_BxTxNxH.dtype)
 
 
-def attend(q_BxTxNxH, k, v, allowed_BxTxS, *, scale, softcap, dtype, cache_layout=False):
-  """Grouped-query attention; scores and softmax in fp32.
-
-  Keys and values are [B, S, K, H] (the projections' layout), or with `cache_layout` [B, K,
-  S, H], the KV cache's layout, which a decode step's matmuls read in place (with the cache
-  stored [B, S, K, H], XLA copied all of it into this layout at every step).
-  """
-  b, t, n, h = q_BxTxNxH.shape
-  kv = "bksh" if cache_layout else "bskh"
-  num_kv = k.shape[1 if cache_layout else 2]
-  q = q_BxTxNxH.reshape(b, t, num_kv, n // num_kv, h)
-  scores = jnp.einsum(f"btkgh,{kv}->bkgts", q, k.astype(dtype),
-                      preferred_element_type=jnp.float32) * scale
-  if softcap:
-    scores = jnp.tanh(scores / softcap) * softcap
-  scores = jnp.where(allowed_BxTxS[:, None, None], scores, _NEG_INF)
-  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-  out = jnp.einsum(f"bkgts,{kv}->btkgh", probs, v.astype(dtype))
-  return out.reshape(b, t, n, h)
-
-
-def allowed_mask(kv_mask_BxS: Array, query_slots_BxT: Array, window) -> Array:
-  """[b, t, s]: slot s is a real token, not after query t's slot, and inside the window.
-
-  `window` is a (traced) int32 scalar, an int or None; 0 or None means no window (full
-  attention), so one scanned per-layer array serves sliding and global layers alike.
-  """
-  s = jnp.arange(kv_mask_BxS.shape[1])[None, None, :]
-  q = query_slots_BxT[:, :, None]
-  ok = (kv_mask_BxS[:, None, :] > 0) & (s <= q)
-  if window is None:
-    return ok
-  return ok & ((window <= 0) | (q - s < window))
-
-
 class LayerCache(NamedTuple):
   """The KV cache as one block sees it inside the scan over layers: every layer's keys and
   values, each [L, B, K, S, H] (the scan's carry, so a decode step updates it in place), and
@@ -300,9 +265,10 @@ class Attention(nnx.Module):
     k = apply_rope(k, positions_BxT, inv_freq)
     if kv_cache is not None:  # k, v: this layer's [B, K, S, H]
       kv_cache, k, v = kv_cache.write(k, v, cache_index)
-    allowed_BxTxS = allowed_mask(kv_mask_BxS, query_slots_BxT, window)
-    out = attend(q, k, v, allowed_BxTxS, scale=c.attn_scale, softcap=c.attn_logit_softcap,
-                 dtype=dt, cache_layout=kv_cache is not None)
+    cache_layout = kv_cache is not None
+    kernel = attention_lib.kernel(c.attention, k.shape[2 if cache_layout else 1])
+    out = kernel(q, k, v, kv_mask_BxS, query_slots_BxT, window, scale=c.attn_scale,
+                 softcap=c.attn_logit_softcap, dtype=dt, cache_layout=cache_layout)
     y = _projection(self, "o", out, (0, 1))
     if c.o_bias:
       y = y + self.o_bias.value.astype(dt)
