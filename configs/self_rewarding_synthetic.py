@@ -8,8 +8,9 @@ improves itself for two iterations (M1 → M2 → M3) with pairs it judged itsel
 that scores every response exactly is never shown to it. `:runlocal` is a seconds-long smoke
 version (tests); `:controls` adds the oracle-judge loop (the ceiling) to the same workdir.
 
-Measured (design run, commit c77070d + this config with 256 instructions per iteration, 500
-evaluation and 200 held-out EFT instructions; seed 0; 2-core VM shared with other jobs):
+Measured (design run, commit c77070d + this config with 500 evaluation and 200 held-out EFT
+instructions; seed 0; 2-core VM shared with other jobs; NOT reproduced at 512 instructions per
+iteration, see the README):
 oracle quality (0–5, 95 % CI) M1 4.48 [4.43, 4.53] → M2 4.87 [4.84, 4.91] → M3 4.92
 [4.89, 4.95]; random-judge M3 4.58; M3 vs SFT baseline win/tie/loss 44.4 / 52.8 / 2.8 %.
 Design notes, the full table and the designs that did not work: README, "Self-Rewarding LMs
@@ -55,7 +56,9 @@ def get_config(arg=None):
       # "few_shot": written by the frozen SFT baseline (the paper's fixed generator); "task":
       # drawn from the grammar (runlocal only: an untrained generator writes no instruction).
       source="task" if local else "few_shot",
-      num_prompts=16 if local else 512, temperature=1.0, top_p=0.9, max_new_tokens=16,
+      # 256: the design run that showed M1 < M2 < M3; at 512 (twice the DPO steps) two runs
+      # over-optimised and got worse (README).
+      num_prompts=16 if local else 256, temperature=1.0, top_p=0.9, max_new_tokens=16,
       oversample=1.5, max_rounds=4))
   c.candidates = ml_collections.ConfigDict(dict(num=4, temperature=0.7, top_p=0.9,
                                                 max_new_tokens=16))
