@@ -19,9 +19,11 @@ Rows (per device, bytes of the shards the logical-axis rules give that device):
                params (none with LoRA: the reference is the shared base, adapters off);
   activations  an *estimate* of what the backward pass keeps: per layer and token
                (compute dtype `a` bytes) a·(4D + 3NH + 4KH + 4F) for the projections plus
-               (4 + a)·N·T for the attention scores (fp32) and probabilities, with N, K, F
-               divided by `tensor` when it divides them; with `--remat block` only each
-               block's input a·D is kept per layer, plus one layer's full set; plus the
+               (4 + a)·N·T for dense attention's scores (fp32) and probabilities, or 4·N
+               for the blocked kernel's logsumexp (`model.attention`; 'auto' is blocked
+               from 256 keys), with N, K, F divided by `tensor` when it divides them; with
+               `--remat block` only each block's input a·D is kept per layer, with `dots`
+               also the projections' outputs, plus one layer's full set; plus the
                chunked log-softmax (B × 128 × V fp32, three copies). Batch rows per device
                = ceil(B / (data × fsdp)).
   kv cache     sampling cache for the same B × T: 2 · layers · B · T · K · H · a;
@@ -54,6 +56,7 @@ from flax import nnx
 
 from score.losses import score as score_losses
 from score.models import ModelConfig, Transformer, lora, token_logprobs
+from score.models import attention as attention_lib
 from score.parallel import mesh as mesh_lib
 from score.parallel import train as parallel_train
 
@@ -147,10 +150,17 @@ def activation_bytes(c: ModelConfig, sizes: dict[str, int], batch: int, seq: int
   d, h, f = c.hidden_size, c.head_dim, c.intermediate_size
   n, k = _split(c.num_heads, t), _split(c.num_kv_heads, t)
   ff = _split(f, t)
-  per_token_layer = a * (4 * d + 3 * n * h + 4 * k * h + 4 * ff) + (4 + a) * n * seq
+  # Dense attention keeps fp32 scores and the probabilities (T² per head); the blocked
+  # kernel keeps one fp32 logsumexp per query row and head.
+  dense = attention_lib.kernel(c.attention, seq) is attention_lib.dense_attend
+  scores = (4 + a) * n * seq if dense else 4 * n
+  per_token_layer = a * (4 * d + 3 * n * h + 4 * k * h + 4 * ff) + scores
   full_layer = b * seq * per_token_layer
   if remat == "block":
     layers = c.num_layers * b * seq * d * a + full_layer
+  elif remat == "dots":  # the projections' outputs (q, k, v, o, gate, up, down) per layer
+    saved = a * (n * h + 2 * k * h + 2 * d + 2 * ff)
+    layers = c.num_layers * b * seq * (saved + d * a) + full_layer
   else:
     layers = c.num_layers * full_layer
   logits = 3 * b * min(_LOGP_CHUNK, seq) * _split(c.vocab_size, t) * 4
@@ -304,7 +314,7 @@ def plan(config: ModelConfig, mesh_shape: mesh_lib.MeshShape | str, *, batch: in
   elif num_devices is None:
     num_devices = jax.device_count()
   sizes = dict(zip(mesh_lib.AXES, shape.resolve(num_devices)))
-  remat = remat or "none"
+  remat = remat or config.remat
   config = parallel_train.apply_remat(config, remat)
   params, axes = abstract_params(config)
   frozen = lora.frozen_keys(params)
