@@ -176,6 +176,7 @@ def main(argv=None):
     times["ref_logprobs"] = time.perf_counter() - t
     times["ref_logprobs_cpu"] = time.process_time() - c
     batch = {"tokens": tokens, "mask": mask, "turn_mask": jnp.asarray(episodes.turn_mask_BxL),
+             "sampler_logp": jnp.asarray(episodes.logprobs_BxL),
              "ref_logp": ref_logp, "r1": jnp.asarray(rewards[:, 0]),
              "r2": jnp.asarray(rewards[:, 1])}
     t, c = time.perf_counter(), time.process_time()

@@ -73,7 +73,8 @@ def test_missing_model_dir_is_a_clear_error(tmp_path):
   proc = _launch(str(tmp_path / "w"), "--config.model.model_dir=/no/such/dir")
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode != 0
-  assert "/no/such/dir" in out and "not a directory" in out
+  assert "model.model_dir '/no/such/dir' does not exist" in out
+  assert not (tmp_path / "w" / "run_info.json").exists()  # stopped before any work
 
 
 def test_checkpointer_roundtrip_and_nan_error(tmp_path):
