@@ -350,10 +350,11 @@ def main(argv=None):
   flops = {k: 10 * n_matmul * common.median([i["episode_tokens"] for i in infos[k]])
            for k in infos}
   spec = common.spec_peak_flops(args.dtype, args.peak_tflops)
-  mfu = {f"{k}_mfu": round(flops[k] / s["total"] / peak, 3)
+  # Three significant digits: a tiny model's MFU is small, not zero.
+  mfu = {f"{k}_mfu": float(f"{flops[k] / s['total'] / peak:.3g}")
          for k, s in (("jax", jax_s), ("torch", torch_s))}
   if spec:
-    mfu.update({f"{k}_mfu_spec": round(flops[k] / s["total"] / spec, 3)
+    mfu.update({f"{k}_mfu_spec": float(f"{flops[k] / s['total'] / spec:.3g}")
                 for k, s in (("jax", jax_s), ("torch", torch_s))})
   result = {
       "benchmark": "rl_step",
