@@ -191,7 +191,7 @@ def _compile_stats(fn, *args, **jit_kwargs) -> dict[str, float]:
 
 
 def _abstract_model(config: ModelConfig, mesh):
-  """(graphdef, rebuild(params) -> model, params {key: ShapeDtypeStruct}, {key: sharding})."""
+  """(rebuild(params) -> model, params {key: ShapeDtypeStruct}, {key: sharding})."""
   graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
   leaves, treedef = jax.tree_util.tree_flatten(state)
   axes = mesh_lib.logical_axes(state)
