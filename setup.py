@@ -29,6 +29,9 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = [
     "pytest>=8",
     "pytest-timeout>=2.3",
+    # The fast tier runs in two processes (`-n 2 --dist loadscope`: a module's tests, and its
+    # module-scoped fixtures, stay in one process).
+    "pytest-xdist>=3.6",
     # The CPU wheel on these machines; an unpinned torch pulls a multi-GB CUDA build.
     "torch==2.13.0",
     # LoRA export parity (tests/test_lora.py); installs with the torch above (its own

@@ -86,7 +86,8 @@ def test_torch_device_resolution():
       common.torch_device("cuda", torch)
 
 
-@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=pytest.mark.slow)])
+@pytest.mark.slow  # benchmark smokes are all slow (train_step, sampler too)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_rl_step_smoke(dtype):
   r = _run("rl_step.py", "--dtype", dtype)
   assert r["benchmark"] == "rl_step" and r["dtype"] == dtype

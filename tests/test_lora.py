@@ -253,6 +253,7 @@ def test_two_models_sharing_a_base_keep_one_copy_on_the_mesh():
     assert (v[k] is p[k]) == (not lora.is_adapter(k)), k
 
 
+@pytest.mark.slow  # fast: test_a_step_trains_only_adapters_and_shares_the_base_with_the_reference
 def test_grpo_with_lora_learns_the_toy_target(tmp_path):
   """GRPO end to end with rank-4 adapters and a k3 KL to the reference (the base)."""
   from score.trainers import grpo  # pylint: disable=g-import-not-at-top

@@ -352,6 +352,7 @@ def test_code_env_repairs_are_graded_in_the_sandbox(monkeypatch, tmp_path):
 # The suite: configs/score_humaneval.py:runlocal writes the MBPP-R column.
 
 
+@pytest.mark.slow  # fast: the SCoRe suite smoke in test_score_trainer
 def test_suite_mbpp_r_column_and_user_file(tmp_path):
   from score.trainers import suite  # pylint: disable=g-import-not-at-top
   c = _humaneval_config(methods=("base",))

@@ -276,6 +276,7 @@ def test_suite_trains_on_a_mesh(tmp_path):
   assert os.path.isdir(os.path.join(str(tmp_path), "checkpoints", "score", "r0_stage2"))
 
 
+@pytest.mark.slow  # fast: test_lora's bf16 base + test_models' bf16 dots
 def test_bfloat16_compute_trains_with_float32_params(tmp_path):
   """`model.dtype=bfloat16`: the model computes in bf16, params and updates stay fp32, and a
   Stage I + Stage II run gives finite losses and moves every parameter."""

@@ -126,6 +126,7 @@ def assert_params_close(one, sharded, init, rtol=2e-2, skip=()):
 # One device vs the mesh, trainer by trainer.
 
 
+@pytest.mark.slow  # fast representative: test_dpo_on_a_mesh_matches_one_device
 def test_grpo_on_a_mesh_matches_one_device(tmp_path, references, sharded_sampling):
   """β > 0 and the KL in the loss: the frozen reference is used and sharded like the policy.
   The rollouts are sampled on the mesh (one sharded sampler call per step)."""
@@ -144,6 +145,7 @@ def test_grpo_on_a_mesh_matches_one_device(tmp_path, references, sharded_samplin
   assert_params_close(one, sharded, params)
 
 
+@pytest.mark.slow  # fast representative: test_dpo_on_a_mesh_matches_one_device
 def test_ppo_on_a_mesh_matches_one_device(tmp_path, references, sharded_sampling):
   """Policy and value model both sharded; KL to the (sharded) reference in the reward."""
   policy, params = tiny_policy(seed=1)
@@ -181,6 +183,7 @@ def _rm_batches(step):
   return tokens, np.ones_like(tokens), ranks
 
 
+@pytest.mark.slow  # fast: test_parallel's sharded restore
 def test_reward_model_on_a_mesh_matches_one_device_and_resumes_sharded(tmp_path):
   model_def, params = _rm_model()
   cfg = ml_collections.ConfigDict(dict(steps=3, lr=1e-2, checkpoint_every=1, log_every=1))
@@ -278,6 +281,7 @@ def test_generate_on_a_mesh_gives_the_greedy_tokens_of_one_device(bucket, sharde
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow  # fast: test_generate_on_a_mesh_gives_the_greedy_tokens_of_one_device
 @pytest.mark.parametrize("instruction", [[5, 6], lambda turn, context, response: [5, 6]])
 def test_rollout_on_a_mesh_gives_the_greedy_episodes_of_one_device(sharded_sampling,
                                                                    instruction):
@@ -301,6 +305,7 @@ def test_rollout_on_a_mesh_gives_the_greedy_episodes_of_one_device(sharded_sampl
 # Checkpoints of sharded state through the training loop.
 
 
+@pytest.mark.slow  # fast: test_parallel's sharded restore
 def test_train_loop_restores_sharded_state_with_the_templates_shardings(tmp_path):
   """Save a sharded (params, Adam state) through `train_loop`, restart: every restored array
   has its template's sharding (not device 0's) and the saved values; numpy stays numpy."""
@@ -425,6 +430,7 @@ def test_runlocal_configs_run_on_a_mesh(module, trainer, phases, tmp_path, monke
     assert json.load(f)["results"]
 
 
+@pytest.mark.slow  # fast: test_score_micro_batches_on_a_mesh_keep_groups_whole
 def test_score_on_a_mesh_matches_one_device(tmp_path, references, sharded_sampling,
                                             monkeypatch):
   """SCoRe Stage I + Stage II (β1, β2 > 0: the reference is used, sharded like the policy);
@@ -588,6 +594,7 @@ def _random_minibatch(policy, params, rows=8, length=8, seed=0):
           "returns": f(rows, length), "old_values": f(rows, length)}
 
 
+@pytest.mark.slow  # fast: test_sft_step_micro_batches_are_the_full_batch_token_mean
 def test_grpo_and_ppo_updates_accumulate_micro_batches():
   """GRPO's and PPO's (two models, their own step) updates with 2 micro-batches: the params
   of the full-batch update (sequence-normalised losses: exact)."""
@@ -618,6 +625,7 @@ def test_grpo_and_ppo_updates_accumulate_micro_batches():
     np.testing.assert_allclose(acc_m[k], one_m[k], rtol=1e-5, err_msg=k)
 
 
+@pytest.mark.slow  # fast: test_sft_step_micro_batches_are_the_full_batch_token_mean
 def test_sft_train_applies_micro_batches_and_remat_on_a_mesh(tmp_path, monkeypatch):
   """`sft.train(config)` on the (2, 2, 1) mesh with `mesh.micro_batches=2`, and with
   `mesh.remat="block"`: the params of the plain mesh run (micro-batching: the same token mean;
@@ -717,6 +725,7 @@ def test_trainers_reject_batches_that_do_not_split_into_micro_batches(tmp_path):
                   mesh_cfg=parallel.mesh_config(data=1, fsdp=1, micro_batches=4))
 
 
+@pytest.mark.slow  # fast: test_generation_and_evaluation_sample_on_the_models_mesh
 def test_suite_evaluates_on_the_mesh(tmp_path, sharded_sampling):
   """The self-correction suite's greedy evaluation samples on the configured mesh and gives
   the one-device attempts."""
