@@ -1,6 +1,7 @@
 """Transformer forward, KV-cache decode, token_logprobs, dtypes and shapes (no torch needed)."""
 
 import functools
+import re
 
 import jax
 from jax import test_util as jax_test_util
@@ -10,6 +11,7 @@ import pytest
 from flax import nnx
 
 from score.models import ModelConfig, Transformer, token_logprobs
+from score.models import attention as attention_lib
 from score.models.config import FULL_ATTENTION, SLIDING_ATTENTION
 from score.models.transformer import project
 
@@ -105,6 +107,30 @@ def test_project_bf16_gradient_runs_where_xla_cpu_lacks_the_mixed_dot(x_shape, w
   rx, rw = jax.grad(loss, (0, 1))(x.astype(jnp.float32), w.astype(jnp.float32))
   np.testing.assert_allclose(gw.astype(jnp.float32), rw, rtol=2e-2, atol=2e-2 * float(abs(rw).max()))
   np.testing.assert_allclose(gx.astype(jnp.float32), rx, rtol=2e-2, atol=2e-2 * float(abs(rx).max()))
+
+
+def _dot_operand_types(fn, *args) -> list[str]:
+  """The operand element types of every dot in `fn`'s lowered (CPU) program."""
+  text = jax.jit(fn).lower(*args).as_text()
+  return re.findall(r"dot_general.*?: \(tensor<[^>]*x(\w+)>, tensor<[^>]*x(\w+)>\)", text)
+
+
+def test_accelerator_dots_keep_bf16_operands_in_compile_only_programs():
+  """CPU programs upcast bf16 dot operands (XLA:CPU lacks some mixed dots); under
+  `accelerator_dots` (the planner's `--dots accelerator`) the projection and the attention
+  einsums lower as accelerators run them: bf16 operands, fp32 accumulation."""
+  x = jnp.ones((2, 3, 4), jnp.bfloat16)
+  w = jnp.ones((4, 5), jnp.bfloat16)
+  q = jnp.ones((1, 3, 1, 2, 4), jnp.bfloat16)  # [B, T, K, G, H]
+  k = jnp.ones((1, 3, 1, 4), jnp.bfloat16)  # [B, S, K, H]
+  fns = [lambda: lambda x, w: project(x, w, (0,), jnp.float32),  # a new function per lowering
+         lambda: lambda q, k: attention_lib._einsum("btkgh,bskh->bkgts", q, k)]  # pylint: disable=protected-access
+  for fn, args in zip(fns, [(x, w), (q, k)]):
+    assert _dot_operand_types(fn(), *args) == [("f32", "f32")]
+    with attention_lib.accelerator_dots():
+      assert _dot_operand_types(fn(), *args) == [("bf16", "bf16")]
+      assert jax.eval_shape(fn(), *args).dtype == jnp.float32
+    assert _dot_operand_types(fn(), *args) == [("f32", "f32")]  # the context is left
 
 
 def test_forward_shape_and_dtype():
@@ -291,7 +317,8 @@ def _with_config(model, **changes):
 
 @pytest.mark.parametrize("variant,windows", [
     ("llama", None),
-    ("gemma2", (SLIDING_ATTENTION, FULL_ATTENTION, SLIDING_ATTENTION, FULL_ATTENTION)),
+    pytest.param("gemma2", (SLIDING_ATTENTION, FULL_ATTENTION, SLIDING_ATTENTION,
+                            FULL_ATTENTION), marks=pytest.mark.slow),  # fast: the odd order
     ("gemma2", (FULL_ATTENTION, FULL_ATTENTION, SLIDING_ATTENTION))])
 def test_scanned_layers_match_unrolled_and_a_per_layer_reference(variant, windows):
   """Logits, token log-probs and gradients of the scanned blocks equal the Python loop's

@@ -360,6 +360,7 @@ def test_sharded_checkpoint_restores_onto_another_mesh(tmp_path, sft_setup):
     np.testing.assert_array_equal(restored["params"][k], params[k])
 
 
+@pytest.mark.slow  # old (per-layer) checkpoints; fast: test_parallel's stacked restores
 def test_checkpoint_written_per_layer_restores_stacked_onto_a_mesh(tmp_path):
   """A checkpoint written before the blocks were stacked (params and Adam's mu/nu keyed per
   layer) restores into the stacked template: each layer's arrays in its slot of the layer
@@ -480,6 +481,31 @@ def test_plan_lora_trains_adapters_only_on_a_shared_bf16_base():
   assert p.optimizer == 2 * 4 * adapter_elems and p.reference == 0 and p.lora_rank == 2
   batch_bytes = 4 * (4 * 16 * 4) + 2 * 4 * 4
   assert p.compiled["argument"] == p.params + p.optimizer + batch_bytes + 4
+
+
+def test_plan_accelerator_dots_hold_no_per_layer_fp32_weight_copies():
+  """XLA:CPU computes bf16 dots in fp32 and hoists the converts of every layer's weights out of
+  the layer scan, so a bf16 decode step's compiled temp grows with depth (`--dots cpu`, the
+  default: an upper bound); `--dots accelerator` compiles the mixed-precision dots without that
+  hoisting, and the decode step's temp no longer depends on the number of layers."""
+  require_devices()
+  temps = {}
+  for layers in (2, 4):
+    config = tiny_config(qkv_bias=False, num_layers=layers).replace(
+        lora_rank=2, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
+    for dots in plan_lib.DOTS:
+      p = plan_lib.plan(config, "data=1,fsdp=1,tensor=1", batch=4, seq=16, compile=True,
+                        trainer="score", dots=dots)
+      assert p.to_json()["dots"] == dots
+      temps[dots, layers] = {k: p.compiled[k]["temp"] for k in ("decode", "reference")}
+      temps[dots, layers]["update"] = p.compiled["temp"]
+  assert temps["cpu", 4]["decode"] > temps["cpu", 2]["decode"]
+  assert temps["accelerator", 4]["decode"] == temps["accelerator", 2]["decode"]
+  for layers in (2, 4):
+    for k in ("decode", "reference", "update"):
+      assert temps["accelerator", layers][k] < temps["cpu", layers][k], (layers, k)
+  with pytest.raises(ValueError, match="dots="):
+    plan_lib.compiled_memory(tiny_config(), None, 4, 16, dots="gpu")
 
 
 def test_plan_cli_presets_without_compiling(capsys):

@@ -35,6 +35,7 @@ cache_layout=)`:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, NamedTuple
 
@@ -56,6 +57,30 @@ def default_block(length: int) -> int:
   return 128 if length <= 1024 else 256
 
 
+_CPU_UPCAST = [True]
+
+
+@contextlib.contextmanager
+def accelerator_dots():
+  """Within this context, programs traced for CPU get the accelerators' mixed-precision dots
+  (bf16 operands, fp32 accumulation) instead of the CPU upcast of `_einsum` and
+  `transformer._dot`: for compile-only memory estimates (`score.parallel.plan --dots
+  accelerator`), which would otherwise count the upcast's fp32 copies of bf16 operands.
+  XLA:CPU may be unable to run what is compiled inside it."""
+  _CPU_UPCAST[0] = False
+  try:
+    yield
+  finally:
+    _CPU_UPCAST[0] = True
+
+
+def upcast_on_cpu(mixed, upcast, a: Array, b: Array) -> Array:
+  """`upcast(a, b)` on CPU (outside `accelerator_dots`), `mixed(a, b)` elsewhere."""
+  if not _CPU_UPCAST[0]:
+    return mixed(a, b)
+  return jax.lax.platform_dependent(a, b, cpu=upcast, default=mixed)
+
+
 def _einsum(spec: str, a: Array, b: Array) -> Array:
   """`jnp.einsum` accumulating in fp32.
 
@@ -71,7 +96,7 @@ def _einsum(spec: str, a: Array, b: Array) -> Array:
   def upcast(a, b):
     return jnp.einsum(spec, a.astype(jnp.float32), b.astype(jnp.float32))
 
-  return jax.lax.platform_dependent(a, b, cpu=upcast, default=mixed)
+  return upcast_on_cpu(mixed, upcast, a, b)
 
 
 class _Opts(NamedTuple):

@@ -35,8 +35,10 @@ Rows (per device, bytes of the shards the logical-axis rules give that device):
   peak         params + Adam + reference all the time, plus the larger of (grads +
                activations) and the KV cache.
 
-On CPU, XLA upcasts some bf16 dots to fp32, so compiled bytes of a bf16 step are upper bounds
-for accelerators. `--num_layers N` overrides the depth; `--json` prints one line per plan.
+XLA:CPU computes bf16 dots in fp32 (converting the operands, and hoisting the converts of every
+layer's weights out of the layer loop), so compiled bytes of a bf16 step are upper bounds for
+accelerators; `--dots accelerator` compiles the accelerators' mixed-precision dots without
+that hoisting: a lower bound (see `compiled_memory`). `--num_layers N` overrides the depth; `--json` prints one line per plan.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class MemoryPlan:
   dtype: str = "float32"
   lora_rank: int = 0
   param_dtype: str = "float32"
+  dots: str = "cpu"
   compiled: dict[str, Any] | None = None
 
   @property
@@ -106,7 +109,7 @@ class MemoryPlan:
     out: dict[str, Any] = dict(
         model=self.model, trainer=self.trainer, mesh=self.mesh, batch=self.batch, seq=self.seq,
         remat=self.remat, dtype=self.dtype, lora_rank=self.lora_rank,
-        param_dtype=self.param_dtype, num_params=self.num_params)
+        param_dtype=self.param_dtype, num_params=self.num_params, dots=self.dots)
     compiled = dict(self.compiled or {})
     for key in ("reference", "decode"):
       if key in compiled:
@@ -177,12 +180,12 @@ def kv_cache_bytes(c: ModelConfig, sizes: dict[str, int], batch: int, seq: int) 
 _MEMORY_FIELDS = ("argument", "output", "alias", "temp", "generated_code")
 
 
-def _compile_stats(fn, *args, **jit_kwargs) -> dict[str, float]:
+def _compile_stats(fn, *args, compiler_options=None, **jit_kwargs) -> dict[str, float]:
   """Lowers and compiles `jax.jit(fn)` on abstract `args`: `compile_s` (lower + compile
   seconds) and the per-device bytes of `memory_analysis()` (argument, output, alias, temp,
   generated_code)."""
   t0 = time.perf_counter()
-  compiled = jax.jit(fn, **jit_kwargs).lower(*args).compile()
+  compiled = jax.jit(fn, **jit_kwargs).lower(*args).compile(compiler_options)
   out: dict[str, float] = {"compile_s": round(time.perf_counter() - t0, 2)}
   stats = compiled.memory_analysis()
   for f in _MEMORY_FIELDS:
@@ -241,8 +244,16 @@ def _abstract_batch(trainer: str, batch: int, seq: int, sharding) -> dict:
   return out
 
 
+DOTS = ("cpu", "accelerator")
+# XLA:CPU computes bf16 dots in fp32 whatever the program says: it converts their bf16 operands,
+# and loop-invariant code motion then hoists the converts of every layer's weights out of the
+# scan over layers (an fp32 copy of all weights; measured: the 7B decode step's temp grows
+# 0.93 GB per layer with it, none without). Accelerators have native bf16 dots: nothing to hoist.
+_ACCELERATOR_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+
+
 def compiled_memory(config: ModelConfig, mesh, batch: int, seq: int, *,
-                    trainer: str = "sft") -> dict[str, Any]:
+                    trainer: str = "sft", dots: str = "cpu") -> dict[str, Any]:
   """Compile seconds and `memory_analysis()` bytes of the compiled update on `mesh`, from
   abstract inputs only (nothing is allocated).
 
@@ -250,10 +261,28 @@ def compiled_memory(config: ModelConfig, mesh, batch: int, seq: int, *,
   precomputed reference log-probs). For "score" the reference forward (`token_logprobs`
   without gradients) and one sampling decode step (batch × 1 token against a `seq`-slot KV
   cache) are compiled too, under the keys "reference" and "decode".
+
+  `dots`: "cpu" compiles the bf16 dots as this library runs them on CPU (operands upcast to
+  fp32 first): an upper bound for accelerators. "accelerator" lowers them as GPUs/TPUs run them
+  (bf16 operands, fp32 accumulation; `attention.accelerator_dots`) and compiles without
+  XLA:CPU's while-loop invariant code motion, which would hoist XLA:CPU's own fp32 converts of
+  the bf16 weights out of the layer loop: closer to an accelerator, but a lower bound where an
+  accelerator's compiler would hoist loop-invariant work of the program's own (e.g. casting
+  fp32 weights to a bf16 compute dtype in full fine-tuning). Compile only.
   """
-  import optax  # pylint: disable=g-import-not-at-top
   if trainer not in TRAINERS:
     raise ValueError(f"trainer={trainer!r}; expected one of {sorted(TRAINERS)}")
+  if dots not in DOTS:
+    raise ValueError(f"dots={dots!r}; expected one of {DOTS}")
+  if dots == "cpu":
+    return _compiled_memory(config, mesh, batch, seq, trainer, None)
+  with attention_lib.accelerator_dots():
+    return _compiled_memory(config, mesh, batch, seq, trainer, _ACCELERATOR_OPTIONS)
+
+
+def _compiled_memory(config: ModelConfig, mesh, batch: int, seq: int, trainer: str,
+                     options: dict[str, str] | None):
+  import optax  # pylint: disable=g-import-not-at-top
   rebuild, params, param_shardings = _abstract_model(config, mesh)
   optimizer = optax.adam(1e-5)
   loss_fn = TRAINERS[trainer]
@@ -274,16 +303,17 @@ def compiled_memory(config: ModelConfig, mesh, batch: int, seq: int, *,
   batch_in = _abstract_batch(trainer, batch, seq, mesh_lib.batch_sharding(mesh))
   out = _compile_stats(step, trainable, opt_state, frozen, batch_in,
                        out_shardings=(train_shardings, opt_shardings, mesh_lib.replicated(mesh)),
-                       donate_argnums=(0, 1))
+                       donate_argnums=(0, 1), compiler_options=options)
   if trainer == "score":
     out["reference"] = _compile_stats(
         lambda p, t, m: token_logprobs(rebuild(p), t, m), params, batch_in["tokens"],
-        batch_in["mask"])
-    out["decode"] = _compiled_decode(rebuild, params, config, mesh, batch, seq)
+        batch_in["mask"], compiler_options=options)
+    out["decode"] = _compiled_decode(rebuild, params, config, mesh, batch, seq, options)
   return out
 
 
-def _compiled_decode(rebuild, params, config: ModelConfig, mesh, batch: int, seq: int):
+def _compiled_decode(rebuild, params, config: ModelConfig, mesh, batch: int, seq: int,
+                     options: dict[str, str] | None):
   """One sampling step: `batch` new tokens against a `seq`-slot KV cache (donated)."""
   cache = jax.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)).init_cache(batch, seq))
   rows = mesh_lib.batch_sharding(mesh)
@@ -295,18 +325,19 @@ def _compiled_decode(rebuild, params, config: ModelConfig, mesh, batch: int, seq
   ints = lambda shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=rows)
   return _compile_stats(decode, params, cache, ints((batch, 1)), ints((batch, 1)),
                         jax.ShapeDtypeStruct((), jnp.int32), ints((batch, seq)),
-                        donate_argnums=(1,))
+                        donate_argnums=(1,), compiler_options=options)
 
 
 def plan(config: ModelConfig, mesh_shape: mesh_lib.MeshShape | str, *, batch: int, seq: int,
          name: str = "", num_devices: int | None = None, remat: str | None = None,
-         compile: bool = False, trainer: str = "sft") -> MemoryPlan:  # pylint: disable=redefined-builtin
+         compile: bool = False, trainer: str = "sft",  # pylint: disable=redefined-builtin
+         dots: str = "cpu") -> MemoryPlan:
   """The `MemoryPlan` of `config` on a mesh; `num_devices` (default: all devices) only
   resolves a -1 axis. `remat` is a `score.parallel.REMAT_MODES` name (default: the config's).
   `trainer="score"` adds the frozen reference policy (a full copy of the params; none with
   LoRA, whose reference is the shared base with the adapters off) and compiles SCoRe's Stage
   II update, the reference forward and a decode step. With `config.lora_rank` > 0 gradients
-  and Adam's state cover only the adapters."""
+  and Adam's state cover only the adapters. `dots`: see `compiled_memory`."""
   shape = mesh_lib.mesh_shape(mesh_shape)
   fixed = [s for s in (shape.data, shape.fsdp, shape.tensor) if s != -1]
   if len(fixed) == 3:
@@ -332,7 +363,7 @@ def plan(config: ModelConfig, mesh_shape: mesh_lib.MeshShape | str, *, batch: in
     if math.prod(sizes.values()) <= jax.device_count():
       devices = jax.devices()[:math.prod(sizes.values())]
       mesh = mesh_lib.make_mesh(sizes["data"], sizes["fsdp"], sizes["tensor"], devices=devices)
-      compiled = compiled_memory(config, mesh, batch, seq, trainer=trainer)
+      compiled = compiled_memory(config, mesh, batch, seq, trainer=trainer, dots=dots)
   return MemoryPlan(
       model=name or f"D={config.hidden_size},L={config.num_layers}", mesh=sizes, batch=batch,
       seq=seq, num_params=n_params, params=param_bytes, grads=train_bytes,
@@ -342,7 +373,7 @@ def plan(config: ModelConfig, mesh_shape: mesh_lib.MeshShape | str, *, batch: in
       # With LoRA the reference is the same base arrays with the adapters off: no copy.
       reference=param_bytes if trainer == "score" and not frozen else 0, trainer=trainer,
       remat=remat, lora_rank=config.lora_rank, param_dtype=jnp.dtype(config.param_dtype).name,
-      dtype=jnp.dtype(config.dtype).name, compiled=compiled)
+      dtype=jnp.dtype(config.dtype).name, dots=dots, compiled=compiled)
 
 
 def format_bytes(n: float) -> str:
@@ -432,6 +463,10 @@ def main(argv: Sequence[str] | None = None) -> list[MemoryPlan]:
                       help="print one JSON line per plan instead of the table")
   parser.add_argument("--dtype", default=None,
                       help="compute dtype (activations, KV cache), e.g. bfloat16")
+  parser.add_argument("--dots", choices=DOTS, default="cpu",
+                      help="compile bf16 dots as CPU runs them here (fp32 copies of bf16 "
+                           "weights: an upper bound) or as accelerators do (bf16 operands, "
+                           "fp32 accumulation, no XLA:CPU converts hoisted: a lower bound)")
   parser.add_argument("--no-compile", action="store_true",
                       help="skip the compiled step's memory_analysis()")
   args = parser.parse_args(argv)
@@ -466,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> list[MemoryPlan]:
     for m in meshes:
       plans.append(plan(config, m, batch=args.batch, seq=args.seq, name=name,
                         num_devices=args.devices, remat=args.remat, trainer=args.trainer,
-                        compile=not args.no_compile))
+                        compile=not args.no_compile, dots=args.dots))
       if args.json:
         print(json.dumps(plans[-1].to_json()), flush=True)
   if args.json:
