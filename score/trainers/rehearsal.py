@@ -17,7 +17,8 @@ Everything a real run does, at the real model shape, with a few steps and short 
 Checks (a failed one raises after the summary is written): the resumed run's exported weights
 equal the uninterrupted run's; the adapters moved (the merged projection weights differ from
 the base's). Prints and writes `rehearsal.json`: each child's wall, compile seconds and peak
-RSS (`resources.json`), the seconds of each training phase, and the checks.
+RSS (`resources.json`), the seconds of each training phase (`run/`'s: the killed and the
+resumed process's steps together; `killed`'s: the first process's alone), and the checks.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import time
 import numpy as np
 
 from score.trainers import common
+from score.utils import metrics as metrics_io
 
 _NOT_TRAINED = ("embed_tokens", "norm")  # tensor names LoRA leaves alone
 
@@ -55,17 +57,14 @@ def _child(config_file: str, arg: str, workdir: str, *, kill_after: str | None =
 
 
 def _phase_seconds(workdir: str) -> dict[str, float]:
-  """Summed `time/step_s` per training phase from a run's `metrics.jsonl`."""
+  """Summed `time/step_s` per training phase from a run's `metrics.jsonl` (for a killed and
+  resumed run: the steps of both processes)."""
   out: dict[str, float] = {}
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return out
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      for key, value in json.loads(line).items():
-        if key.endswith("/time/step_s"):
-          phase = key[:-len("/time/step_s")]
-          out[phase] = round(out.get(phase, 0.0) + float(value), 2)
+  for row in metrics_io.read_metrics(workdir):
+    for key, value in row.items():
+      if key.endswith("/time/step_s"):
+        phase = key[:-len("/time/step_s")]
+        out[phase] = round(out.get(phase, 0.0) + float(value), 2)
   return out
 
 
