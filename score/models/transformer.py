@@ -57,8 +57,8 @@ def _dot(a, b, dims, out_dtype=None):
 
   XLA's CPU runtime cannot run some BF16 × BF16 = F32 dots (UNIMPLEMENTED in its DotThunk,
   depending on the shapes), so on CPU mixed-precision operands are upcast first; every other
-  platform (and CPU under `attention.accelerator_dots`) gets the mixed-precision dot (bf16 inputs, fp32
-  accumulation).
+  platform (and CPU under `attention.accelerator_dots`) gets the mixed-precision dot (bf16
+  inputs, fp32 accumulation).
   """
   def mixed(a, b):
     return jax.lax.dot_general(a, b, dims, preferred_element_type=out_dtype)

@@ -38,7 +38,8 @@ Rows (per device, bytes of the shards the logical-axis rules give that device):
 XLA:CPU computes bf16 dots in fp32 (converting the operands, and hoisting the converts of every
 layer's weights out of the layer loop), so compiled bytes of a bf16 step are upper bounds for
 accelerators; `--dots accelerator` compiles the accelerators' mixed-precision dots without
-that hoisting: a lower bound (see `compiled_memory`). `--num_layers N` overrides the depth; `--json` prints one line per plan.
+that hoisting: a lower bound (see `compiled_memory`). `--num_layers N` overrides the depth;
+`--json` prints one line per plan.
 """
 
 from __future__ import annotations
