@@ -123,8 +123,9 @@ def test_accelerator_dots_keep_bf16_operands_in_compile_only_programs():
   w = jnp.ones((4, 5), jnp.bfloat16)
   q = jnp.ones((1, 3, 1, 2, 4), jnp.bfloat16)  # [B, T, K, G, H]
   k = jnp.ones((1, 3, 1, 4), jnp.bfloat16)  # [B, S, K, H]
+  einsum = attention_lib._einsum  # pylint: disable=protected-access
   fns = [lambda: lambda x, w: project(x, w, (0,), jnp.float32),  # a new function per lowering
-         lambda: lambda q, k: attention_lib._einsum("btkgh,bskh->bkgts", q, k)]  # pylint: disable=protected-access
+         lambda: lambda q, k: einsum("btkgh,bskh->bkgts", q, k)]
   for fn, args in zip(fns, [(x, w), (q, k)]):
     assert _dot_operand_types(fn(), *args) == [("f32", "f32")]
     with attention_lib.accelerator_dots():
