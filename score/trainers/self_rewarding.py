@@ -66,6 +66,7 @@ from score.trainers import sft as sft_lib
 from score.utils import config as config_lib
 from score.utils import metrics as metrics_lib
 from score.utils import run as run_lib
+from score.utils import tiny_checkpoint
 
 # Yuan et al. (2024), Table 4 (SPEC §2): judge pairwise accuracy vs human rankings (%).
 PUBLISHED_PAIRWISE_ACCURACY = {"sft_baseline": 65.1, "m1": 78.7, "m2": 80.4, "m3": 81.7}
@@ -85,24 +86,15 @@ def make_tiny_checkpoint(path: str, corpus: Sequence[str], model_cfg, *, vocab_s
                          seed: int = 0) -> str:
   """Writes a random tiny model and a byte-level BPE tokenizer trained on `corpus` (with a
   chat template and `<|end|>` as EOS) to `path` as a Hugging Face checkpoint. No downloads."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-
   from score.models import hf  # pylint: disable=g-import-not-at-top
 
-  tok = Tokenizer(models.BPE())
   # No word splitting: merges may span spaces, so the fixed judge and few-shot texts become
   # a few dozen tokens (short sequences keep the CPU demo fast).
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "<|end|>"], show_progress=False,
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-  tok.train_from_iterator(list(corpus), trainer)
-  fast = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="<|end|>")
-  fast.chat_template = CHAT_TEMPLATE
-  model = common.build_model(model_cfg, tok.get_vocab_size(), seed=seed, lora_on=False)
+  fast = tiny_checkpoint.train_tokenizer(
+      corpus, vocab_size=vocab_size, specials=("<pad>", "<s>", "<|end|>"), bos_token="<s>",
+      eos_token="<|end|>", pad_token="<pad>", chat_template=CHAT_TEMPLATE, split_words=False,
+      show_progress=False)
+  model = common.build_model(model_cfg, len(fast), seed=seed, lora_on=False)
   tmp = f"{path}.tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   hf.save_pretrained(model, tmp, tokenizer=fast)

@@ -5,12 +5,40 @@ configs and tests: no hub, no torch. Real runs point `model_dir` at a real check
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Iterable, Sequence
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def train_tokenizer(texts: Iterable[str], *, vocab_size: int,
+                    specials: Sequence[str] = tuple(SPECIALS),
+                    bos_token: str = "<|endoftext|>", eos_token: str = "<|im_end|>",
+                    pad_token: str = "<|endoftext|>", chat_template: str = CHAT_TEMPLATE,
+                    split_words: bool = True, show_progress: bool = True):
+  """A byte-level BPE `transformers.PreTrainedTokenizerFast` of `vocab_size` trained on `texts`.
+
+  `specials` come first in the vocabulary (ids 0, 1, …); `bos_token`, `eos_token` and
+  `pad_token` name three of them. `split_words=False` lets merges span spaces (no regex
+  pre-split), so fixed prompt texts become a few long tokens.
+  """
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                          use_regex=split_words)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=list(specials), show_progress=show_progress,
+      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(list(texts), trainer)
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, bos_token=bos_token, eos_token=eos_token, pad_token=pad_token)
+  fast.chat_template = chat_template
+  return fast
 
 
 def make_tiny_checkpoint(path: str, texts: Iterable[str], *, vocab_size: int = 512,
@@ -27,24 +55,12 @@ def make_tiny_checkpoint(path: str, texts: Iterable[str], *, vocab_size: int = 5
   """
   if os.path.exists(os.path.join(path, "config.json")):
     return path
-  import tokenizers  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   from score.models import ModelConfig, Transformer, hf  # pylint: disable=g-import-not-at-top
 
   os.makedirs(path, exist_ok=True)
-  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = tokenizers.decoders.ByteLevel()
-  trainer = tokenizers.trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=SPECIALS,
-      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
-  tok.train_from_iterator(list(texts), trainer)
-  fast = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
-      pad_token="<|endoftext|>")
-  fast.chat_template = CHAT_TEMPLATE
+  fast = train_tokenizer(texts, vocab_size=vocab_size)
   fast.save_pretrained(path)
   specials = dict(bos_token_id=fast.bos_token_id, eos_token_ids=(fast.eos_token_id,),
                   pad_token_id=fast.pad_token_id)
