@@ -280,6 +280,16 @@ def matmul_params(model) -> int:
   return int(total)
 
 
+def add_shape_flags(parser, *, vocab: int, hidden: int, layers: int, heads: int, kv_heads: int,
+                    intermediate: int) -> None:
+  """`--vocab --hidden --layers --heads --kv_heads --intermediate`: the shape of the random
+  model a script builds, with that script's defaults."""
+  for name, default in (("vocab", vocab), ("hidden", hidden), ("layers", layers),
+                        ("heads", heads), ("kv_heads", kv_heads),
+                        ("intermediate", intermediate)):
+    parser.add_argument(f"--{name}", type=int, default=default)
+
+
 def add_common_flags(parser) -> None:
   parser.add_argument("--smoke", action="store_true",
                       help="tiny sizes, seconds; prints the JSON line, records nothing")

@@ -24,21 +24,18 @@ import json
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def _parse(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--cache", type=int, default=256)
-  p.add_argument("--vocab", type=int, default=4096)
-  p.add_argument("--hidden", type=int, default=512)
-  p.add_argument("--layers", type=int, default=4)
-  p.add_argument("--heads", type=int, default=8)
-  p.add_argument("--kv_heads", type=int, default=2)
-  p.add_argument("--intermediate", type=int, default=2048)
+  common.add_shape_flags(p, vocab=4096, hidden=512, layers=4, heads=8, kv_heads=2,
+                         intermediate=2048)
   p.add_argument("--rank", type=int, default=16)
   p.add_argument("--targets", default="q,k,v,o,gate,up,down")
   p.add_argument("--repeats", type=int, default=50)
@@ -49,12 +46,6 @@ def _parse(argv=None):
   return args
 
 
-def _timed(fn):
-  w, c = time.perf_counter(), time.process_time()
-  fn()
-  return time.perf_counter() - w, time.process_time() - c
-
-
 def main(argv=None):
   args = _parse(argv)
   import jax  # pylint: disable=g-import-not-at-top
@@ -62,18 +53,18 @@ def main(argv=None):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from score.models import ModelConfig, Transformer, lora  # pylint: disable=g-import-not-at-top
-  from score.trainers import common  # pylint: disable=g-import-not-at-top
+  from score.trainers.common import Policy  # pylint: disable=g-import-not-at-top
 
   config = ModelConfig.tiny(
       vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
       num_heads=args.heads, num_kv_heads=args.kv_heads, head_dim=args.hidden // args.heads,
       intermediate_size=args.intermediate, max_position_embeddings=args.cache + 8,
       lora_rank=args.rank, lora_targets=tuple(args.targets.split(",")))
-  policy, params = common.Policy.split(Transformer(config, rngs=nnx.Rngs(0)))
+  policy, params = Policy.split(Transformer(config, rngs=nnx.Rngs(0)))
   rng = np.random.default_rng(0)
   params = {k: jnp.asarray(rng.normal(0, 0.01, v.shape), v.dtype) if "_lora_b']" in k else v
             for k, v in params.items()}
-  merged_policy, merged = common.Policy.split(lora.merged_model(policy.model(params)))
+  merged_policy, merged = Policy.split(lora.merged_model(policy.model(params)))
 
   b, s = args.batch, args.cache
   cache = policy.model(params).init_cache(b, s)
@@ -99,10 +90,10 @@ def main(argv=None):
   cpu = {k: [] for k in wall}
   for _ in range(args.repeats):  # interleaved
     for name, (fn, p) in steps.items():
-      w, c = _timed(lambda fn=fn, p=p: jax.block_until_ready(fn(p, cache)))
+      _, w, c = common.timed(lambda fn=fn, p=p: jax.block_until_ready(fn(p, cache)))
       wall[name].append(w)
       cpu[name].append(c)
-    w, c = _timed(lambda: jax.block_until_ready(merge_fn(params)))
+    _, w, c = common.timed(lambda: jax.block_until_ready(merge_fn(params)))
     wall["merge"].append(w)
     cpu["merge"].append(c)
   adapted_bytes = sum(params[w].nbytes for w, _, _ in lora.pairs(params))

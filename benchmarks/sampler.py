@@ -52,12 +52,8 @@ def _parse(argv=None):
   p.add_argument("--new_tokens", type=int, default=128)
   p.add_argument("--min_prompt", type=int, default=8)
   p.add_argument("--max_prompt", type=int, default=24)
-  p.add_argument("--vocab", type=int, default=2048)
-  p.add_argument("--hidden", type=int, default=128)
-  p.add_argument("--layers", type=int, default=4)
-  p.add_argument("--heads", type=int, default=4)
-  p.add_argument("--kv_heads", type=int, default=2)
-  p.add_argument("--intermediate", type=int, default=512)
+  common.add_shape_flags(p, vocab=2048, hidden=128, layers=4, heads=4, kv_heads=2,
+                         intermediate=512)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--torch_threads", type=int, default=0,
