@@ -3,6 +3,38 @@
 import ml_collections
 
 
+SUITE_METHODS = ("base", "self_refine", "star", "pair_sft", "score")
+# Table 4 of Kumar et al. (2024): SCoRe without multi-turn training, without Stage I, without
+# reward shaping, and with STaR in place of REINFORCE in Stage II.
+TABLE4_ABLATIONS = ("no_multi_turn", "no_stage1", "no_shaping", "star_stage2")
+
+
+def suite_config(arg, *, title, published):
+  """A `self_correction_suite` config's first fields, from a parsed arg with `seed`,
+  `runlocal` and `model_dir`: a fresh tiny checkpoint is made only for `runlocal` without
+  `model_dir` (`runlocal_model`)."""
+  c = ml_collections.ConfigDict()
+  c.trainer = "self_correction_suite"
+  c.title = title
+  c.published = published
+  c.seed = arg.seed
+  c.runlocal_model = arg.runlocal and not arg.model_dir
+  return c
+
+
+def suite_sections(c, arg, *, lr, num_problems, max_steps, batch_size,
+                   methods=SUITE_METHODS, ablations=TABLE4_ABLATIONS):
+  """Sets the suite's `methods`, `ablations` (run only with `arg.ablations`) and its STaR and
+  Pair-SFT sections (`sampled_sft` at `lr`; with `arg.runlocal` 4 problems and 2 steps of
+  batch 2, else `num_problems`, `max_steps`, `batch_size`)."""
+  c.methods = methods
+  c.ablations = ablations if arg.ablations else ()
+  sft = dict(num_problems=4, max_steps=2, batch_size=2) if arg.runlocal else dict(
+      num_problems=num_problems, max_steps=max_steps, batch_size=batch_size)
+  c.star = sampled_sft(lr=lr, **sft)
+  c.pair_sft = sampled_sft(lr=lr, **sft)
+
+
 def warmup(steps=0, *, batch_size=256, lr=1e-3, checkpoint_every=100):
   """SFT warm-up of a fresh model (synthetic task only; 0 steps = start from model_dir)."""
   return ml_collections.ConfigDict(dict(

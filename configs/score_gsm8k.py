@@ -59,12 +59,8 @@ def get_config(arg=None):
     return rehearsal_config(arg.seed)
   rehearsal = arg.rehearsal  # the rehearsal's runs: real shape, a few short steps
   local = arg.runlocal
-  c = ml_collections.ConfigDict()
-  c.trainer = "self_correction_suite"
-  c.title = "SCoRe on GSM8K test (greedy, two attempts)"
-  c.published = ""
-  c.seed = arg.seed
-  c.runlocal_model = local and not arg.model_dir
+  c = score_common.suite_config(arg, title="SCoRe on GSM8K test (greedy, two attempts)",
+                                published="")
   c.task = score_common.text_task(
       "math", train="gsm8k", eval="gsm8k", train_kwargs=dict(split="train"),
       eval_kwargs=dict(split="test"), prompt_format=arg.format,
@@ -78,13 +74,9 @@ def get_config(arg=None):
   c.warmup = score_common.warmup(0)
   c.eval = score_common.eval_config(dict(
       num_problems=8 if local else 1 if rehearsal else 0, seed=0, batch_size=8 if local else 64))
-  c.methods = ("score",) if rehearsal else ("base", "self_refine", "star", "pair_sft", "score")
-  c.ablations = (("no_multi_turn", "no_stage1", "no_shaping", "star_stage2")
-                 if arg.ablations else ())
-  sft = dict(num_problems=4, max_steps=2, batch_size=2) if local else dict(
-      num_problems=2048, max_steps=300, batch_size=64)
-  c.star = score_common.sampled_sft(lr=5e-6, **sft)
-  c.pair_sft = score_common.sampled_sft(lr=5e-6, **sft)
+  score_common.suite_sections(
+      c, arg, lr=5e-6, num_problems=2048, max_steps=300, batch_size=64,
+      methods=("score",) if rehearsal else score_common.SUITE_METHODS)
   short = local or rehearsal
   c.rl = score_common.rl(
       seed=arg.seed, lr=5e-6, alpha=10.0, beta1=0.01, beta2=0.1,

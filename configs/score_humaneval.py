@@ -26,12 +26,9 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, ablations=False, model_dir="", seed=0,
                              format="chat")
   local = arg.runlocal
-  c = ml_collections.ConfigDict()
-  c.trainer = "self_correction_suite"
-  c.title = "SCoRe on HumanEval after MBPP training (Table 3; greedy, two attempts)"
-  c.published = "humaneval"
-  c.seed = arg.seed
-  c.runlocal_model = local and not arg.model_dir
+  c = score_common.suite_config(
+      arg, title="SCoRe on HumanEval after MBPP training (Table 3; greedy, two attempts)",
+      published="humaneval")
   c.task = score_common.text_task(
       "code", train="mbpp", eval="humaneval", train_kwargs={"split": "train"},
       prompt_format=arg.format, max_new_tokens=8 if local else 768,
@@ -42,12 +39,9 @@ def get_config(arg=None):
                                           batch_size=4 if local else 64))
   c.repair = ml_collections.ConfigDict(dict(task="mbpp", split="test",
                                             num_problems=4 if local else 0, path=""))
-  c.methods = ("base", "self_refine", "pair_sft", "score")
-  c.ablations = ("no_stage1", "no_shaping") if arg.ablations else ()
-  sft = dict(num_problems=4, max_steps=2, batch_size=2) if local else dict(
-      num_problems=374, max_steps=200, batch_size=32)
-  c.star = score_common.sampled_sft(lr=1e-5, **sft)
-  c.pair_sft = score_common.sampled_sft(lr=1e-5, **sft)
+  score_common.suite_sections(
+      c, arg, lr=1e-5, num_problems=374, max_steps=200, batch_size=32,
+      methods=("base", "self_refine", "pair_sft", "score"), ablations=("no_stage1", "no_shaping"))
   c.rl = score_common.rl(
       seed=arg.seed, lr=1e-5, alpha=10.0, beta1=0.01, beta2=0.25,
       stage1_steps=1 if local else 500, stage2_steps=1 if local else 1000,

@@ -13,8 +13,6 @@ does not state how the 3000 steps split between the stages: we use 1000 + 2000.
 tiny random checkpoint with a tokenizer trained on the problems (a smoke test, not a result).
 """
 
-import ml_collections
-
 from configs import score_common
 from score.utils import config as config_lib
 
@@ -23,12 +21,8 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, ablations=False, model_dir="", seed=0,
                              format="chat")
   local = arg.runlocal
-  c = ml_collections.ConfigDict()
-  c.trainer = "self_correction_suite"
-  c.title = "SCoRe on MATH500 (Table 2; greedy, two attempts)"
-  c.published = "math"
-  c.seed = arg.seed
-  c.runlocal_model = local and not arg.model_dir
+  c = score_common.suite_config(arg, title="SCoRe on MATH500 (Table 2; greedy, two attempts)",
+                                published="math")
   c.task = score_common.text_task(
       "math", train="math", eval="math500", prompt_format=arg.format,
       max_new_tokens=8 if local else 1024, max_len=1024 if local else 4096)
@@ -36,13 +30,7 @@ def get_config(arg=None):
   c.warmup = score_common.warmup(0)
   c.eval = score_common.eval_config(dict(num_problems=8 if local else 0, seed=0,
                                           batch_size=8 if local else 64))
-  c.methods = ("base", "self_refine", "star", "pair_sft", "score")
-  c.ablations = (("no_multi_turn", "no_stage1", "no_shaping", "star_stage2")
-                 if arg.ablations else ())
-  sft = dict(num_problems=4, max_steps=2, batch_size=2) if local else dict(
-      num_problems=4096, max_steps=500, batch_size=64)
-  c.star = score_common.sampled_sft(lr=5e-6, **sft)
-  c.pair_sft = score_common.sampled_sft(lr=5e-6, **sft)
+  score_common.suite_sections(c, arg, lr=5e-6, num_problems=4096, max_steps=500, batch_size=64)
   c.rl = score_common.rl(
       seed=arg.seed, lr=5e-6, alpha=10.0, beta1=0.01, beta2=0.1,
       stage1_steps=1 if local else 1000, stage2_steps=1 if local else 2000,
