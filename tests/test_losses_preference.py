@@ -124,3 +124,10 @@ def test_k_choose_2_matches_loop(variant):
   np.testing.assert_allclose(sorted_default[0], want[0], rtol=1e-5)
   i_p, j_p = preference.ranked_pairs(4)
   assert len(i_p) == 6 and np.all(np.asarray(i_p) < np.asarray(j_p))
+
+
+def test_chosen_nll_hand_worked():
+  # RPO's term −πc/|yc|: a 3-token response with log-prob −6 costs 2 nats a token; an empty
+  # loss mask counts as one token.
+  np.testing.assert_allclose(preference.chosen_nll(jnp.array([-6.0, -1.5]), jnp.array([3, 0])),
+                             [2.0, 1.5])

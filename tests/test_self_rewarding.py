@@ -56,8 +56,9 @@ def _np_seq_logp_and_grad(W, tokens, loss_mask, *, normalise=False):
   return logp, grad
 
 
-def _np_dpo_update(W, ref_W, pairs, beta, eps, lr, *, normalise=False):
-  """One SGD step on the batch-mean of −(1−ε) log σ(βh) − ε log σ(−βh); returns (W', loss)."""
+def _np_dpo_update(W, ref_W, pairs, beta, eps, lr, *, normalise=False, nll=0.0):
+  """One SGD step on the batch-mean of −(1−ε) log σ(βh) − ε log σ(−βh) − nll · πc / |yc|
+  (RPO's NLL term); returns (W', loss)."""
   sig = lambda z: 1.0 / (1.0 + np.exp(-z))
   total_grad, losses = np.zeros_like(W), []
   for ct, cm, rt, rm in pairs:
@@ -66,9 +67,10 @@ def _np_dpo_update(W, ref_W, pairs, beta, eps, lr, *, normalise=False):
     rc, _ = _np_seq_logp_and_grad(ref_W, ct, cm, normalise=normalise)
     rr, _ = _np_seq_logp_and_grad(ref_W, rt, rm, normalise=normalise)
     h = (pc - rc) - (pr - rr)
-    losses.append(-(1 - eps) * np.log(sig(beta * h)) - eps * np.log(sig(-beta * h)))
+    losses.append(-(1 - eps) * np.log(sig(beta * h)) - eps * np.log(sig(-beta * h))
+                  - nll * pc / sum(cm))
     dl_dh = -beta * ((1 - eps) * sig(-beta * h) - eps * sig(beta * h))
-    total_grad += dl_dh * (gc - gr)
+    total_grad += dl_dh * (gc - gr) - nll * gc / sum(cm)
   return W - lr * total_grad / len(pairs), float(np.mean(losses))
 
 
@@ -80,8 +82,8 @@ PAIRS = [
 ]
 
 
-@pytest.mark.parametrize("eps", [0.0, 0.2])
-def test_dpo_step_matches_numpy_gradient(eps):
+@pytest.mark.parametrize("eps,nll", [(0.0, 0.0), (0.2, 0.0), (0.0, 1.0)])
+def test_dpo_step_matches_numpy_gradient(eps, nll):
   rng = np.random.default_rng(0)
   W = rng.normal(size=(V, V)).astype(np.float64)
   ref_W = W + 0.5 * rng.normal(size=(V, V))  # policy ≠ reference, so h ≠ 0
@@ -93,17 +95,19 @@ def test_dpo_step_matches_numpy_gradient(eps):
       dpo_lib.reference_logps(_bigram_logprobs, {"W": jnp.asarray(ref_W, jnp.float32)},
                               [(p[2], p[3]) for p in PAIRS], length=7, batch_size=2),
       batch_size=2, seed=0)
-  step = dpo_lib.make_dpo_step(_bigram_logprobs, optax.sgd(lr), beta=beta, label_smoothing=eps)
+  step = dpo_lib.make_dpo_step(_bigram_logprobs, optax.sgd(lr), beta=beta, label_smoothing=eps,
+                               nll_weight=nll)
   params = {"W": jnp.asarray(W, jnp.float32)}
   new, _, metrics = step(params, optax.sgd(lr).init(params),
                          {k: jnp.asarray(v) for k, v in batches(0).items()})
   order = batches.indices(0)
-  want_W, want_loss = _np_dpo_update(W, ref_W, [PAIRS[i] for i in order], beta, eps, lr)
+  want_W, want_loss = _np_dpo_update(W, ref_W, [PAIRS[i] for i in order], beta, eps, lr,
+                                     nll=nll)
   np.testing.assert_allclose(float(metrics["loss"]), want_loss, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(new["W"]), want_W, rtol=1e-4, atol=1e-5)
   # The reference above sums log-probs; a length-normalised DPO is a different update.
   norm_W, _ = _np_dpo_update(W, ref_W, [PAIRS[i] for i in order], beta, eps, lr,
-                             normalise=True)
+                             normalise=True, nll=nll)
   assert np.abs(norm_W - want_W).max() > 1e-3
 
 

@@ -9,6 +9,9 @@ give finite values and gradients.
   (Mitchell 2023, "A note on DPO with noisy preferences"):
   ``h = (πc − rc) − (πr − rr)``, ``L = −(1 − ε) log σ(βh) − ε log σ(−βh)``.
 * IPO (Azar et al. 2023, arXiv 2310.12036): ``L = (h − 1/(2β))²``.
+* RPO's NLL term (Pang et al. 2024, arXiv 2404.19733, "Iterative Reasoning Preference
+  Optimization", from the Self-Rewarding authors): ``L = L_DPO + α · (−πc / |yc|)`` keeps the
+  chosen response likely while DPO pushes the pair apart.
 * SimPO (Meng et al. 2024, arXiv 2405.14734):
   ``L = −log σ(β/|yc| · πc − β/|yr| · πr − γ)`` (no reference model).
 * Bradley–Terry reward model (InstructGPT, Ouyang et al. 2022, arXiv 2203.02155):
@@ -53,6 +56,13 @@ def ipo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_reject
   margin = _log_ratio_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                              ref_rejected_logps)
   return jnp.square(margin - 1.0 / (2.0 * beta))
+
+
+def chosen_nll(policy_chosen_logps, chosen_len):
+  """Per-example length-normalised NLL of the chosen response ``−πc / |yc|`` (RPO's extra
+  term; Pang et al. 2024 use it with weight α = 1). Lengths below 1 are treated as 1."""
+  chosen_len = jnp.maximum(jnp.asarray(chosen_len, jnp.float32), 1.0)
+  return -policy_chosen_logps / chosen_len
 
 
 def simpo(policy_chosen_logps, policy_rejected_logps, chosen_len, rejected_len, beta, gamma):

@@ -45,13 +45,15 @@ def sequence_logps(logp_BxL: jax.Array, loss_mask_BxL: jax.Array) -> jax.Array:
 
 
 def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation, *,
-                  beta: float, label_smoothing: float = 0.0, micro_batches: int = 1):
+                  beta: float, label_smoothing: float = 0.0, nll_weight: float = 0.0,
+                  micro_batches: int = 1):
   """A jitted DPO step `(params, opt_state, batch) -> (params, opt_state, metrics)`.
 
   `batch`: `chosen_BxL`, `chosen_mask_BxL` (padding), `chosen_loss_mask_BxL` (response
   tokens), the same three for `rejected_*`, and `ref_chosen_B`, `ref_rejected_B` (reference
   sequence log-probs, constants). Chosen and rejected go through one forward pass. The loss
-  is the batch mean of `preference.dpo`; with `micro_batches` M > 1 it and its gradient are
+  is the batch mean of `preference.dpo` plus `nll_weight` × `preference.chosen_nll` (RPO;
+  0 = plain DPO); with `micro_batches` M > 1 it and its gradient are
   accumulated over M micro-batches of pairs (`common.make_step`; exact, a mean over pairs).
   """
 
@@ -65,6 +67,9 @@ def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation
     pc_B, pr_B = seq[:b], seq[b:]
     losses_B = preference.dpo(pc_B, pr_B, batch["ref_chosen_B"], batch["ref_rejected_B"], beta,
                               label_smoothing=label_smoothing)
+    if nll_weight:
+      chosen_len_B = jnp.sum(batch["chosen_loss_mask_BxL"], axis=-1)
+      losses_B = losses_B + nll_weight * preference.chosen_nll(pc_B, chosen_len_B)
     rc_B = preference.implicit_rewards(pc_B, batch["ref_chosen_B"], beta)
     rr_B = preference.implicit_rewards(pr_B, batch["ref_rejected_B"], beta)
     metrics = {"reward/chosen": rc_B.mean(), "reward/rejected": rr_B.mean(),
@@ -160,7 +165,8 @@ def train_dpo(policy: common.Policy, params, ref_params, pairs: Sequence[PairTok
     params: initial params (the Self-Rewarding loop starts M_{t+1} from M_t = reference).
     ref_params: the reference model's params; their sequence log-probs are computed once.
     pairs: `(chosen_tokens, chosen_loss_mask, rejected_tokens, rejected_loss_mask)`.
-    cfg: `beta`, `label_smoothing`, `batch_size`, `steps` (or `epochs`), `lr` and the
+    cfg: `beta`, `label_smoothing`, `nll_weight` (optional, RPO's NLL term; 0 = DPO),
+      `batch_size`, `steps` (or `epochs`), `lr` and the
       optimiser fields of `common.make_optimizer`, `checkpoint_every`, `log_every`.
     workdir, name: checkpoints go to `<workdir>/checkpoints/<name>`; re-running resumes.
     seed: data order.
@@ -181,6 +187,7 @@ def train_dpo(policy: common.Policy, params, ref_params, pairs: Sequence[PairTok
   params, opt_state, step_fn = common.shard(
       policy, params, optimizer.init(params),
       make_dpo_step(logprob_fn, optimizer, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
+                    nll_weight=cfg.get("nll_weight", 0.0),
                     micro_batches=common.micro_batches(mesh_cfg)),
       mesh_cfg)
   ref_params = common.shard_like(ref_params, params)
