@@ -65,7 +65,9 @@ def get_config(arg=None):
   c.judge = ml_collections.ConfigDict(dict(num=3, temperature=0.7, top_p=0.9,
                                            max_new_tokens=64))
   c.dpo = ml_collections.ConfigDict(dict(
-      beta=0.1, label_smoothing=0.0, nll_weight=0.0, batch_size=16, steps=0, epochs=2.0,
+      # One pass over each iteration's pairs (as configs/self_rewarding.py): two passes
+      # over-optimised towards short answers (README); nll_weight > 0 adds RPO's NLL term.
+      beta=0.1, label_smoothing=0.0, nll_weight=0.0, batch_size=16, steps=0, epochs=1.0,
       lr=1e-4,
       schedule="cosine", end_lr_factor=0.1, warmup_steps=0, grad_clip=1.0, weight_decay=0.0,
       checkpoint_every=50, log_every=10))
