@@ -46,13 +46,25 @@ def test_self_rewarding_demo(tmp_path):
   from score.trainers import self_rewarding_synthetic as demo  # pylint: disable=g-import-not-at-top
   results = demo.train(self_rewarding_synthetic.get_config(), str(tmp_path))
   models, iterations = results["models"], results["iterations"]
-  # Held in the design run and in both runs at 512 instructions per iteration (README): the
-  # self-judge's pairs agree with the oracle far more than random pairs, and the filler
-  # (criterion "nothing extraneous") is gone by M3.
+  q = {name: m["quality"]["score"] for name, m in models.items()}
+  # Held in both measured runs of the default (README, commit 7dba615: the command line, and
+  # 8 virtual devices as tests/conftest.py sets them, which changes XLA's float rounding).
+  # The paper's ordering under the oracle: M1 < M2 < M3, M3's interval clear of M1's ...
+  assert q["m1"]["value"] < q["m2"]["value"] < q["m3"]["value"]
+  assert q["m3"]["low"] > q["m1"]["high"]
+  # ... M3 beats the SFT baseline head-to-head, and the self-judged M3 the random judge's.
+  h2h = models["m3"]["head_to_head"]
+  assert h2h["win"] > h2h["loss"]
+  assert q["m3"]["value"] > q["m3_random"]["value"]
+  # The self-judge's pairs agree with the oracle far more than random pairs; the filler
+  # (criterion "nothing extraneous") is gone by M3 without dropping letters ("complete":
+  # two DPO epochs over-optimised towards short answers, 98.8 -> 67.9 % at 512 instructions
+  # per iteration).
   assert iterations["self/1"]["pair_oracle_agreement"] > 80
   assert iterations["self/1"]["pair_oracle_agreement"] > \
       iterations["random/1"]["pair_oracle_agreement"] + 25
-  assert models["m3"]["quality"]["criteria"]["cln"] > models["m1"]["quality"]["criteria"]["cln"] + 30
-  # Not asserted: M1 < M2 < M3 and M3 beating the SFT baseline held in the design run only
-  # (at 512 instructions per iteration DPO over-optimised and quality fell); judge pairwise
-  # accuracy (flat at ~50-56 %).
+  criteria = {name: models[name]["quality"]["criteria"] for name in ("m1", "m3")}
+  assert criteria["m3"]["cln"] > criteria["m1"]["cln"] + 30
+  assert criteria["m3"]["all"] > 93
+  # Not asserted: M3's interval clear of M2's (overlapped in the plain run); judge pairwise
+  # accuracy on the held-out EFT split (flat at ~52-55 %, unlike the paper's rise).
