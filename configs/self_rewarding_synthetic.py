@@ -8,13 +8,13 @@ improves itself for two iterations (M1 → M2 → M3) with pairs it judged itsel
 that scores every response exactly is never shown to it. `:runlocal` is a seconds-long smoke
 version (tests); `:controls` adds the oracle-judge loop (the ceiling) to the same workdir.
 
-Measured (commit 7dba615, seed 0; 2-core VM shared with other jobs; plain CLI / 8 virtual XLA
-devices): oracle quality (0–5, 95 % CI) M1 4.55 [4.52, 4.59] → M2 4.95 / 4.92 → M3 4.97
-[4.96, 4.98] / 4.97 [4.95, 4.98]; random-judge M3 4.42 / 4.62; oracle-judge M3 (`:controls`)
-4.99; M3 vs SFT baseline win/tie/loss 44.2 / 54.7 / 1.1 % and 44.0 / 54.8 / 1.2 %; judge
-pairwise accuracy flat (54 → 52 → 53 %). With two DPO epochs per iteration (the first design)
-DPO over-optimised towards short answers (at 512 instructions per iteration M1 4.55 → M2
-4.25). Design notes, the full tables and the designs that did not work: README,
+Measured (commit 7dba615 = 67dbab2, seed 0; 2-core VM shared with other jobs; plain CLI /
+8 virtual XLA devices): oracle quality (0–5, 95 % CI) M1 4.55 [4.52, 4.59] → M2 4.95 / 4.92
+→ M3 4.97 [4.96, 4.98] / 4.97 [4.95, 4.98]; random-judge M3 4.42 / 4.62; oracle-judge M3
+(`:controls`) 4.99; M3 vs SFT baseline win/tie/loss 44.2 / 54.7 / 1.1 % and 44.0 / 54.8 /
+1.2 %; judge pairwise accuracy flat (54 → 52 → 53 %). With two DPO epochs per iteration (the
+first design) DPO over-optimised towards short answers (at 512 instructions per iteration M1
+4.55 → M2 4.25). Design notes, the full tables and the designs that did not work: README,
 "Self-Rewarding LMs on a designed task with a hidden oracle".
 
 Paper settings kept: N = 4 candidates at T = 0.7 / top-p 0.9, k = 3 judgments averaged,

@@ -47,8 +47,9 @@ def test_self_rewarding_demo(tmp_path):
   results = demo.train(self_rewarding_synthetic.get_config(), str(tmp_path))
   models, iterations = results["models"], results["iterations"]
   q = {name: m["quality"]["score"] for name, m in models.items()}
-  # Held in both measured runs of the default (README, commit 7dba615: the command line, and
-  # 8 virtual devices as tests/conftest.py sets them, which changes XLA's float rounding).
+  # Held in both measured runs of the default (README, commit 7dba615 = 67dbab2: the command
+  # line, and 8 virtual devices as tests/conftest.py sets them, which changes XLA's float
+  # rounding).
   # The paper's ordering under the oracle: M1 < M2 < M3, M3's interval clear of M1's ...
   assert q["m1"]["value"] < q["m2"]["value"] < q["m3"]["value"]
   assert q["m3"]["low"] > q["m1"]["high"]
