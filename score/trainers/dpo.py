@@ -53,8 +53,8 @@ def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation
   tokens), the same three for `rejected_*`, and `ref_chosen_B`, `ref_rejected_B` (reference
   sequence log-probs, constants). Chosen and rejected go through one forward pass. The loss
   is the batch mean of `preference.dpo` plus `nll_weight` × `preference.chosen_nll` (RPO;
-  0 = plain DPO); with `micro_batches` M > 1 it and its gradient are
-  accumulated over M micro-batches of pairs (`common.make_step`; exact, a mean over pairs).
+  0 = plain DPO); with `micro_batches` M > 1 it and its gradient are accumulated over M
+  micro-batches of pairs (`common.make_step`; exact, a mean over pairs).
   """
 
   def loss_fn(params, batch):
@@ -166,8 +166,8 @@ def train_dpo(policy: common.Policy, params, ref_params, pairs: Sequence[PairTok
     ref_params: the reference model's params; their sequence log-probs are computed once.
     pairs: `(chosen_tokens, chosen_loss_mask, rejected_tokens, rejected_loss_mask)`.
     cfg: `beta`, `label_smoothing`, `nll_weight` (optional, RPO's NLL term; 0 = DPO),
-      `batch_size`, `steps` (or `epochs`), `lr` and the
-      optimiser fields of `common.make_optimizer`, `checkpoint_every`, `log_every`.
+      `batch_size`, `steps` (or `epochs`), `lr` and the optimiser fields of
+      `common.make_optimizer`, `checkpoint_every`, `log_every`.
     workdir, name: checkpoints go to `<workdir>/checkpoints/<name>`; re-running resumes.
     seed: data order.
     pad_id: padding token.
