@@ -20,6 +20,8 @@ from jax.sharding import PartitionSpec as P
 
 from score import parallel
 from score.models import ModelConfig, Transformer
+from score.models import attention as attention_lib
+from score.parallel import mesh as mesh_lib
 from score.parallel import plan as plan_lib
 from score.sampling import sampler
 from score.trainers.common import Policy, make_optimizer
@@ -489,23 +491,26 @@ def test_plan_accelerator_dots_hold_no_per_layer_fp32_weight_copies():
   default: an upper bound); `--dots accelerator` compiles the mixed-precision dots without that
   hoisting, and the decode step's temp no longer depends on the number of layers."""
   require_devices()
+  mesh = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   temps = {}
   for layers in (2, 4):
     config = tiny_config(qkv_bias=False, num_layers=layers).replace(
         lora_rank=2, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
+    rebuild, params, _ = plan_lib._abstract_model(config, mesh)  # pylint: disable=protected-access
     for dots in plan_lib.DOTS:
-      p = plan_lib.plan(config, "data=1,fsdp=1,tensor=1", batch=4, seq=16, compile=True,
-                        trainer="score", dots=dots)
-      assert p.to_json()["dots"] == dots
-      temps[dots, layers] = {k: p.compiled[k]["temp"] for k in ("decode", "reference")}
-      temps[dots, layers]["update"] = p.compiled["temp"]
-  assert temps["cpu", 4]["decode"] > temps["cpu", 2]["decode"]
-  assert temps["accelerator", 4]["decode"] == temps["accelerator", 2]["decode"]
-  for layers in (2, 4):
-    for k in ("decode", "reference", "update"):
-      assert temps["accelerator", layers][k] < temps["cpu", layers][k], (layers, k)
+      def decode(options):
+        return plan_lib._compiled_decode(rebuild, params, config, mesh, 4, 16, options)  # pylint: disable=protected-access
+      if dots == "cpu":
+        temps[dots, layers] = decode(None)["temp"]
+      else:
+        with attention_lib.accelerator_dots():
+          temps[dots, layers] = decode(plan_lib._ACCELERATOR_OPTIONS)["temp"]  # pylint: disable=protected-access
+  assert temps["cpu", 4] > temps["cpu", 2] > temps["accelerator", 2]
+  assert temps["accelerator", 4] == temps["accelerator", 2]
+  p = plan_lib.plan(config, "data=1,fsdp=1,tensor=1", batch=4, seq=16, dots="accelerator")
+  assert p.to_json()["dots"] == "accelerator"
   with pytest.raises(ValueError, match="dots="):
-    plan_lib.compiled_memory(tiny_config(), None, 4, 16, dots="gpu")
+    plan_lib.compiled_memory(config, mesh, 4, 16, dots="gpu")
 
 
 def test_plan_cli_presets_without_compiling(capsys):
