@@ -46,7 +46,6 @@ Array = jax.Array
 _NEG_INF = -1e30  # the dense kernel's mask value; exp(_NEG_INF - m) is 0 for any real m
 
 
-
 def default_block(length: int) -> int:
   """Block size for a query or key length: 128 up to 1024, 256 beyond.
 

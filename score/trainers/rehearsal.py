@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from score.eval import results as results_lib
 from score.trainers import common
 from score.utils import metrics as metrics_io
 
@@ -66,13 +67,6 @@ def _phase_seconds(workdir: str) -> dict[str, float]:
         phase = key[:-len("/time/step_s")]
         out[phase] = round(out.get(phase, 0.0) + float(value), 2)
   return out
-
-
-def _read_json(path: str) -> dict:
-  if not os.path.exists(path):
-    return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
 
 
 def _tensors(directory: str) -> dict[str, np.ndarray]:
@@ -121,7 +115,8 @@ def train(config, workdir: str) -> dict:
   resume_code = _child(config_file, arg, runs["run"], log_name="resumed.log")
   full_code = _child(config_file, arg, runs["uninterrupted"], log_name="run.log")
   for name, directory in runs.items():
-    summary[name] = dict(_read_json(os.path.join(directory, "resources.json")),
+    resources = os.path.join(directory, "resources.json")
+    summary[name] = dict(results_lib.read_json(resources) if os.path.exists(resources) else {},
                          phase_s=_phase_seconds(directory),
                          returncode=resume_code if name == "run" else full_code)
   exported = {}
@@ -145,8 +140,7 @@ def train(config, workdir: str) -> dict:
         os.path.join(exported["run"], "adapter", "adapter_model.safetensors"))
   summary["checks"] = checks
   summary["total_s"] = round(time.perf_counter() - t0, 2)
-  with open(os.path.join(workdir, "rehearsal.json"), "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
+  results_lib.write_json(os.path.join(workdir, "rehearsal.json"), summary)
   print(json.dumps(summary, indent=2))
   failed = [k for k, ok in checks.items() if not ok]
   if failed:
